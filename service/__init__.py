@@ -1,0 +1,1 @@
+"""sorahook: a dependable relay for OpenAI async-job webhooks."""

@@ -1,0 +1,1 @@
+"""The bearer-token HTTP API under /v1: jobs, subscriptions, deliveries."""

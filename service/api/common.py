@@ -1,0 +1,72 @@
+"""Shared pieces of the /v1 API: bearer auth, JSON body parsing, pagination arguments."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.errors import ApiError
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def require_token(token: str, endpoint: Endpoint) -> Endpoint:
+    """Wrap an endpoint: 401 with a JSON error unless `Authorization: Bearer <token>` (constant-time)."""
+    expected = token.encode()
+
+    async def guarded(request: Request) -> Response:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            return ApiError(
+                401, "unauthorized", "a valid bearer token is required (SORAHOOK_ADMIN_TOKEN)"
+            ).response()
+        try:
+            return await endpoint(request)
+        except ApiError as err:
+            return err.response()
+
+    return guarded
+
+
+async def json_object(request: Request, limit: int = 1_048_576) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > limit:
+        raise ApiError(413, "body_too_large", f"request bodies are limited to {limit} bytes")
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    return value
+
+
+def limit_arg(request: Request, default: int = 20, maximum: int = 100) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(422, "invalid_parameter", "limit must be a whole number", param="limit") from None
+    if not 1 <= value <= maximum:
+        raise ApiError(422, "invalid_parameter", f"limit must be between 1 and {maximum}", param="limit")
+    return value
+
+
+def list_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "has_more": has_more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }

@@ -1,0 +1,233 @@
+"""The jobs routes: create, track, read, list, cancel, timeline and content."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from service import ssrf
+from service.api.common import json_object, limit_arg, list_page
+from service.domain import KINDS, STATUSES, Kind, Observation, is_terminal, kind_for_resource_id
+from service.errors import ApiError, OpenAIError, PermanentOpenAIError
+from service.store.records import Job
+
+if TYPE_CHECKING:
+    from service.app import Runtime
+
+log = logging.getLogger("sorahook.api.jobs")
+
+SECONDS = ("4", "8", "12")
+SIZES = ("720x1280", "1280x720", "1024x1792", "1792x1024")
+VARIANTS = ("video", "thumbnail", "spritesheet")
+MAX_PROMPT = 10_000
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def _field_error(param: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_field", message, param=param)
+
+
+def validate_metadata(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _field_error("metadata", "metadata must be an object of string keys and string values")
+    if len(value) > MAX_METADATA_KEYS:
+        raise _field_error("metadata", f"metadata may hold at most {MAX_METADATA_KEYS} keys")
+    for key, item in value.items():
+        if not key or len(key) > MAX_METADATA_KEY:
+            raise _field_error("metadata", f"metadata keys must be 1 to {MAX_METADATA_KEY} characters")
+        if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE:
+            raise _field_error(
+                "metadata", f"metadata[{key!r}] must be a string of at most {MAX_METADATA_VALUE} characters"
+            )
+    return dict(value)
+
+
+async def validate_callback_url(value: Any, runtime: Runtime, param: str = "callback_url") -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _field_error(param, f"{param} must be an http(s) URL")
+    if len(value) > 2048:
+        raise _field_error(param, f"{param} must be at most 2048 characters")
+    try:
+        await ssrf.vet(value, runtime.resolver, allow_private=runtime.settings.allow_private_targets)
+    except ssrf.UnsafeTarget as exc:
+        raise ApiError(422, "invalid_url", f"{param}: {exc}", param=param) from None
+    except OSError as exc:
+        raise ApiError(
+            422, "invalid_url", f"{param}: the host does not resolve ({exc})", param=param
+        ) from None
+    return value
+
+
+def validate_create(body: dict[str, Any], models: tuple[str, ...]) -> dict[str, Any]:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise _field_error("prompt", "prompt is required and must be a non-empty string")
+    if len(prompt) > MAX_PROMPT:
+        raise _field_error("prompt", f"prompt must be at most {MAX_PROMPT} characters")
+    model = body.get("model", models[0])
+    if not isinstance(model, str) or model not in models:
+        raise _field_error("model", f"model must be one of {', '.join(models)} (SORAHOOK_MODELS)")
+    seconds = body.get("seconds", "4")
+    if isinstance(seconds, int) and not isinstance(seconds, bool):
+        seconds = str(seconds)
+    if seconds not in SECONDS:
+        raise _field_error("seconds", "seconds must be one of 4, 8, 12")
+    size = body.get("size", "720x1280")
+    if size not in SIZES:
+        raise _field_error("size", f"size must be one of {', '.join(SIZES)}")
+    return {"model": model, "prompt": prompt, "seconds": seconds, "size": size}
+
+
+class JobsApi:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def _job_or_404(self, key: str) -> Job:
+        job = await self.rt.store.get_job(key)
+        if job is None:
+            raise ApiError(404, "not_found", f"no job with id or resource id {key!r}")
+        return job
+
+    async def create(self, request: Request) -> Response:
+        body = await json_object(request)
+        unknown = set(body) - {"prompt", "model", "seconds", "size", "callback_url", "metadata"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise _field_error(name, f"unknown field {name!r}")
+        req = validate_create(body, self.rt.settings.models)
+        callback_url = await validate_callback_url(body.get("callback_url"), self.rt)
+        metadata = validate_metadata(body.get("metadata"))
+        key = request.headers.get("idempotency-key")
+        if key is not None and (not key or len(key) > MAX_IDEMPOTENCY_KEY):
+            raise ApiError(
+                422, "invalid_header", "Idempotency-Key must be 1 to 255 characters", param="Idempotency-Key"
+            )
+        job, created = await self.rt.store.create_job(
+            kind="video", request=req, callback_url=callback_url, metadata=metadata, idempotency_key=key
+        )
+        headers = {} if created else {"Idempotent-Replayed": "true"}
+        return JSONResponse(job.to_api(), status_code=202, headers=headers)
+
+    async def track(self, request: Request) -> Response:
+        body = await json_object(request)
+        resource_id = body.get("resource_id")
+        if not isinstance(resource_id, str) or not resource_id.strip() or len(resource_id) > 256:
+            raise _field_error("resource_id", "resource_id is required: the id OpenAI gave the resource")
+        kind_value = body.get("kind")
+        kind: Kind | None
+        if kind_value is None:
+            kind = kind_for_resource_id(resource_id)
+            if kind is None:
+                raise _field_error("kind", "kind is required when resource_id has no known prefix")
+        elif kind_value in KINDS:
+            kind = kind_value
+        else:
+            raise _field_error("kind", f"kind must be one of {', '.join(KINDS)}")
+        callback_url = await validate_callback_url(body.get("callback_url"), self.rt)
+        metadata = validate_metadata(body.get("metadata"))
+        job, created = await self.rt.store.track_job(
+            kind=kind, resource_id=resource_id, callback_url=callback_url, metadata=metadata
+        )
+        return JSONResponse(job.to_api(), status_code=201 if created else 200)
+
+    async def get(self, request: Request) -> Response:
+        job = await self._job_or_404(request.path_params["job_id"])
+        return JSONResponse(job.to_api())
+
+    async def list(self, request: Request) -> Response:
+        q = request.query_params
+        status, kind = q.get("status") or None, q.get("kind") or None
+        if status is not None and status not in STATUSES:
+            raise ApiError(
+                422, "invalid_parameter", f"status must be one of {', '.join(STATUSES)}", param="status"
+            )
+        if kind is not None and kind not in KINDS:
+            raise ApiError(422, "invalid_parameter", f"kind must be one of {', '.join(KINDS)}", param="kind")
+        jobs, has_more = await self.rt.store.list_jobs(
+            status=status, kind=kind, limit=limit_arg(request), after=q.get("after") or None
+        )
+        return JSONResponse(list_page([j.to_api() for j in jobs], has_more))
+
+    async def events(self, request: Request) -> Response:
+        job = await self._job_or_404(request.path_params["job_id"])
+        events = await self.rt.store.job_events(job.id)
+        return JSONResponse({"object": "list", "data": [e.to_api() for e in events], "has_more": False})
+
+    async def cancel(self, request: Request) -> Response:
+        job = await self._job_or_404(request.path_params["job_id"])
+        if is_terminal(job.status):
+            raise ApiError(409, "job_terminal", f"job is already {job.status}")
+        if job.status != "pending":
+            if job.kind != "video":
+                raise ApiError(409, "cancel_not_supported", f"sorahook cannot cancel a {job.kind} at OpenAI")
+            if job.resource_id:
+                try:
+                    await self.rt.openai.delete_video(job.resource_id)
+                except PermanentOpenAIError as exc:
+                    if exc.status != 404:
+                        raise ApiError(
+                            502, "openai_error", f"OpenAI refused the delete: {exc.message}"
+                        ) from None
+                except OpenAIError as exc:
+                    raise ApiError(502, "openai_error", f"OpenAI failed: {exc.message}") from None
+        updated = await self.rt.store.apply_observation(job.id, Observation(status="cancelled"), source="api")
+        if updated is None:
+            raise ApiError(404, "not_found", "job disappeared")
+        if updated.status != "cancelled":
+            raise ApiError(409, "job_terminal", f"job became {updated.status} first")
+        return JSONResponse(updated.to_api())
+
+    async def content(self, request: Request) -> Response:
+        job = await self._job_or_404(request.path_params["job_id"])
+        variant = request.query_params.get("variant", "video")
+        if variant not in VARIANTS:
+            raise ApiError(
+                422, "invalid_parameter", f"variant must be one of {', '.join(VARIANTS)}", param="variant"
+            )
+        if job.kind != "video":
+            raise ApiError(409, "no_content", "only video jobs have content")
+        if job.status != "completed" or not job.resource_id:
+            raise ApiError(
+                409, "job_not_completed", f"the video is {job.status}; content exists once it is completed"
+            )
+        expires_at = (job.result or {}).get("expires_at")
+        if isinstance(expires_at, (int, float)) and self.rt.clock.now() >= expires_at:
+            raise ApiError(
+                410, "content_expired", "OpenAI no longer serves this video's assets (expires_at passed)"
+            )
+        stream = self.rt.openai.download_content(job.resource_id, variant)
+        try:
+            upstream = await stream.__aenter__()
+        except PermanentOpenAIError as exc:
+            if exc.status in (404, 410):
+                raise ApiError(
+                    410, "content_expired", f"OpenAI no longer serves this asset: {exc.message}"
+                ) from None
+            raise ApiError(502, "openai_error", f"OpenAI refused the download: {exc.message}") from None
+        except OpenAIError as exc:
+            raise ApiError(502, "openai_error", f"OpenAI failed: {exc.message}") from None
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in upstream.aiter_bytes(65536):
+                    yield chunk
+            finally:
+                await stream.__aexit__(None, None, None)
+
+        headers = {}
+        for name in ("content-length", "content-type"):
+            if name in upstream.headers:
+                headers[name] = upstream.headers[name]
+        headers["content-disposition"] = f'inline; filename="{job.id}-{variant}"'
+        return StreamingResponse(body(), headers=headers, media_type=upstream.headers.get("content-type"))

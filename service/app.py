@@ -1,0 +1,263 @@
+"""create_app: the routes, the middleware and the lifespan that opens the store and runs the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import ssrf
+from service.api.common import require_token
+from service.api.jobs import JobsApi
+from service.api.subscriptions import DeliveriesApi, SubscriptionsApi
+from service.clock import Clock, SystemClock
+from service.config import Settings
+from service.delivery import Deliverer
+from service.errors import ApiError, error_response
+from service.metrics import Metrics
+from service.openai_client import OpenAIClient
+from service.receiver import Receiver
+from service.reconciler import Reconciler
+from service.sender import Sender
+from service.signing import Verifier
+from service.store.sqlite import SqliteStore
+from service.submitter import Refresher, Submitter
+
+log = logging.getLogger("sorahook.app")
+
+
+@dataclass
+class Runtime:
+    """Everything the routes and the workers share; the store and clients exist once the lifespan starts."""
+
+    settings: Settings
+    clock: Clock
+    metrics: Metrics
+    resolver: ssrf.Resolver
+    openai_transport: httpx.AsyncBaseTransport | None = None
+    store: SqliteStore = field(init=False)
+    openai: OpenAIClient = field(init=False)
+    sender: Sender = field(init=False)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    ready: bool = False
+
+
+class RequestIdMiddleware:
+    """Give every response an `x-request-id`, honouring the caller's own when it sends one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope.get("headers", []):
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+                break
+        if not request_id or not request_id.isprintable():
+            request_id = uuid.uuid4().hex
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _guard(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    async def guarded(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except ApiError as err:
+            return err.response()
+
+    return guarded
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    resolver: ssrf.Resolver | None = None,
+    openai_transport: httpx.AsyncBaseTransport | None = None,
+    extra_routes: list[BaseRoute] | None = None,
+    background: list[Callable[[], Awaitable[None]]] | None = None,
+    start_workers: bool = True,
+    on_ready: Callable[[Runtime], None] | None = None,
+) -> Starlette:
+    """Build the sorahook ASGI app. `settings` must already hold the admin token and secrets."""
+    assert settings.admin_token is not None, "resolve secrets before create_app"
+    rt = Runtime(
+        settings=settings,
+        clock=clock or SystemClock(),
+        metrics=Metrics(),
+        resolver=resolver or ssrf.SystemResolver(),
+        openai_transport=openai_transport,
+    )
+    verifier = Verifier(settings.webhook_secrets, settings.webhook_tolerance)
+    receiver_holder: dict[str, Receiver] = {}
+
+    async def receive_webhook(request: Request) -> Response:
+        return await receiver_holder["receiver"](request)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        problems = []
+        if not rt.ready:
+            problems.append("starting")
+        elif not await rt.store.ping():
+            problems.append("store")
+        for name, task in rt.tasks.items():
+            if task.done():
+                problems.append(f"worker {name} stopped")
+        if problems:
+            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics(request: Request) -> Response:
+        if rt.ready:
+            with contextlib.suppress(Exception):
+                rt.metrics.set_job_counts(await rt.store.job_counts())
+                rt.metrics.set_backlog(await rt.store.delivery_backlog())
+        return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    jobs = JobsApi(rt)
+    subs = SubscriptionsApi(rt)
+    deliveries = DeliveriesApi(rt)
+    token = settings.admin_token
+
+    def v1(path: str, endpoint: Callable[[Request], Awaitable[Response]], methods: list[str]) -> Route:
+        return Route(path, require_token(token, endpoint), methods=methods)
+
+    routes: list[BaseRoute] = [
+        Route("/webhooks/openai", receive_webhook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        v1("/v1/jobs", jobs.create, ["POST"]),
+        v1("/v1/jobs", jobs.list, ["GET"]),
+        v1("/v1/jobs/track", jobs.track, ["POST"]),
+        v1("/v1/jobs/{job_id}", jobs.get, ["GET"]),
+        v1("/v1/jobs/{job_id}", jobs.cancel, ["DELETE"]),
+        v1("/v1/jobs/{job_id}/events", jobs.events, ["GET"]),
+        v1("/v1/jobs/{job_id}/content", jobs.content, ["GET"]),
+        v1("/v1/subscriptions", subs.create, ["POST"]),
+        v1("/v1/subscriptions", subs.list, ["GET"]),
+        v1("/v1/subscriptions/{sub_id}", subs.get, ["GET"]),
+        v1("/v1/subscriptions/{sub_id}", subs.update, ["PATCH"]),
+        v1("/v1/subscriptions/{sub_id}", subs.delete, ["DELETE"]),
+        v1("/v1/subscriptions/{sub_id}/rotate-secret", subs.rotate_secret, ["POST"]),
+        v1("/v1/subscriptions/{sub_id}/test", subs.test, ["POST"]),
+        v1("/v1/subscriptions/{sub_id}/replay", subs.replay, ["POST"]),
+        v1("/v1/deliveries", deliveries.list, ["GET"]),
+        v1("/v1/deliveries/{delivery_id}", deliveries.get, ["GET"]),
+        v1("/v1/deliveries/{delivery_id}/retry", deliveries.retry, ["POST"]),
+        *(extra_routes or []),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        rt.store = await SqliteStore.open(
+            settings.database_path,
+            clock=rt.clock,
+            retry_schedule=settings.retry_schedule,
+            callback_secret=settings.callback_secret,
+            disable_after=settings.disable_after,
+        )
+        rt.openai = OpenAIClient(
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_keys[0] if settings.openai_api_keys else None,
+            metrics=rt.metrics,
+            transport=openai_transport,
+        )
+        rt.sender = Sender(resolver=rt.resolver, allow_private=settings.allow_private_targets)
+        receiver = Receiver(
+            store=rt.store,
+            verifier=verifier,
+            clock=rt.clock,
+            metrics=rt.metrics,
+            max_body_bytes=settings.max_body_bytes,
+        )
+        receiver_holder["receiver"] = receiver
+        workers: list[Any] = []
+        if start_workers:
+            workers = [
+                Submitter(store=rt.store, openai=rt.openai, clock=rt.clock),
+                Refresher(store=rt.store, openai=rt.openai, clock=rt.clock),
+                Deliverer(
+                    store=rt.store,
+                    sender=rt.sender,
+                    clock=rt.clock,
+                    metrics=rt.metrics,
+                    timeout=settings.delivery_timeout,
+                    concurrency=settings.delivery_concurrency,
+                    per_subscription=settings.per_subscription_concurrency,
+                ),
+                Reconciler(
+                    store=rt.store,
+                    openai=rt.openai,
+                    clock=rt.clock,
+                    metrics=rt.metrics,
+                    interval=settings.reconcile_interval,
+                    stale_after=settings.reconcile_after,
+                ),
+            ]
+        for worker in workers:
+            rt.tasks[worker.name] = asyncio.create_task(worker.run(), name=f"sorahook-{worker.name}")
+        for i, job in enumerate(background or []):
+            rt.tasks[f"background-{i}"] = asyncio.create_task(job(), name=f"sorahook-background-{i}")  # type: ignore[arg-type]
+        rt.ready = True
+        if on_ready is not None:
+            on_ready(rt)
+        log.info("sorahook ready", extra={"database": str(settings.database_path)})
+        try:
+            yield
+        finally:
+            rt.ready = False
+            receiver.accepting = False
+            for task in rt.tasks.values():
+                task.cancel()
+            await asyncio.gather(*rt.tasks.values(), return_exceptions=True)
+            rt.tasks.clear()
+            await rt.sender.aclose()
+            await rt.openai.aclose()
+            await rt.store.aclose()
+            log.info("sorahook stopped; store closed")
+
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)])
+    app.state.runtime = rt
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(404, "not_found", f"no route for {request.url.path}")
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return error_response(405, "method_not_allowed", f"{request.method} is not allowed here")
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(500, "internal_error", "sorahook hit an unexpected error")
+
+    app.add_exception_handler(404, not_found)
+    app.add_exception_handler(405, method_not_allowed)
+    app.add_exception_handler(500, server_error)
+    return app

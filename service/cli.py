@@ -1,0 +1,232 @@
+"""The command line: serve, migrate, emulator, send-test-webhook."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.routing import BaseRoute, Mount
+
+from service.config import ConfigError, check_webhook_secret, load_settings, with_generated_secrets
+from service.logs import configure_logging, uvicorn_log_config
+from service.signing import Signer
+
+log = logging.getLogger("sorahook")
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number (0-65535)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sorahook", description="A dependable relay for OpenAI webhooks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument(
+        "--emulator", action="store_true", help="mount the Videos API emulator and use it as OpenAI"
+    )
+
+    commands.add_parser("migrate", help="apply database migrations and exit")
+
+    emulator = commands.add_parser("emulator", help="run the OpenAI Videos API emulator on its own")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=_port, default=8001)
+    emulator.add_argument("--webhook-url", required=True)
+    emulator.add_argument("--webhook-secret", required=True)
+    emulator.add_argument("--duration", type=_positive, default=10.0)
+    emulator.add_argument("--failure-rate", type=_rate, default=0.0)
+    emulator.add_argument("--drop-rate", type=_rate, default=0.0)
+    emulator.add_argument("--duplicate-rate", type=_rate, default=0.0)
+    emulator.add_argument("--error-rate", type=_rate, default=0.0)
+
+    send = commands.add_parser("send-test-webhook", help="sign and send one OpenAI-style event")
+    send.add_argument("--url", required=True)
+    send.add_argument("--secret", required=True)
+    send.add_argument("--type", default="video.completed")
+    send.add_argument("--video-id", default=None)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"sorahook: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "migrate":
+            return migrate()
+        if args.command == "emulator":
+            return run_emulator(args)
+        if args.command == "send-test-webhook":
+            return send_test_webhook(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _emulator_duration() -> float:
+    raw = os.environ.get("SORAHOOK_EMULATOR_DURATION", "").strip()
+    if not raw:
+        return 10.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"SORAHOOK_EMULATOR_DURATION must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError("SORAHOOK_EMULATOR_DURATION must be greater than 0")
+    return value
+
+
+def serve(args: argparse.Namespace) -> int:
+    from service.app import create_app
+    from service.emulator import Emulator, EmulatorConfig
+
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    emulator_mode = bool(args.emulator or settings.emulator)
+    if not emulator_mode and not settings.openai_api_keys and "api.openai.com" in settings.openai_base_url:
+        raise ConfigError(
+            "OPENAI_API_KEY is not set: set it, or pass --emulator to use the built-in emulator"
+        )
+    self_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    self_url = f"http://{self_host}:{args.port}"
+    if emulator_mode:
+        settings = replace(settings, emulator=True, openai_base_url=f"{self_url}/_emulator/v1")
+    settings, generated = with_generated_secrets(settings)
+    extra_routes: list[BaseRoute] = []
+    background: list[Callable[[], Awaitable[None]]] = []
+    if emulator_mode:
+        emulator = Emulator(
+            EmulatorConfig(
+                webhook_url=f"{self_url}/webhooks/openai",
+                webhook_secret=settings.webhook_secrets[0],
+                duration=_emulator_duration(),
+            )
+        )
+        extra_routes.append(Mount("/_emulator", app=emulator.app))
+        background.append(emulator.run)  # the mounted app's own lifespan does not run under Mount
+        log.info(
+            "emulator mode: no OpenAI key needed; videos are made by the built-in emulator",
+            extra={"openai_base_url": settings.openai_base_url},
+        )
+        log.info("webhook secret for the emulator: %s", settings.webhook_secrets[0])
+    if emulator_mode or "SORAHOOK_ADMIN_TOKEN" in generated:
+        log.info("admin token (Authorization: Bearer …): %s", settings.admin_token)
+    if "SORAHOOK_ADMIN_TOKEN" in generated:
+        log.info("the admin token was generated and saved in %s", settings.data_dir / "admin_token")
+    app = create_app(settings, extra_routes=extra_routes, background=background)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=uvicorn_log_config(),
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
+    log.info("listening", extra={"url": self_url})
+    uvicorn.Server(config).run()
+    return 0
+
+
+def migrate() -> int:
+    from service.store.sqlite import SqliteStore
+
+    settings = load_settings()
+    applied = asyncio.run(SqliteStore.migrate(settings.database_path, time.time()))
+    if applied:
+        print(f"applied migrations {', '.join(map(str, applied))} to {settings.database_path}")
+    else:
+        print(f"{settings.database_path} is up to date")
+    return 0
+
+
+def run_emulator(args: argparse.Namespace) -> int:
+    from service.emulator import Emulator, EmulatorConfig
+
+    check_webhook_secret("--webhook-secret", args.webhook_secret)
+    if not args.webhook_url.startswith(("http://", "https://")):
+        raise ConfigError("--webhook-url must be an http(s) URL")
+    configure_logging("console", "info")
+    emulator = Emulator(
+        EmulatorConfig(
+            webhook_url=args.webhook_url,
+            webhook_secret=args.webhook_secret,
+            duration=args.duration,
+            failure_rate=args.failure_rate,
+            drop_rate=args.drop_rate,
+            duplicate_rate=args.duplicate_rate,
+            error_rate=args.error_rate,
+        )
+    )
+    log.info("emulator: OpenAI Videos API at http://%s:%s/v1", args.host, args.port)
+    uvicorn.run(emulator.app, host=args.host, port=args.port, log_config=uvicorn_log_config())
+    return 0
+
+
+def send_test_webhook(args: argparse.Namespace) -> int:
+    check_webhook_secret("--secret", args.secret)
+    if not args.url.startswith(("http://", "https://")):
+        raise ConfigError("--url must be an http(s) URL")
+    now = int(time.time())
+    resource_id = args.video_id or f"video_{secrets.token_hex(12)}"
+    event: dict[str, Any] = {
+        "id": f"evt_{secrets.token_hex(12)}",
+        "object": "event",
+        "created_at": now,
+        "type": args.type,
+        "data": {"id": resource_id},
+    }
+    body = json.dumps(event, separators=(",", ":"))
+    headers = Signer().headers(f"wh_{secrets.token_hex(12)}", now, body, [args.secret])
+    try:
+        response = httpx.post(args.url, content=body.encode(), headers=headers, timeout=10.0)
+    except httpx.HTTPError as exc:
+        return _fail(f"could not send to {args.url}: {exc}")
+    print(f"{response.status_code} {response.text.strip()}")
+    return 0 if response.is_success else 1

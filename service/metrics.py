@@ -1,0 +1,133 @@
+"""Every Prometheus metric sorahook exposes, defined once on a registry the app owns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from service.domain import EVENT_TYPES
+
+# Label values must come from closed sets: unknown event types are counted as "other".
+_KNOWN_TYPES = frozenset(EVENT_TYPES) | {
+    "video.queued",
+    "video.in_progress",
+    "video.cancelled",
+    "video.expired",
+    "sorahook.test",
+    "sorahook.subscription.disabled",
+}
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_SLOW = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600, 86400)
+
+
+class _Snapshot(Collector):
+    """A gauge family filled at scrape time from a cached snapshot (the store is async, scrapes are sync)."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        labels: list[str],
+        read: Callable[[], Iterable[tuple[tuple[str, ...], float]]],
+    ):
+        self._name, self._doc, self._labels, self._read = name, doc, labels, read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self._name, self._doc, labels=self._labels)
+        for labels, value in self._read():
+            family.add_metric(list(labels), value)
+        yield family
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.webhooks_received = Counter(
+            "sorahook_webhooks_received_total", "Verified webhooks received", ["type", "outcome"], registry=r
+        )
+        self.webhook_rejections = Counter(
+            "sorahook_webhook_rejections_total", "Webhooks refused", ["reason"], registry=r
+        )
+        self.job_duration = Histogram(
+            "sorahook_job_duration_seconds",
+            "Time from job creation to a terminal state",
+            ["kind", "status"],
+            buckets=_SLOW,
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "sorahook_deliveries_total", "Delivery attempts by outcome", ["outcome"], registry=r
+        )
+        self.delivery_attempt_duration = Histogram(
+            "sorahook_delivery_attempt_duration_seconds",
+            "Duration of one delivery attempt",
+            buckets=_FAST,
+            registry=r,
+        )
+        self.event_to_delivery = Histogram(
+            "sorahook_event_to_delivery_seconds",
+            "Time from an event's creation to its successful delivery",
+            buckets=(*_FAST, 60.0, 300.0, 1800.0, 7200.0),
+            registry=r,
+        )
+        self.openai_requests = Counter(
+            "sorahook_openai_requests_total", "Requests to OpenAI", ["operation", "status"], registry=r
+        )
+        self.openai_request_duration = Histogram(
+            "sorahook_openai_request_duration_seconds",
+            "Duration of requests to OpenAI",
+            ["operation"],
+            buckets=_FAST,
+            registry=r,
+        )
+        self.reconciliations = Counter(
+            "sorahook_reconciliations_total",
+            "Jobs the reconciler checked, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.reconcile_calls = Histogram(
+            "sorahook_reconcile_pass_openai_calls",
+            "OpenAI calls one reconciliation pass made",
+            buckets=(0, 1, 2, 5, 10, 20, 50, 100, 150, 200, 500),
+            registry=r,
+        )
+        self._job_counts: list[tuple[tuple[str, ...], float]] = []
+        self._backlog = 0.0
+        r.register(
+            _Snapshot(
+                "sorahook_jobs", "Jobs by kind and status", ["kind", "status"], lambda: self._job_counts
+            )
+        )
+        r.register(
+            _Snapshot(
+                "sorahook_delivery_backlog",
+                "Deliveries waiting to be sent",
+                [],
+                lambda: [((), self._backlog)],
+            )
+        )
+
+    def set_job_counts(self, counts: list[tuple[str, str, int]]) -> None:
+        self._job_counts = [((kind, status), float(n)) for kind, status, n in counts]
+
+    def set_backlog(self, backlog: int) -> None:
+        self._backlog = float(backlog)
+
+    @staticmethod
+    def event_type_label(event_type: str) -> str:
+        return event_type if event_type in _KNOWN_TYPES else "other"
+
+    @staticmethod
+    def status_label(status: int | None) -> str:
+        """HTTP status as a closed set: "200", "429", "5xx"-style classes for the rest, "error" for none."""
+        if status is None:
+            return "error"
+        if status in (200, 201, 400, 401, 403, 404, 409, 429, 500, 502, 503):
+            return str(status)
+        return f"{status // 100}xx"

@@ -1,0 +1,190 @@
+"""The delivery HTTP client: POST one signed event to a vetted address, never following redirects."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import socket
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from multidict import CIMultiDict
+from yarl import URL
+
+from service.ssrf import ResolveError, Resolver, UnsafeTarget, literal_ip, vet
+
+__all__ = ["MAX_RESPONSE_BYTES", "SendResult", "Sender", "parse_retry_after"]
+
+# A subscriber's answer is only its status; read a little of the body so a keep-alive
+# connection can be reused, and hang up on anything longer rather than download it.
+MAX_RESPONSE_BYTES = 64 * 1024
+_MAX_ERROR_CHARS = 300
+_USER_AGENT = "sorahook"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    status_code: int | None  # None when no response: timeout, connect or DNS error, refused target
+    retry_after: float | None  # seconds, from a Retry-After header on any response
+    error: str | None  # short text for the attempt log; None on a complete response
+    latency: float  # seconds, from the start of vetting to the end of the response
+    unsafe: bool = False  # refused by SSRF vetting at delivery time
+
+
+# The address vetted for the request running in this task. aiohttp asks its resolver only when it
+# opens a new connection, from inside the request (no DNS cache, so no other task), so the answer
+# is always the address that was just checked: there is no second lookup for DNS rebinding to win.
+_vetted_ip: ContextVar[str | None] = ContextVar("sorahook_vetted_ip", default=None)
+
+
+class _VettedAddressResolver(AbstractResolver):
+    """An aiohttp resolver that performs no lookup and answers with the vetted address."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        ip = _vetted_ip.get()
+        if ip is None:
+            raise ResolveError(f"no vetted address for {host}; refusing to look it up")
+        return [
+            {
+                "hostname": host,
+                "host": ip,
+                "port": port,
+                "family": socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            }
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+_DELTA_SECONDS = re.compile(r"\s*(\d{1,10}(?:\.\d+)?)\s*")
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None if absent or bad."""
+    if value is None:
+        return None
+    match = _DELTA_SECONDS.fullmatch(value)
+    if match is not None:
+        return float(match.group(1))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+class Sender:
+    """POSTs deliveries over pooled keep-alive connections (aiohttp; see bench/http_clients.py).
+
+    Every send vets the URL again and connects only to the address vetted; redirects are returned
+    as statuses, not followed; `timeout` bounds the whole attempt, DNS included.
+    """
+
+    def __init__(self, *, resolver: Resolver, allow_private: bool, max_connections: int = 256) -> None:
+        self._resolver = resolver
+        self._allow_private = allow_private
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created on first use: aiohttp binds the session to the running event loop.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                resolver=_VettedAddressResolver(),
+                use_dns_cache=False,  # a cache would hand out addresses this send did not vet
+                limit=self._max_connections,
+                keepalive_timeout=30,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),  # one subscriber's cookies must not reach another
+                timeout=aiohttp.ClientTimeout(total=None),  # the attempt's own deadline governs
+                auto_decompress=False,  # the body is discarded; never inflate it
+                trust_env=False,  # no proxies from the environment: we connect to what we vetted
+            )
+        return self._session
+
+    # The deadline is a parameter by design: it is per attempt, and bounds vetting as well as HTTP.
+    async def send(
+        self,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+        timeout: float,
+    ) -> SendResult:
+        """POST `body` to `url`; report what happened, never raising for network or HTTP problems."""
+        started = time.perf_counter()
+        status: int | None = None
+        retry_after: float | None = None
+        error: str | None = None
+        unsafe = False
+        if self._closed:
+            return SendResult(None, None, "sender is closed", 0.0)
+        try:
+            async with asyncio.timeout(timeout):
+                target = await vet(url, self._resolver, allow_private=self._allow_private)
+                request_url = URL(url)
+                if literal_ip(target.host) is not None:
+                    # Odd spellings such as 0x7f.1 become the address itself, as browsers do.
+                    request_url = request_url.with_host(target.ip.split("%", 1)[0])
+                request_headers = CIMultiDict(headers)  # case-insensitive: a caller's "user-agent" wins
+                request_headers.setdefault("Content-Type", "application/json")
+                request_headers.setdefault("User-Agent", _USER_AGENT)
+                token = _vetted_ip.set(target.ip)
+                try:
+                    async with self._client().post(
+                        request_url, data=body, headers=request_headers, allow_redirects=False
+                    ) as response:
+                        status = response.status
+                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                        await _read_some(response)
+                finally:
+                    _vetted_ip.reset(token)
+        except UnsafeTarget as exc:
+            error, unsafe = f"unsafe target: {exc.reason}", True
+        except ResolveError as exc:
+            error = f"dns: {exc}"
+        except TimeoutError:
+            error = f"timeout after {timeout:g}s" if status is None else f"timeout after {timeout:g}s in body"
+        except aiohttp.ClientConnectorDNSError as exc:
+            error = f"dns: {exc}"
+        except aiohttp.ClientSSLError as exc:
+            error = f"tls error: {exc}"
+        except aiohttp.ClientConnectorError as exc:
+            error = f"connect error: {exc.os_error.strerror or exc.os_error}"
+        except (aiohttp.ClientError, OSError) as exc:
+            error = f"connection error: {type(exc).__name__}: {exc}"
+        latency = time.perf_counter() - started
+        if error is not None:
+            error = error[:_MAX_ERROR_CHARS]
+        return SendResult(status, retry_after, error, latency, unsafe)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+async def _read_some(response: aiohttp.ClientResponse) -> None:
+    """Read up to MAX_RESPONSE_BYTES and discard it; an unfinished body makes aiohttp drop the connection."""
+    remaining = MAX_RESPONSE_BYTES
+    while remaining > 0:
+        chunk = await response.content.read(remaining)
+        if not chunk:
+            return
+        remaining -= len(chunk)

@@ -1,0 +1,301 @@
+"""URL and address vetting against SSRF, with an injectable DNS resolver."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from yarl import URL
+
+__all__ = [
+    "ResolveError",
+    "Resolver",
+    "StaticResolver",
+    "SystemResolver",
+    "Target",
+    "UnsafeTarget",
+    "address_problem",
+    "check_url_syntax",
+    "literal_ip",
+    "vet",
+]
+
+
+class ResolveError(OSError):
+    """A host name did not resolve. Transient as far as delivery is concerned: it is retried."""
+
+
+class UnsafeTarget(Exception):
+    """A URL that must not be called: a bad scheme or shape, or an address on a protected network.
+
+    `reason` is a short code from a closed set (safe as a metric label, and the 422 reason);
+    `str(exc)` is a sentence for people.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Resolver(Protocol):
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """Return the IP addresses `host` resolves to, best first; raise ResolveError on failure."""
+        ...
+
+
+class SystemResolver:
+    """The operating system's resolver, through the event loop's getaddrinfo."""
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ResolveError(f"cannot resolve {host}: {exc}") from exc
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not addresses:
+            raise ResolveError(f"cannot resolve {host}: no addresses")
+        return addresses
+
+
+class StaticResolver:
+    """A fixed table of names for tests; IP literals resolve to themselves, anything else fails."""
+
+    def __init__(self, table: Mapping[str, Sequence[str]]) -> None:
+        self._table = {name.lower().rstrip("."): list(ips) for name, ips in table.items()}
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        name = host.lower().rstrip(".")
+        if name in self._table:
+            return list(self._table[name])
+        ip = literal_ip(host)
+        if ip is not None:
+            return [ip]
+        raise ResolveError(f"cannot resolve {host}: not in the static table")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A vetted URL and the one address it may be connected to."""
+
+    url: str
+    scheme: str
+    host: str  # as it goes in the Host header and TLS SNI: lower-case, IDNA-encoded, no brackets
+    port: int
+    ip: str  # the address that was checked and must be connected to
+
+
+# --- addresses ---
+
+_PRIVATE_V4 = tuple(
+    ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
+)
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
+_SITE_LOCAL = ipaddress.IPv6Network("fec0::/10")
+
+_DESCRIPTIONS = {
+    "loopback": "a loopback address",
+    "private": "a private-network address",
+    "link_local": "a link-local address",
+    "multicast": "a multicast address",
+    "reserved": "a reserved or special-purpose address",
+    "unspecified": "the unspecified address",
+    "invalid": "not a valid IP address",
+}
+
+
+def _ipv4_problem(ip: ipaddress.IPv4Address) -> str | None:
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip in _THIS_NETWORK:
+        return "reserved"  # 0.0.0.0/8: Linux connects 0.x.x.x to the local host
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link_local"
+    if ip.is_multicast:
+        return "multicast"
+    if any(ip in network for network in _PRIVATE_V4):
+        return "private"  # RFC 1918 and carrier-grade NAT (100.64.0.0/10)
+    if not ip.is_global:
+        return "reserved"  # broadcast, 240/4, documentation, benchmarking, IETF protocol ranges
+    return None
+
+
+def _ipv6_problem(ip: ipaddress.IPv6Address) -> str | None:
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    # Forms that carry an IPv4 address inside: judge the IPv4 address they lead to.
+    mapped = ip.ipv4_mapped
+    if mapped is not None:
+        return _ipv4_problem(mapped)
+    if ip in _NAT64:
+        # DNS64 networks synthesise these for public IPv4 sites, so a public embedded address is fine.
+        return _ipv4_problem(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip in _IPV4_COMPATIBLE:
+        # Deprecated IPv4-compatible form (::a.b.c.d): never a legitimate target.
+        return _ipv4_problem(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)) or "reserved"
+    sixtofour = ip.sixtofour
+    if sixtofour is not None:
+        problem = _ipv4_problem(sixtofour)
+        if problem is not None:
+            return problem
+    if ip.is_link_local:
+        return "link_local"
+    if ip.is_multicast:
+        return "multicast"
+    if ip in _UNIQUE_LOCAL or ip in _SITE_LOCAL or ip in _NAT64_LOCAL:
+        return "private"
+    if not ip.is_global or ip.is_reserved:
+        return "reserved"  # documentation, Teredo, ORCHID, discard-only, unassigned ranges
+    return None
+
+
+@functools.lru_cache(maxsize=4096)  # pure, and called on every send with a handful of addresses
+def address_problem(ip: str) -> str | None:
+    """The reason code why `ip` must not be connected to, or None when it is a public address."""
+    canonical = literal_ip(ip)
+    if canonical is None:
+        return "invalid"
+    address = ipaddress.ip_address(canonical.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv4Address):
+        return _ipv4_problem(address)
+    return _ipv6_problem(address)
+
+
+# --- literal hosts ---
+
+_PART = re.compile(r"(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+
+
+def _ipv4_part(text: str) -> int | None:
+    if _PART.fullmatch(text) is None:
+        return None
+    if text[:2] in ("0x", "0X"):
+        return int(text[2:], 16)
+    if text.startswith("0"):
+        return int(text, 8)
+    return int(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def literal_ip(host: str) -> str | None:
+    """The canonical IP address `host` spells, or None when it is a name.
+
+    IPv4 is read the way inet_aton reads it (and so the way getaddrinfo, curl and browsers do):
+    one to four parts, each decimal, octal (leading 0) or hex (0x), the last filling the remaining
+    bytes; "2130706433", "0x7f.1", "0177.0.0.1" and "127.1" are all 127.0.0.1. IPv6 may be
+    bracketed and carry a zone ("fe80::1%eth0", "%25" URL-encoded).
+    """
+    text = host.strip()
+    try:
+        socket.inet_pton(socket.AF_INET, text)
+        return text  # the common case, already canonical (inet_pton refuses leading zeros)
+    except OSError:
+        pass
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if ":" in text:
+        address, _, zone = text.partition("%")
+        if zone.startswith("25"):
+            zone = zone[2:]
+        try:
+            ip6 = ipaddress.IPv6Address(address)
+        except ValueError:
+            return None
+        return f"{ip6}%{zone}" if zone else str(ip6)
+    if text.endswith("."):
+        text = text[:-1]  # "127.0.0.1." is the same host to a browser
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    values = [_ipv4_part(part) for part in parts]
+    if any(value is None for value in values):
+        return None
+    numbers = [value for value in values if value is not None]
+    *leading, last = numbers
+    if any(value > 0xFF for value in leading) or last >= 1 << (8 * (5 - len(numbers))):
+        return None
+    number = last
+    for index, value in enumerate(leading):
+        number |= value << (8 * (3 - index))
+    return str(ipaddress.IPv4Address(number))
+
+
+# --- URLs ---
+
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_\-.]*[a-z0-9_])?\.?")
+
+
+@functools.lru_cache(maxsize=4096)  # subscription URLs repeat on every send; failures are not cached
+def _parse(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an acceptable URL, or UnsafeTarget."""
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError) as exc:
+        raise UnsafeTarget("invalid_url", f"not a valid URL: {exc}") from None
+    scheme = parsed.scheme.lower()
+    if scheme not in ("http", "https"):
+        shown = scheme or "no scheme"
+        raise UnsafeTarget("scheme", f"URL must use http or https, not {shown}")
+    raw_host = parsed.raw_host
+    if not raw_host:
+        raise UnsafeTarget("no_host", "URL has no host")
+    # yarl drops an empty "@"; look at the text as written too, so no spelling of userinfo gets through.
+    written_authority = re.split(r"[/?#]", url.partition("//")[2], maxsplit=1)[0]
+    if parsed.raw_user is not None or parsed.raw_password is not None or "@" in written_authority:
+        raise UnsafeTarget("userinfo", "URL must not carry a user name or password")
+    host = raw_host.lower()
+    if ":" not in host and _HOST_NAME.fullmatch(host) is None:
+        raise UnsafeTarget("invalid_host", f"URL host {raw_host!r} is not a valid host name")
+    if ":" in host and literal_ip(host) is None:
+        raise UnsafeTarget("invalid_host", f"URL host {raw_host!r} is not a valid IPv6 address")
+    port = parsed.port
+    if port is None or not 0 < port < 65536:
+        raise UnsafeTarget("port", f"URL port {port} is out of range")
+    return scheme, host, port
+
+
+def check_url_syntax(url: str) -> None:
+    """Raise UnsafeTarget unless `url` is an absolute http(s) URL with a host and no credentials."""
+    _parse(url)
+
+
+async def vet(url: str, resolver: Resolver, *, allow_private: bool) -> Target:
+    """Resolve `url`'s host and return the address to connect to.
+
+    Refuses (UnsafeTarget) when any address the host resolves to is not public, unless
+    `allow_private`: a name with one public and one private address could be steered to either.
+    A failed lookup raises ResolveError, which callers treat as transient.
+    """
+    scheme, host, port = _parse(url)
+    literal = literal_ip(host)
+    addresses = [literal] if literal is not None else await resolver.resolve(host, port)
+    if not addresses:
+        raise ResolveError(f"cannot resolve {host}: no addresses")
+    if not allow_private:
+        for address in addresses:
+            problem = address_problem(address)
+            if problem is not None:
+                if literal is None:
+                    where = f"{host} resolves to {address},"
+                else:
+                    where = f"{host} is" if host == address else f"{host} ({address}) is"
+                described = _DESCRIPTIONS.get(problem, problem)
+                raise UnsafeTarget(problem, f"{where} {described}; only public addresses are allowed")
+    ip = literal_ip(addresses[0])
+    if ip is None:
+        raise ResolveError(f"cannot resolve {host}: resolver returned {addresses[0]!r}")
+    return Target(url=url, scheme=scheme, host=host, port=port, ip=ip)

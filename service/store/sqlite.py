@@ -1,0 +1,1263 @@
+"""The SQLite store: all SQL lives here; one writer task commits waiting writes together (group commit).
+
+aiosqlite runs sqlite3 on its own thread and every call is a thread hop. The store pays that hop once
+per batch: each operation is a plain function over a sqlite3 connection, and the writer runs a whole
+batch of them in one hop, one transaction (a savepoint per operation, so one failing operation does
+not undo its neighbours) and one commit.
+
+Durability: WAL with `synchronous=FULL`, so a commit survives power loss, not only a process crash.
+Group commit makes the fsync per batch, not per request, which is what keeps FULL affordable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import random
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import aiosqlite
+
+from service import ids
+from service.clock import Clock
+from service.domain import (
+    EVENT_TYPES,
+    Kind,
+    Observation,
+    Origin,
+    Status,
+    decide,
+    emitted_type,
+    is_terminal,
+    matches_filter,
+)
+from service.store.migrations import apply_migrations
+from service.store.records import (
+    Attempt,
+    ClaimedDelivery,
+    Delivery,
+    DeliveryStatus,
+    EventRecord,
+    IncomingWebhook,
+    Job,
+    Subscription,
+    WebhookOutcome,
+)
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], T]
+
+MAX_BATCH = 512
+ERROR_TEXT_LIMIT = 500
+
+
+class StoreClosed(Exception):
+    """The store is closed (shutting down); the write was not attempted."""
+
+
+@dataclass
+class Signals:
+    """Set after a commit that gave a worker something to do, so workers need not poll tightly."""
+
+    deliveries: asyncio.Event
+    submissions: asyncio.Event
+    refreshes: asyncio.Event
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What a delivery attempt did, as the delivery worker reports it to the store."""
+
+    delivery_id: str
+    status_code: int | None
+    error: str | None
+    latency: float
+    retry_after: float | None = None
+
+
+def _in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    """Run `fn(raw_connection)` on aiosqlite's own thread: one hop for a whole batch of statements.
+
+    aiosqlite has no public call for this; `_execute` and `_conn` have been stable since its first releases.
+    """
+    return cast("asyncio.Future[T]", conn._execute(fn, conn._conn))  # type: ignore[no-untyped-call]
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        kind=row["kind"],
+        resource_id=row["resource_id"],
+        status=row["status"],
+        progress=row["progress"],
+        origin=row["origin"],
+        request=_loads(row["request"]),
+        result=_loads(row["result"]),
+        error=_loads(row["error"]),
+        callback_url=row["callback_url"],
+        metadata=json.loads(row["metadata"] or "{}"),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        completed_at=row["completed_at"],
+        sequence=row["sequence"],
+        submit_attempts=row["submit_attempts"],
+    )
+
+
+def _subscription(row: sqlite3.Row) -> Subscription:
+    return Subscription(
+        id=row["id"],
+        url=row["url"],
+        event_types=_loads(row["event_types"]),
+        description=row["description"],
+        secret=row["secret"],
+        previous_secret=row["previous_secret"],
+        previous_secret_until=row["previous_secret_until"],
+        enabled=bool(row["enabled"]),
+        ordered=bool(row["ordered"]),
+        disabled_reason=row["disabled_reason"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_success_at=row["last_success_at"],
+        failing_since=row["failing_since"],
+    )
+
+
+def _delivery(row: sqlite3.Row, attempts: list[Attempt] | None = None) -> Delivery:
+    return Delivery(
+        id=row["id"],
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        subscription_id=row["subscription_id"],
+        job_id=row["job_id"],
+        url=row["url"] if row["url"] is not None else row["sub_url"],
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"] if row["status"] in ("pending", "failed") else None,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        last_status_code=row["last_status_code"],
+        last_error=row["last_error"],
+        delivered_at=row["delivered_at"],
+        attempt_log=attempts or [],
+    )
+
+
+class _Ops:
+    """The SQL. Every method runs on the store's thread inside a transaction the caller manages."""
+
+    def __init__(self, clock: Clock, retry_schedule: tuple[float, ...], callback_secret: str | None) -> None:
+        self.clock = clock
+        self.retry_schedule = retry_schedule
+        self.callback_secret = callback_secret
+        self._subscriptions: list[Subscription] | None = None
+        self.rng = random.Random()
+        # Flags raised by operations in the current batch, turned into Signals after the commit.
+        self.flag_deliveries = False
+        self.flag_submissions = False
+        self.flag_refreshes = False
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    def job_row(self, conn: sqlite3.Connection, key: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = conn.execute("SELECT * FROM jobs WHERE id = ?", (key,)).fetchone()
+        if row is None:
+            row = conn.execute("SELECT * FROM jobs WHERE resource_id = ?", (key,)).fetchone()
+        return row
+
+    def insert_job(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        kind: Kind,
+        status: Status,
+        origin: Origin,
+        resource_id: str | None = None,
+        request: dict[str, Any] | None = None,
+        callback_url: str | None = None,
+        metadata: dict[str, str] | None = None,
+        idempotency_key: str | None = None,
+        next_submit_at: float | None = None,
+        refresh_at: float | None = None,
+    ) -> sqlite3.Row:
+        now = self.clock.now()
+        job_id = ids.job_id()
+        conn.execute(
+            "INSERT INTO jobs (id, kind, resource_id, status, progress, origin, request, callback_url, metadata,"
+            " created_at, updated_at, sequence, idempotency_key, next_submit_at, refresh_at)"
+            " VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+            (
+                job_id,
+                kind,
+                resource_id,
+                status,
+                origin,
+                _dumps(request),
+                callback_url,
+                json.dumps(metadata or {}),
+                now,
+                now,
+                idempotency_key,
+                next_submit_at,
+                refresh_at,
+            ),
+        )
+        if next_submit_at is not None:
+            self.flag_submissions = True
+        if refresh_at is not None:
+            self.flag_refreshes = True
+        row: sqlite3.Row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row
+
+    def apply(self, conn: sqlite3.Connection, row: sqlite3.Row, obs: Observation, source: str) -> Job:
+        """The one path every source takes to change a job: state machine, then events and outbox rows."""
+        now = self.clock.now()
+        change = decide(row["status"], row["progress"], row["sequence"], obs)
+        sets: dict[str, Any] = {}
+        if obs.resource_id and row["resource_id"] is None:
+            sets["resource_id"] = obs.resource_id
+        if change.fields_changed:
+            sets["status"] = change.status
+            sets["progress"] = change.progress
+            sets["sequence"] = change.sequence
+        if change.status_changed and is_terminal(change.status):
+            sets["completed_at"] = obs.completed_at or int(now)
+            sets["next_submit_at"] = None
+        # Details (result, error) are filled in whenever a source brings them, even without a status
+        # change (the follow-up retrieve after a terminal webhook); a terminal job's details only grow.
+        if obs.result is not None:
+            merged = dict(_loads(row["result"]) or {})
+            merged.update(obs.result)
+            if merged != (_loads(row["result"]) or None):
+                sets["result"] = _dumps(merged)
+        if obs.error is not None and (change.status == "failed" or change.status_changed):
+            if _loads(row["error"]) != obs.error:
+                sets["error"] = _dumps(obs.error)
+        if not sets:
+            return _job(row)
+        sets["updated_at"] = now
+        assignments = ", ".join(f"{name} = ?" for name in sets)
+        conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*sets.values(), row["id"]))
+        new_row: sqlite3.Row = conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+        job = _job(new_row)
+        if change.status_changed:
+            event_type = emitted_type(job.kind, job.status)
+            if obs.event_type and EVENT_TYPES.get(obs.event_type, (None, None))[1] == job.status:
+                event_type = obs.event_type  # OpenAI's own name (`response.incomplete`)
+            self.emit(conn, event_type, job.to_api(), source=source, job=job)
+        return job
+
+    # -- events and the outbox --------------------------------------------------------------------
+
+    def subscriptions(self, conn: sqlite3.Connection) -> list[Subscription]:
+        if self._subscriptions is None:
+            rows = conn.execute("SELECT * FROM subscriptions WHERE enabled = 1 ORDER BY id").fetchall()
+            self._subscriptions = [_subscription(r) for r in rows]
+        return self._subscriptions
+
+    def forget_subscriptions(self) -> None:
+        self._subscriptions = None
+
+    def emit(
+        self,
+        conn: sqlite3.Connection,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        source: str,
+        job: Job | None = None,
+        only_subscription: str | None = None,
+        exclude_subscription: str | None = None,
+    ) -> str:
+        """Write an emitted event and its delivery rows (the transactional outbox)."""
+        now = self.clock.now()
+        event_id = ids.event_id()
+        body = json.dumps(
+            {"id": event_id, "object": "event", "type": event_type, "created_at": int(now), "data": data},
+            separators=(",", ":"),
+        )
+        job_id = job.id if job else None
+        conn.execute(
+            "INSERT INTO events (id, direction, type, job_id, source, created_at, body)"
+            " VALUES (?, 'emitted', ?, ?, ?, ?, ?)",
+            (event_id, event_type, job_id, source, now, body),
+        )
+        rows: list[tuple[str, str, str, str | None, str | None, str | None, str | None, int | None]] = []
+        first_at = now + self.retry_schedule[0]
+        for sub in self.subscriptions(conn):
+            if only_subscription is not None and sub.id != only_subscription:
+                continue
+            if sub.id == exclude_subscription:
+                continue
+            if only_subscription is None and not matches_filter(event_type, sub.event_types):
+                continue
+            ordering = f"{sub.id}:{job_id}" if (sub.ordered and job_id) else None
+            seq = job.sequence if job else None
+            rows.append((ids.delivery_id(), event_id, event_type, sub.id, job_id, None, ordering, seq))
+        if job is not None and job.callback_url and only_subscription is None:
+            rows.append((ids.delivery_id(), event_id, event_type, None, job_id, job.callback_url, None, None))
+        if rows:
+            conn.executemany(
+                "INSERT INTO deliveries (id, event_id, event_type, subscription_id, job_id, url, status,"
+                " next_attempt_at, ordering_key, sequence, event_created_at, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                [(r[0], r[1], r[2], r[3], r[4], r[5], first_at, r[6], r[7], now, now, now) for r in rows],
+            )
+            self.flag_deliveries = True
+        return event_id
+
+    # -- webhooks ---------------------------------------------------------------------------------
+
+    def record_webhook(self, conn: sqlite3.Connection, hook: IncomingWebhook) -> WebhookOutcome:
+        now = self.clock.now()
+        our_id = ids.event_id()
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO received_webhooks (webhook_id, event_id, received_at) VALUES (?, ?, ?)",
+            (hook.webhook_id, our_id, now),
+        )
+        if cur.rowcount == 0:
+            return WebhookOutcome("duplicate")
+        mapped = EVENT_TYPES.get(hook.type)
+        row = conn.execute("SELECT * FROM jobs WHERE resource_id = ?", (hook.resource_id,)).fetchone()
+        job_id: str | None = row["id"] if row is not None else None
+        if mapped is not None:
+            kind = mapped[0]
+            if row is None:
+                row = self.insert_job(
+                    conn, kind=kind, status="queued", origin="webhook", resource_id=hook.resource_id
+                )
+                job_id = row["id"]
+        conn.execute(
+            "INSERT INTO events (id, direction, type, job_id, source, created_at, webhook_id, openai_event_id,"
+            " body, headers) VALUES (?, 'received', ?, ?, 'webhook', ?, ?, ?, ?, ?)",
+            (
+                our_id,
+                hook.type,
+                job_id,
+                now,
+                hook.webhook_id,
+                hook.event_id,
+                hook.body,
+                json.dumps({"webhook-id": hook.webhook_id, "webhook-timestamp": str(hook.timestamp)}),
+            ),
+        )
+        if mapped is not None and row is not None:
+            obs = Observation(
+                status=mapped[1],
+                completed_at=hook.created_at if is_terminal(mapped[1]) else None,
+                event_type=hook.type,
+            )
+            self.apply(conn, row, obs, source="webhook")
+            # The envelope holds only the id: fetch the full object in the background to fill in details.
+            conn.execute(
+                "UPDATE jobs SET refresh_at = ?, refresh_attempts = 0 WHERE id = ?", (now, row["id"])
+            )
+            self.flag_refreshes = True
+        elif mapped is None:
+            # Not a type we model: pass it through to the subscribers of that type, with OpenAI's data.
+            self.emit(conn, hook.type, hook.data, source="webhook")
+        return WebhookOutcome("accepted", job_id)
+
+    # -- deliveries -------------------------------------------------------------------------------
+
+    def claim_deliveries(
+        self, conn: sqlite3.Connection, limit: int, lease: float, busy: Iterable[str]
+    ) -> list[ClaimedDelivery]:
+        now = self.clock.now()
+        busy_list = list(busy)
+        exclude = ""
+        if busy_list:
+            exclude = f" AND (d.subscription_id IS NULL OR d.subscription_id NOT IN ({','.join('?' * len(busy_list))}))"
+        rows = conn.execute(
+            "SELECT d.*, e.body AS body, s.url AS sub_url, s.secret, s.previous_secret, s.previous_secret_until,"
+            " s.ordered, s.enabled FROM deliveries d JOIN events e ON e.id = d.event_id"
+            " LEFT JOIN subscriptions s ON s.id = d.subscription_id"
+            " WHERE d.status IN ('pending', 'failed') AND d.next_attempt_at <= ?"
+            + exclude
+            + " AND NOT EXISTS ("
+            "   SELECT 1 FROM deliveries p WHERE d.ordering_key IS NOT NULL AND p.ordering_key = d.ordering_key"
+            "   AND p.status IN ('pending', 'failed') AND (p.sequence < d.sequence"
+            "   OR (p.sequence = d.sequence AND p.id < d.id)))"
+            " ORDER BY d.next_attempt_at LIMIT ?",
+            (now, *busy_list, limit),
+        ).fetchall()
+        claimed: list[ClaimedDelivery] = []
+        for row in rows:
+            if row["subscription_id"] is not None and (row["enabled"] is None or not row["enabled"]):
+                # The subscription was disabled or removed after the event was enqueued.
+                conn.execute(
+                    "UPDATE deliveries SET status = 'dead', next_attempt_at = NULL, lease_until = NULL,"
+                    " last_error = ?, updated_at = ? WHERE id = ?",
+                    ("subscription disabled or deleted", now, row["id"]),
+                )
+                continue
+            if row["subscription_id"] is not None:
+                url = row["sub_url"]
+                secrets = [row["secret"]]
+                if (
+                    row["previous_secret"]
+                    and row["previous_secret_until"]
+                    and now < row["previous_secret_until"]
+                ):
+                    secrets.append(row["previous_secret"])
+            else:
+                url = row["url"]
+                secrets = [self.callback_secret] if self.callback_secret else []
+            claimed.append(
+                ClaimedDelivery(
+                    id=row["id"],
+                    event_id=row["event_id"],
+                    event_type=row["event_type"],
+                    subscription_id=row["subscription_id"],
+                    job_id=row["job_id"],
+                    url=url,
+                    body=row["body"],
+                    secrets=secrets,
+                    attempts=row["attempts"],
+                    event_created_at=row["event_created_at"],
+                    ordered=bool(row["ordered"]),
+                )
+            )
+        if claimed:
+            # The lease is the next due time: a claimed row is invisible until the lease runs out.
+            conn.executemany(
+                "UPDATE deliveries SET next_attempt_at = ?, lease_until = ? WHERE id = ?",
+                [(now + lease, now + lease, c.id) for c in claimed],
+            )
+        return claimed
+
+    def record_attempts(
+        self, conn: sqlite3.Connection, outcomes: list[DeliveryOutcome], disable_after: float
+    ) -> list[tuple[str, DeliveryStatus]]:
+        now = self.clock.now()
+        schedule = self.retry_schedule
+        results: list[tuple[str, DeliveryStatus]] = []
+        for out in outcomes:
+            row = conn.execute("SELECT * FROM deliveries WHERE id = ?", (out.delivery_id,)).fetchone()
+            if row is None or row["status"] in ("succeeded", "dead"):
+                continue
+            error = out.error[:ERROR_TEXT_LIMIT] if out.error else None
+            conn.execute(
+                "INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, latency_ms, error)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (out.delivery_id, now - out.latency, out.status_code, out.latency * 1000.0, error),
+            )
+            attempts = row["attempts"] + 1
+            sub_id = row["subscription_id"]
+            code = out.status_code
+            status: DeliveryStatus
+            next_at: float | None
+            if code is not None and 200 <= code < 300:
+                status, next_at = "succeeded", None
+                if sub_id:
+                    conn.execute(
+                        "UPDATE subscriptions SET last_success_at = ?, failing_since = NULL WHERE id = ?",
+                        (now, sub_id),
+                    )
+            elif code == 410:
+                status, next_at = "dead", None
+                error = error or "410 Gone: the endpoint asked to stop"
+                if sub_id:
+                    self.disable_subscription(conn, sub_id, "endpoint answered 410 Gone")
+            elif attempts >= len(schedule):
+                status, next_at = "dead", None
+            else:
+                delay = schedule[attempts] * self.rng.uniform(0.8, 1.2)
+                if out.retry_after is not None and code in (429, 503):
+                    delay = max(delay, min(out.retry_after, max(schedule)))
+                status, next_at = "failed", now + delay
+            if status != "succeeded" and sub_id:
+                self.note_failure(conn, sub_id, now, disable_after)
+            conn.execute(
+                "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, lease_until = NULL,"
+                " last_status_code = ?, last_error = ?, updated_at = ?, delivered_at = ? WHERE id = ?",
+                (
+                    status,
+                    attempts,
+                    next_at,
+                    code,
+                    error,
+                    now,
+                    now if status == "succeeded" else None,
+                    out.delivery_id,
+                ),
+            )
+            results.append((out.delivery_id, status))
+        return results
+
+    def note_failure(self, conn: sqlite3.Connection, sub_id: str, now: float, disable_after: float) -> None:
+        row = conn.execute(
+            "SELECT failing_since, enabled FROM subscriptions WHERE id = ?", (sub_id,)
+        ).fetchone()
+        if row is None or not row["enabled"]:
+            return
+        if row["failing_since"] is None:
+            conn.execute("UPDATE subscriptions SET failing_since = ? WHERE id = ?", (now, sub_id))
+        elif now - row["failing_since"] >= disable_after:
+            self.disable_subscription(conn, sub_id, "no successful delivery for too long")
+
+    def disable_subscription(self, conn: sqlite3.Connection, sub_id: str, reason: str) -> None:
+        now = self.clock.now()
+        row = conn.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
+        if row is None or not row["enabled"]:
+            return
+        conn.execute(
+            "UPDATE subscriptions SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?",
+            (reason, now, sub_id),
+        )
+        self.forget_subscriptions()
+        sub = _subscription(conn.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone())
+        self.emit(
+            conn,
+            "sorahook.subscription.disabled",
+            sub.to_api(),
+            source="delivery",
+            exclude_subscription=sub_id,
+        )
+
+
+class SqliteStore:
+    """The job store on one SQLite file. Open with `await SqliteStore.open(...)`; close with `aclose()`."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Clock,
+        retry_schedule: tuple[float, ...] = (0.0, 5.0, 300.0),
+        callback_secret: str | None = None,
+        disable_after: float = 5 * 86400.0,
+    ) -> None:
+        self.path = path
+        self.clock = clock
+        self.disable_after = disable_after
+        self._ops = _Ops(clock, retry_schedule, callback_secret)
+        self._writer_conn: aiosqlite.Connection | None = None
+        self._reader_conn: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[tuple[Op[Any], asyncio.Future[Any]] | None] = asyncio.Queue()
+        self._writer_task: asyncio.Task[None] | None = None
+        self.signals = Signals(asyncio.Event(), asyncio.Event(), asyncio.Event())
+        self.commits = 0
+        self.committed_ops = 0
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        clock: Clock,
+        retry_schedule: tuple[float, ...] = (0.0, 5.0, 300.0),
+        callback_secret: str | None = None,
+        disable_after: float = 5 * 86400.0,
+    ) -> SqliteStore:
+        store = cls(
+            path,
+            clock=clock,
+            retry_schedule=retry_schedule,
+            callback_secret=callback_secret,
+            disable_after=disable_after,
+        )
+        await store._start()
+        return store
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(str(self.path), isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA busy_timeout = 5000")
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    async def _start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer_conn = await self._connect()
+        now = self.clock.now()
+        await _in_thread(self._writer_conn, lambda c: apply_migrations(c, now))
+        self._reader_conn = await self._connect()
+        await self._write(self._release_leases)
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="sorahook-store-writer")
+
+    @staticmethod
+    async def migrate(path: Path, now: float) -> list[int]:
+        """Apply migrations to the file and return the versions applied (for `sorahook migrate`)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(str(path), isolation_level=None)
+        try:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            return await _in_thread(conn, lambda c: apply_migrations(c, now))
+        finally:
+            await conn.close()
+
+    def _release_leases(self, conn: sqlite3.Connection) -> None:
+        """At start this process owns the file: claims left by a dead process are free again at once."""
+        now = self.clock.now()
+        conn.execute(
+            "UPDATE deliveries SET next_attempt_at = ?, lease_until = NULL"
+            " WHERE lease_until IS NOT NULL AND status IN ('pending', 'failed')",
+            (now,),
+        )
+        conn.execute(
+            "UPDATE jobs SET next_submit_at = ? WHERE status = 'pending' AND next_submit_at > ?", (now, now)
+        )
+        conn.execute("UPDATE jobs SET refresh_at = ? WHERE refresh_at > ?", (now, now))
+
+    async def aclose(self) -> None:
+        if self._writer_task is not None:
+            await self._queue.put(None)
+            await self._writer_task
+            self._writer_task = None
+        for conn in (self._reader_conn, self._writer_conn):
+            if conn is not None:
+                await conn.close()
+        self._reader_conn = self._writer_conn = None
+
+    @property
+    def writer_alive(self) -> bool:
+        return self._writer_task is not None and not self._writer_task.done()
+
+    # -- the group-commit writer ------------------------------------------------------------------
+
+    async def _write(self, op: Op[T]) -> T:
+        if self._writer_task is None:
+            # Before the writer starts (start-up) or after it stopped: run alone, same transaction rules.
+            if self._writer_conn is None:
+                raise StoreClosed("the store is closed")
+            results = await _in_thread(self._writer_conn, lambda c: self._run_batch(c, [op]))
+            self._raise_signals()
+            outcome = results[0]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return cast(T, outcome)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._queue.put((op, future))
+        return await future
+
+    async def _writer_loop(self) -> None:
+        assert self._writer_conn is not None
+        conn = self._writer_conn
+        stopping = False
+        while not stopping:
+            item = await self._queue.get()
+            batch: list[tuple[Op[Any], asyncio.Future[Any]]] = []
+            if item is None:
+                stopping = True
+            else:
+                batch.append(item)
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is None:
+                    stopping = True
+                    continue
+                batch.append(more)
+            if not batch:
+                continue
+            ops = [op for op, _ in batch]
+            try:
+                results = await _in_thread(conn, functools.partial(self._run_batch, ops=ops))
+            except BaseException as exc:  # the commit itself failed: nothing in the batch is durable
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            self.commits += 1
+            self.committed_ops += len(batch)
+            self._raise_signals()
+            for (_, fut), result in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(result, BaseException):
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
+
+    def _run_batch(self, conn: sqlite3.Connection, ops: list[Op[Any]]) -> list[Any]:
+        results: list[Any] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append(op(conn))
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    self._ops.forget_subscriptions()
+                    results.append(exc)
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._ops.forget_subscriptions()
+            raise
+        return results
+
+    def _raise_signals(self) -> None:
+        ops = self._ops
+        if ops.flag_deliveries:
+            self.signals.deliveries.set()
+        if ops.flag_submissions:
+            self.signals.submissions.set()
+        if ops.flag_refreshes:
+            self.signals.refreshes.set()
+        ops.flag_deliveries = ops.flag_submissions = ops.flag_refreshes = False
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader_conn is None:
+            raise StoreClosed("the store is closed")
+        return await _in_thread(self._reader_conn, fn)
+
+    # -- health -----------------------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        try:
+            await self._read(lambda c: c.execute("SELECT 1").fetchone())
+        except Exception:
+            return False
+        return self.writer_alive
+
+    # -- webhooks ---------------------------------------------------------------------------------
+
+    async def record_webhook(self, hook: IncomingWebhook) -> WebhookOutcome:
+        """Store a verified webhook: dedupe, event row, job change and outbox rows in one transaction."""
+        return await self._write(lambda c: self._ops.record_webhook(c, hook))
+
+    async def count_received(self) -> int:
+        return await self._read(
+            lambda c: int(c.execute("SELECT COUNT(*) FROM received_webhooks").fetchone()[0])
+        )
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    async def get_job(self, key: str) -> Job | None:
+        def read(c: sqlite3.Connection) -> Job | None:
+            row = self._ops.job_row(c, key)
+            return _job(row) if row is not None else None
+
+        return await self._read(read)
+
+    async def list_jobs(
+        self, *, status: str | None, kind: str | None, limit: int, after: str | None
+    ) -> tuple[list[Job], bool]:
+        def read(c: sqlite3.Connection) -> tuple[list[Job], bool]:
+            where, args = [], []
+            if status:
+                where.append("status = ?")
+                args.append(status)
+            if kind:
+                where.append("kind = ?")
+                args.append(kind)
+            if after:
+                where.append("id < ?")
+                args.append(after)
+            sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+            rows = c.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit + 1)).fetchall()
+            return [_job(r) for r in rows[:limit]], len(rows) > limit
+
+        return await self._read(read)
+
+    async def job_events(self, job_id: str) -> list[EventRecord]:
+        def read(c: sqlite3.Connection) -> list[EventRecord]:
+            rows = c.execute(
+                "SELECT * FROM events WHERE job_id = ? ORDER BY created_at, id", (job_id,)
+            ).fetchall()
+            return [
+                EventRecord(
+                    id=r["id"],
+                    direction=r["direction"],
+                    type=r["type"],
+                    job_id=r["job_id"],
+                    source=r["source"],
+                    created_at=r["created_at"],
+                    body=r["body"],
+                    webhook_id=r["webhook_id"],
+                )
+                for r in rows
+            ]
+
+        return await self._read(read)
+
+    async def track_job(
+        self, *, kind: Kind, resource_id: str, callback_url: str | None, metadata: dict[str, str]
+    ) -> tuple[Job, bool]:
+        """Track a resource made elsewhere; (job, created). A new job is refreshed from OpenAI at once."""
+
+        def op(c: sqlite3.Connection) -> tuple[Job, bool]:
+            row = c.execute("SELECT * FROM jobs WHERE resource_id = ?", (resource_id,)).fetchone()
+            if row is not None:
+                return _job(row), False
+            row = self._ops.insert_job(
+                c,
+                kind=kind,
+                status="queued",
+                origin="track",
+                resource_id=resource_id,
+                callback_url=callback_url,
+                metadata=metadata,
+                refresh_at=self.clock.now(),
+            )
+            return _job(row), True
+
+        return await self._write(op)
+
+    async def create_job(
+        self,
+        *,
+        kind: Kind,
+        request: dict[str, Any],
+        callback_url: str | None,
+        metadata: dict[str, str],
+        idempotency_key: str | None,
+    ) -> tuple[Job, bool]:
+        """Store a new `pending` job for the submitter; the same idempotency key returns the same job."""
+
+        def op(c: sqlite3.Connection) -> tuple[Job, bool]:
+            if idempotency_key is not None:
+                row = c.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
+                if row is not None:
+                    return _job(row), False
+            row = self._ops.insert_job(
+                c,
+                kind=kind,
+                status="pending",
+                origin="api",
+                request=request,
+                callback_url=callback_url,
+                metadata=metadata,
+                idempotency_key=idempotency_key,
+                next_submit_at=self.clock.now(),
+            )
+            return _job(row), True
+
+        return await self._write(op)
+
+    async def apply_observation(self, job_id: str, obs: Observation, source: str) -> Job | None:
+        """The shared entry point for the submitter, the refresher, the reconciler and cancellation."""
+
+        def op(c: sqlite3.Connection) -> Job | None:
+            row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            return self._ops.apply(c, row, obs, source)
+
+        return await self._write(op)
+
+    # -- submission -------------------------------------------------------------------------------
+
+    async def claim_submissions(self, limit: int, lease: float) -> list[Job]:
+        def op(c: sqlite3.Connection) -> list[Job]:
+            now = self.clock.now()
+            rows = c.execute(
+                "SELECT * FROM jobs WHERE next_submit_at <= ? AND status = 'pending' ORDER BY next_submit_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            c.executemany(
+                "UPDATE jobs SET next_submit_at = ?, submit_attempts = submit_attempts + 1 WHERE id = ?",
+                [(now + lease, r["id"]) for r in rows],
+            )
+            return [_job(r) for r in rows]
+
+        return await self._write(op)
+
+    async def submission_succeeded(self, job_id: str, obs: Observation) -> Job | None:
+        def op(c: sqlite3.Connection) -> Job | None:
+            row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            c.execute("UPDATE jobs SET next_submit_at = NULL WHERE id = ?", (job_id,))
+            row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return self._ops.apply(c, row, obs, source="submitter")
+
+        return await self._write(op)
+
+    async def submission_retry(self, job_id: str, at: float) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "UPDATE jobs SET next_submit_at = ? WHERE id = ? AND status = 'pending'", (at, job_id)
+            )
+        )
+
+    async def next_submission_at(self) -> float | None:
+        return await self._read(
+            lambda c: c.execute("SELECT MIN(next_submit_at) FROM jobs WHERE status = 'pending'").fetchone()[0]
+        )
+
+    # -- refresh (the follow-up retrieve after a webhook or a track) -------------------------------
+
+    async def claim_refreshes(self, limit: int, lease: float) -> list[Job]:
+        def op(c: sqlite3.Connection) -> list[Job]:
+            now = self.clock.now()
+            rows = c.execute(
+                "SELECT * FROM jobs WHERE refresh_at <= ? ORDER BY refresh_at LIMIT ?", (now, limit)
+            ).fetchall()
+            c.executemany(
+                "UPDATE jobs SET refresh_at = ?, refresh_attempts = refresh_attempts + 1 WHERE id = ?",
+                [(now + lease, r["id"]) for r in rows],
+            )
+            return [_job(r) for r in rows if r["resource_id"]]
+
+        return await self._write(op)
+
+    async def refresh_done(self, job_id: str, obs: Observation | None, source: str = "refresh") -> Job | None:
+        def op(c: sqlite3.Connection) -> Job | None:
+            c.execute("UPDATE jobs SET refresh_at = NULL, refresh_attempts = 0 WHERE id = ?", (job_id,))
+            row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or obs is None:
+                return _job(row) if row is not None else None
+            return self._ops.apply(c, row, obs, source=source)
+
+        return await self._write(op)
+
+    async def refresh_retry(self, job_id: str, delay: float, max_attempts: int) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE jobs SET refresh_at = CASE WHEN refresh_attempts >= ? THEN NULL ELSE ? END WHERE id = ?",
+                (max_attempts, self.clock.now() + delay, job_id),
+            )
+
+        await self._write(op)
+
+    async def next_refresh_at(self) -> float | None:
+        return await self._read(
+            lambda c: c.execute("SELECT MIN(refresh_at) FROM jobs WHERE refresh_at IS NOT NULL").fetchone()[0]
+        )
+
+    # -- reconciliation ---------------------------------------------------------------------------
+
+    async def stale_jobs(self, older_than: float, limit: int) -> list[Job]:
+        """Non-terminal jobs with a resource id, not updated since `older_than`, whose backoff has passed."""
+
+        def read(c: sqlite3.Connection) -> list[Job]:
+            now = self.clock.now()
+            rows = c.execute(
+                "SELECT * FROM jobs WHERE status IN ('queued', 'in_progress') AND resource_id IS NOT NULL"
+                " AND updated_at <= ? AND (reconcile_at IS NULL OR reconcile_at <= ?) ORDER BY updated_at LIMIT ?",
+                (older_than, now, limit),
+            ).fetchall()
+            return [_job(r) for r in rows]
+
+        return await self._read(read)
+
+    async def reconciled(
+        self, results: list[tuple[str, Observation | None]], *, base_delay: float, cap: float
+    ) -> list[tuple[str, str]]:
+        """Apply what the reconciler learned; unchanged jobs back off. Returns (job_id, outcome) pairs."""
+
+        def op(c: sqlite3.Connection) -> list[tuple[str, str]]:
+            now = self.clock.now()
+            outcomes: list[tuple[str, str]] = []
+            for job_id, obs in results:
+                row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    continue
+                before = (row["status"], row["progress"])
+                job = self._ops.apply(c, row, obs, source="reconcile") if obs is not None else _job(row)
+                if (job.status, job.progress) != before:
+                    outcome = "updated"
+                    c.execute(
+                        "UPDATE jobs SET reconcile_misses = 0, reconcile_at = NULL WHERE id = ?", (job_id,)
+                    )
+                else:
+                    outcome = "unchanged"
+                    misses = row["reconcile_misses"] + 1
+                    delay = min(cap, base_delay * (2 ** min(misses, 20)))
+                    c.execute(
+                        "UPDATE jobs SET reconcile_misses = ?, reconcile_at = ? WHERE id = ?",
+                        (misses, now + delay, job_id),
+                    )
+                outcomes.append((job_id, outcome))
+            return outcomes
+
+        return await self._write(op)
+
+    # -- subscriptions ----------------------------------------------------------------------------
+
+    async def create_subscription(
+        self, *, url: str, event_types: list[str] | None, description: str | None, secret: str, ordered: bool
+    ) -> Subscription:
+        def op(c: sqlite3.Connection) -> Subscription:
+            now = self.clock.now()
+            sub_id = ids.subscription_id()
+            c.execute(
+                "INSERT INTO subscriptions (id, url, event_types, description, secret, enabled, ordered,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)",
+                (sub_id, url, _dumps(event_types), description, secret, int(ordered), now, now),
+            )
+            self._ops.forget_subscriptions()
+            return _subscription(c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone())
+
+        return await self._write(op)
+
+    async def get_subscription(self, sub_id: str) -> Subscription | None:
+        def read(c: sqlite3.Connection) -> Subscription | None:
+            row = c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
+            return _subscription(row) if row is not None else None
+
+        return await self._read(read)
+
+    async def list_subscriptions(self) -> list[Subscription]:
+        return await self._read(
+            lambda c: [
+                _subscription(r) for r in c.execute("SELECT * FROM subscriptions ORDER BY id").fetchall()
+            ]
+        )
+
+    async def update_subscription(self, sub_id: str, changes: dict[str, Any]) -> Subscription | None:
+        allowed = {"url", "event_types", "description", "enabled", "ordered"}
+
+        def op(c: sqlite3.Connection) -> Subscription | None:
+            if c.execute("SELECT 1 FROM subscriptions WHERE id = ?", (sub_id,)).fetchone() is None:
+                return None
+            sets: dict[str, Any] = {}
+            for name, value in changes.items():
+                if name not in allowed:
+                    continue
+                if name == "event_types":
+                    value = _dumps(value)
+                elif name in ("enabled", "ordered"):
+                    value = int(bool(value))
+                sets[name] = value
+            if changes.get("enabled") is True:
+                sets["disabled_reason"] = None
+                sets["failing_since"] = None
+            sets["updated_at"] = self.clock.now()
+            c.execute(
+                f"UPDATE subscriptions SET {', '.join(f'{k} = ?' for k in sets)} WHERE id = ?",
+                (*sets.values(), sub_id),
+            )
+            self._ops.forget_subscriptions()
+            return _subscription(c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone())
+
+        return await self._write(op)
+
+    async def delete_subscription(self, sub_id: str) -> bool:
+        def op(c: sqlite3.Connection) -> bool:
+            cur = c.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
+            now = self.clock.now()
+            c.execute(
+                "UPDATE deliveries SET status = 'dead', next_attempt_at = NULL, last_error = ?, updated_at = ?"
+                " WHERE subscription_id = ? AND status IN ('pending', 'failed')",
+                ("subscription deleted", now, sub_id),
+            )
+            self._ops.forget_subscriptions()
+            return cur.rowcount > 0
+
+        return await self._write(op)
+
+    async def rotate_secret(self, sub_id: str, new_secret: str, overlap: float) -> Subscription | None:
+        def op(c: sqlite3.Connection) -> Subscription | None:
+            now = self.clock.now()
+            cur = c.execute(
+                "UPDATE subscriptions SET previous_secret = secret, previous_secret_until = ?, secret = ?,"
+                " updated_at = ? WHERE id = ?",
+                (now + overlap, new_secret, now, sub_id),
+            )
+            if cur.rowcount == 0:
+                return None
+            self._ops.forget_subscriptions()
+            return _subscription(c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone())
+
+        return await self._write(op)
+
+    async def enqueue_test(self, sub_id: str) -> str | None:
+        def op(c: sqlite3.Connection) -> str | None:
+            row = c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
+            if row is None:
+                return None
+            sub = _subscription(row)
+            data = {"subscription_id": sub.id, "message": "This is a test event from sorahook."}
+            if not sub.enabled:
+                return None
+            return self._ops.emit(c, "sorahook.test", data, source="api", only_subscription=sub.id)
+
+        return await self._write(op)
+
+    async def replay(self, sub_id: str, since: float) -> int | None:
+        """Enqueue again, for this subscription, every emitted event since `since` that matches its filter."""
+
+        def op(c: sqlite3.Connection) -> int | None:
+            row = c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
+            if row is None:
+                return None
+            sub = _subscription(row)
+            now = self.clock.now()
+            events = c.execute(
+                "SELECT e.id, e.type, e.job_id, e.created_at, j.sequence FROM events e"
+                " LEFT JOIN jobs j ON j.id = e.job_id"
+                " WHERE e.direction = 'emitted' AND e.created_at >= ? AND e.type != 'sorahook.test'"
+                " ORDER BY e.created_at, e.id",
+                (since,),
+            ).fetchall()
+            rows = []
+            for ev in events:
+                if not matches_filter(ev["type"], sub.event_types):
+                    continue
+                ordering = f"{sub.id}:{ev['job_id']}" if (sub.ordered and ev["job_id"]) else None
+                rows.append(
+                    (
+                        ids.delivery_id(),
+                        ev["id"],
+                        ev["type"],
+                        sub.id,
+                        ev["job_id"],
+                        now,
+                        ordering,
+                        ev["sequence"],
+                        ev["created_at"],
+                        now,
+                        now,
+                    )
+                )
+            c.executemany(
+                "INSERT INTO deliveries (id, event_id, event_type, subscription_id, job_id, status,"
+                " next_attempt_at, ordering_key, sequence, event_created_at, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            if rows:
+                self._ops.flag_deliveries = True
+            return len(rows)
+
+        return await self._write(op)
+
+    # -- deliveries -------------------------------------------------------------------------------
+
+    async def claim_deliveries(
+        self, limit: int, lease: float, busy: Iterable[str] = ()
+    ) -> list[ClaimedDelivery]:
+        busy_list = list(busy)
+        return await self._write(lambda c: self._ops.claim_deliveries(c, limit, lease, busy_list))
+
+    async def release_deliveries(self, delivery_ids: list[str]) -> None:
+        """Give claimed-but-unsent deliveries back: due again now, no attempt counted."""
+
+        def op(c: sqlite3.Connection) -> None:
+            now = self.clock.now()
+            c.executemany(
+                "UPDATE deliveries SET next_attempt_at = ?, lease_until = NULL WHERE id = ? AND lease_until IS NOT NULL",
+                [(now, d) for d in delivery_ids],
+            )
+
+        await self._write(op)
+
+    async def record_attempts(self, outcomes: list[DeliveryOutcome]) -> list[tuple[str, DeliveryStatus]]:
+        return await self._write(lambda c: self._ops.record_attempts(c, outcomes, self.disable_after))
+
+    async def next_delivery_at(self) -> float | None:
+        return await self._read(
+            lambda c: c.execute(
+                "SELECT MIN(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'failed')"
+            ).fetchone()[0]
+        )
+
+    async def delivery_backlog(self) -> int:
+        return await self._read(
+            lambda c: int(
+                c.execute("SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'failed')").fetchone()[
+                    0
+                ]
+            )
+        )
+
+    async def list_deliveries(
+        self,
+        *,
+        subscription_id: str | None,
+        job_id: str | None,
+        status: str | None,
+        limit: int,
+        after: str | None,
+    ) -> tuple[list[Delivery], bool]:
+        def read(c: sqlite3.Connection) -> tuple[list[Delivery], bool]:
+            where, args = [], []
+            for column, value in (
+                ("d.subscription_id", subscription_id),
+                ("d.job_id", job_id),
+                ("d.status", status),
+            ):
+                if value:
+                    where.append(f"{column} = ?")
+                    args.append(value)
+            if after:
+                where.append("d.id < ?")
+                args.append(after)
+            sql = "SELECT d.*, s.url AS sub_url FROM deliveries d LEFT JOIN subscriptions s ON s.id = d.subscription_id"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            rows = c.execute(sql + " ORDER BY d.id DESC LIMIT ?", (*args, limit + 1)).fetchall()
+            out = []
+            for row in rows[:limit]:
+                attempts = [
+                    Attempt(a["attempted_at"], a["status_code"], a["latency_ms"], a["error"])
+                    for a in c.execute(
+                        "SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (row["id"],)
+                    ).fetchall()
+                ]
+                out.append(_delivery(row, attempts))
+            return out, len(rows) > limit
+
+        return await self._read(read)
+
+    async def get_delivery(self, delivery_id: str) -> Delivery | None:
+
+        def read(c: sqlite3.Connection) -> Delivery | None:
+            row = c.execute(
+                "SELECT d.*, s.url AS sub_url FROM deliveries d LEFT JOIN subscriptions s"
+                " ON s.id = d.subscription_id WHERE d.id = ?",
+                (delivery_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            attempts = [
+                Attempt(a["attempted_at"], a["status_code"], a["latency_ms"], a["error"])
+                for a in c.execute(
+                    "SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (delivery_id,)
+                ).fetchall()
+            ]
+            return _delivery(row, attempts)
+
+        return await self._read(read)
+
+    async def retry_delivery(self, delivery_id: str) -> str | None:
+        """Make a dead or failed delivery due now; returns its previous status, or None if unknown."""
+
+        def op(c: sqlite3.Connection) -> str | None:
+            row = c.execute("SELECT status FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+            if row is None:
+                return None
+            if row["status"] in ("dead", "failed"):
+                now = self.clock.now()
+                # A manual retry gets a fresh schedule: one more attempt now, then the usual ladder.
+                c.execute(
+                    "UPDATE deliveries SET status = 'failed', attempts = MIN(attempts, ?), next_attempt_at = ?,"
+                    " lease_until = NULL, updated_at = ? WHERE id = ?",
+                    (max(len(self._ops.retry_schedule) - 1, 0), now, now, delivery_id),
+                )
+                self._ops.flag_deliveries = True
+            return str(row["status"])
+
+        return await self._write(op)
+
+    # -- metrics ----------------------------------------------------------------------------------
+
+    async def job_counts(self) -> list[tuple[str, str, int]]:
+        return await self._read(
+            lambda c: [
+                (r[0], r[1], int(r[2]))
+                for r in c.execute("SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status").fetchall()
+            ]
+        )

@@ -1,0 +1,147 @@
+"""The submitter: sends `pending` jobs to OpenAI, once each, surviving restarts (idempotency key = job id)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from service.clock import Clock
+from service.domain import Observation, observation_from_resource
+from service.errors import OpenAIError, PermanentOpenAIError
+from service.openai_client import OpenAIClient
+from service.store.records import Job
+from service.store.sqlite import SqliteStore
+from service.workers import backoff, loop_forever, wait_for_signal
+
+log = logging.getLogger("sorahook.submitter")
+
+
+class Submitter:
+    name = "submitter"
+
+    def __init__(
+        self,
+        *,
+        store: SqliteStore,
+        openai: OpenAIClient,
+        clock: Clock,
+        batch: int = 16,
+        lease: float = 300.0,
+        max_attempts: int = 10,
+        backoff_base: float = 2.0,
+        backoff_cap: float = 300.0,
+        idle_wait: float = 5.0,
+    ) -> None:
+        self.store, self.openai, self.clock = store, openai, clock
+        self.batch, self.lease, self.max_attempts = batch, lease, max_attempts
+        self.backoff_base, self.backoff_cap, self.idle_wait = backoff_base, backoff_cap, idle_wait
+
+    async def run_once(self) -> int:
+        jobs = await self.store.claim_submissions(self.batch, self.lease)
+        if jobs:
+            await asyncio.gather(*(self.submit(job) for job in jobs))
+        return len(jobs)
+
+    async def submit(self, job: Job) -> None:
+        req = job.request or {}
+        try:
+            video = await self.openai.create_video(
+                prompt=str(req.get("prompt", "")),
+                model=str(req.get("model", "sora-2")),
+                seconds=req.get("seconds"),
+                size=req.get("size"),
+                idempotency_key=job.id,
+            )
+        except PermanentOpenAIError as exc:
+            log.info("OpenAI refused the job", extra={"job_id": job.id, "code": exc.code})
+            await self.store.apply_observation(
+                job.id, Observation(status="failed", error=exc.as_job_error()), "submitter"
+            )
+            return
+        except OpenAIError as exc:
+            if job.submit_attempts >= self.max_attempts:
+                error = {"code": "submission_failed", "message": f"OpenAI kept failing: {exc.message}"}
+                await self.store.apply_observation(
+                    job.id, Observation(status="failed", error=error), "submitter"
+                )
+                return
+            delay = backoff(job.submit_attempts, self.backoff_base, self.backoff_cap)
+            if exc.retry_after is not None:
+                delay = max(delay, exc.retry_after)
+            log.info("submission will be retried", extra={"job_id": job.id, "delay": round(delay, 2)})
+            await self.store.submission_retry(job.id, self.clock.now() + delay)
+            return
+        obs = observation_from_resource("video", video)
+        if obs.status is None:
+            obs = Observation(status="queued", resource_id=obs.resource_id, progress=obs.progress)
+        updated = await self.store.submission_succeeded(job.id, obs)
+        if updated is not None and updated.status == "cancelled" and obs.resource_id:
+            # Cancelled while the create was in flight: do not leave the video running at OpenAI.
+            try:
+                await self.openai.delete_video(obs.resource_id)
+            except OpenAIError:
+                log.warning("could not delete a video cancelled during submission", extra={"job_id": job.id})
+
+    async def _step(self) -> None:
+        claimed = await self.run_once()
+        if claimed:
+            return
+        next_at = await self.store.next_submission_at()
+        wait = self.idle_wait if next_at is None else min(self.idle_wait, next_at - self.clock.now())
+        await wait_for_signal(self.store.signals.submissions, wait)
+
+    async def run(self) -> None:
+        await loop_forever(self.name, self._step)
+
+
+class Refresher:
+    """After a terminal webhook (or a track), fetch the full object from OpenAI to fill in the job."""
+
+    name = "refresher"
+
+    def __init__(
+        self,
+        *,
+        store: SqliteStore,
+        openai: OpenAIClient,
+        clock: Clock,
+        batch: int = 16,
+        lease: float = 120.0,
+        max_attempts: int = 8,
+        idle_wait: float = 5.0,
+    ) -> None:
+        self.store, self.openai, self.clock = store, openai, clock
+        self.batch, self.lease, self.max_attempts, self.idle_wait = batch, lease, max_attempts, idle_wait
+
+    async def run_once(self) -> int:
+        jobs = await self.store.claim_refreshes(self.batch, self.lease)
+        if jobs:
+            await asyncio.gather(*(self.refresh(job) for job in jobs))
+        return len(jobs)
+
+    async def refresh(self, job: Job) -> None:
+        assert job.resource_id is not None
+        try:
+            obj = await self.openai.retrieve(job.kind, job.resource_id)
+        except PermanentOpenAIError as exc:
+            if exc.status == 404:
+                error = {"code": "resource_not_found", "message": f"OpenAI does not know {job.resource_id}"}
+                await self.store.refresh_done(job.id, Observation(status="failed", error=error))
+            else:
+                log.warning("refresh refused", extra={"job_id": job.id, "code": exc.code})
+                await self.store.refresh_done(job.id, None)
+            return
+        except OpenAIError:
+            await self.store.refresh_retry(job.id, backoff(3, 1.0, 120.0), self.max_attempts)
+            return
+        await self.store.refresh_done(job.id, observation_from_resource(job.kind, obj))
+
+    async def _step(self) -> None:
+        if await self.run_once():
+            return
+        next_at = await self.store.next_refresh_at()
+        wait = self.idle_wait if next_at is None else min(self.idle_wait, next_at - self.clock.now())
+        await wait_for_signal(self.store.signals.refreshes, wait)
+
+    async def run(self) -> None:
+        await loop_forever(self.name, self._step)
