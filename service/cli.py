@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -170,6 +171,9 @@ def serve(args: argparse.Namespace) -> int:
         server_header=False,
     )
     log.info("listening", extra={"url": self_url})
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal to the previous handler;
+    # a no-op handler there lets a clean shutdown end with exit status 0 (what systemd and k8s expect).
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.Server(config).run()
     return 0
 

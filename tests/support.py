@@ -146,3 +146,32 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+@asynccontextmanager
+async def emulated_service(
+    tmp_path: Path, *, emulator_options: dict[str, Any] | None = None, **overrides: Any
+) -> AsyncIterator[tuple[str, Any, Settings]]:
+    """The full service on a loopback port with the emulator mounted as OpenAI (like `serve --emulator`)."""
+    from starlette.routing import Mount
+
+    from service.app import create_app
+    from service.emulator import Emulator, EmulatorConfig
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = make_settings(tmp_path, openai_base_url=f"{base}/_emulator/v1", emulator=True, **overrides)
+    options = {"duration": 0.3, **(emulator_options or {})}
+    emulator = Emulator(
+        EmulatorConfig(
+            webhook_url=f"{base}/webhooks/openai", webhook_secret=settings.webhook_secrets[0], **options
+        )
+    )
+    app = create_app(
+        settings, extra_routes=[Mount("/_emulator", app=emulator.app)], background=[emulator.run]
+    )
+    try:
+        async with live_server(app, port=port) as url:
+            yield url, emulator, settings
+    finally:
+        await emulator.aclose()

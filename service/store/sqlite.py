@@ -596,8 +596,12 @@ class SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = await aiosqlite.connect(str(path), isolation_level=None)
         try:
-            await conn.execute("PRAGMA journal_mode = WAL")
-            return await _in_thread(conn, lambda c: apply_migrations(c, now))
+
+            def run(c: sqlite3.Connection) -> list[int]:
+                c.execute("PRAGMA journal_mode = WAL").fetchall()
+                return apply_migrations(c, now)
+
+            return await _in_thread(conn, run)
         finally:
             await conn.close()
 

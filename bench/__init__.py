@@ -1,0 +1,1 @@
+"""Benchmarks for sorahook: throughput and latency measurements run by `make bench`."""

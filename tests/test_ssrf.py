@@ -1,0 +1,287 @@
+"""SSRF vetting: odd address spellings, private resolutions, schemes, and properties of the parser."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.ssrf import (
+    ResolveError,
+    StaticResolver,
+    SystemResolver,
+    Target,
+    UnsafeTarget,
+    address_problem,
+    check_url_syntax,
+    literal_ip,
+    vet,
+)
+
+PUBLIC_V4 = "93.184.216.34"
+PUBLIC_V4_B = "151.101.1.69"
+PUBLIC_V6 = "2606:4700:4700::1111"
+
+RESOLVER = StaticResolver(
+    {
+        "hooks.example": ["10.1.2.3"],
+        "mixed.example": [PUBLIC_V4, "192.168.0.7"],
+        "public.example": [PUBLIC_V4, PUBLIC_V4_B],
+        "v6.example": [PUBLIC_V6],
+        "metadata.example": ["169.254.169.254"],
+        "mapped.example": ["::ffff:10.0.0.1"],
+    }
+)
+
+
+def run_vet(url: str, *, allow_private: bool = False) -> Target:
+    return asyncio.run(vet(url, RESOLVER, allow_private=allow_private))
+
+
+def refusal(url: str) -> UnsafeTarget:
+    with pytest.raises(UnsafeTarget) as caught:
+        run_vet(url)
+    return caught.value
+
+
+# --- refused at vetting, with the right reason ---
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://2130706433/", "loopback"),
+        ("http://0x7f.1/", "loopback"),
+        ("http://0177.0.0.1/", "loopback"),
+        ("http://127.1/", "loopback"),
+        ("http://0x7f000001/", "loopback"),
+        ("http://127.0.0.1./", "loopback"),
+        ("http://[::1]/", "loopback"),
+        ("http://[::ffff:127.0.0.1]/", "loopback"),
+        ("http://[::ffff:7f00:1]/", "loopback"),
+        ("http://[::127.0.0.1]/", "loopback"),
+        ("http://[2002:7f00:1::1]/", "loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "link_local"),
+        ("http://[fe80::1]/", "link_local"),
+        ("http://[fe80::1%25eth0]/", "link_local"),
+        ("http://10.0.0.1/", "private"),
+        ("http://172.16.5.4/", "private"),
+        ("http://192.168.1.1:8080/", "private"),
+        ("http://100.64.0.1/", "private"),
+        ("http://[fc00::1]/", "private"),
+        ("http://[fd12:3456::1]/", "private"),
+        ("http://[::ffff:10.0.0.1]/", "private"),
+        ("http://[64:ff9b::a00:1]/", "private"),
+        ("http://0.0.0.0/", "unspecified"),
+        ("http://0/", "unspecified"),
+        ("http://[::]/", "unspecified"),
+        ("http://0.1.2.3/", "reserved"),
+        ("http://224.0.0.1/", "multicast"),
+        ("http://[ff02::1]/", "multicast"),
+        ("http://255.255.255.255/", "reserved"),
+        ("http://240.0.0.1/", "reserved"),
+        ("http://192.0.2.10/", "reserved"),
+        ("http://198.51.100.1/", "reserved"),
+        ("http://203.0.113.9/", "reserved"),
+        ("http://198.18.0.1/", "reserved"),
+        ("http://[2001:db8::1]/", "reserved"),
+        ("http://[::8.8.8.8]/", "reserved"),
+        ("http://hooks.example/", "private"),
+        ("https://HOOKS.example./x", "private"),
+        ("http://mixed.example/", "private"),
+        ("http://metadata.example/", "link_local"),
+        ("http://mapped.example/", "private"),
+    ],
+)
+def test_protected_addresses_are_refused_with_their_reason(url: str, reason: str) -> None:
+    assert refusal(url).reason == reason
+
+
+def test_refusal_message_names_the_host_and_the_address() -> None:
+    assert str(refusal("http://hooks.example/")) == (
+        "hooks.example resolves to 10.1.2.3, a private-network address; only public addresses are allowed"
+    )
+    assert "0x7f.1 (127.0.0.1) is a loopback address" in str(refusal("http://0x7f.1/"))
+
+
+def test_a_name_with_one_public_and_one_private_address_is_refused() -> None:
+    # Either could be the one used to connect, so one bad address condemns the name.
+    error = refusal("http://mixed.example/")
+    assert error.reason == "private"
+    assert "192.168.0.7" in str(error)
+
+
+# --- URL shape ---
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://public.example/", "scheme"),
+        ("file:///etc/passwd", "scheme"),
+        ("gopher://public.example:70/", "scheme"),
+        ("ws://public.example/", "scheme"),
+        ("javascript:alert(1)", "scheme"),
+        ("public.example/hook", "scheme"),
+        ("http:///hook", "no_host"),
+        ("http://user:pw@public.example/", "userinfo"),
+        ("http://user@public.example/", "userinfo"),
+        ("http://@public.example/", "userinfo"),
+        ("http://public.example:0/", "port"),
+        ("http://public.example:99999/", "invalid_url"),
+        ("http://public.example\\@127.0.0.1/", "invalid_url"),
+        ("http://pub lic.example/", "invalid_host"),
+        ("http://[not:an:ip]/", "invalid_host"),
+    ],
+)
+def test_malformed_or_non_http_urls_are_refused(url: str, reason: str) -> None:
+    with pytest.raises(UnsafeTarget) as caught:
+        check_url_syntax(url)
+    assert caught.value.reason == reason
+    with pytest.raises(UnsafeTarget):
+        run_vet(url, allow_private=True)
+
+
+# --- allowed ---
+
+
+def test_public_addresses_are_allowed_and_the_first_is_the_one_to_connect_to() -> None:
+    assert run_vet("https://public.example/hooks?x=1") == Target(
+        url="https://public.example/hooks?x=1", scheme="https", host="public.example", port=443, ip=PUBLIC_V4
+    )
+    assert run_vet(f"http://{PUBLIC_V4}:8080/").ip == PUBLIC_V4
+    assert run_vet(f"http://[{PUBLIC_V6}]/").ip == PUBLIC_V6
+    assert run_vet("http://v6.example/").ip == PUBLIC_V6
+    # NAT64 and 6to4 forms of a public IPv4 address are public (DNS64 networks hand them out).
+    assert run_vet("http://[64:ff9b::808:808]/").ip == "64:ff9b::808:808"
+    assert run_vet("http://[2002:808:808::1]/").ip == "2002:808:808::1"
+
+
+def test_odd_spelling_of_a_public_address_connects_to_the_address_itself() -> None:
+    assert run_vet("http://0x5db8d822/").ip == PUBLIC_V4
+    assert run_vet("http://1572395042/").ip == PUBLIC_V4
+
+
+def test_allow_private_lifts_the_address_checks_but_not_the_url_checks() -> None:
+    assert run_vet("http://127.1:8000/", allow_private=True).ip == "127.0.0.1"
+    assert run_vet("http://hooks.example/", allow_private=True).ip == "10.1.2.3"
+    assert run_vet("http://[::1]/", allow_private=True).ip == "::1"
+    with pytest.raises(UnsafeTarget):
+        run_vet("file:///etc/passwd", allow_private=True)
+
+
+# --- resolution failures are not refusals ---
+
+
+def test_an_unresolvable_name_raises_resolve_error_not_unsafe_target() -> None:
+    with pytest.raises(ResolveError) as caught:
+        run_vet("http://nowhere.example/")
+    assert not isinstance(caught.value, UnsafeTarget)
+    assert isinstance(caught.value, OSError)
+
+
+def test_system_resolver_resolves_localhost_which_is_refused() -> None:
+    async def go() -> None:
+        resolver = SystemResolver()
+        assert set(await resolver.resolve("localhost", 80)) & {"127.0.0.1", "::1"}
+        with pytest.raises(UnsafeTarget) as caught:
+            await vet("http://localhost:8000/", resolver, allow_private=False)
+        assert caught.value.reason == "loopback"
+        with pytest.raises(ResolveError):
+            await resolver.resolve("no-such-host.invalid", 80)
+
+    asyncio.run(go())
+
+
+# --- the parser and the classifier ---
+
+
+@pytest.mark.parametrize(
+    ("host", "ip"),
+    [
+        ("2130706433", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("0X7F.0.0X0.01", "127.0.0.1"),
+        ("10.1.258", "10.1.1.2"),
+        ("[::ffff:127.0.0.1]", "::ffff:7f00:1"),
+        ("::1", "::1"),
+        ("hooks.example", None),
+        ("08.1.2.3", None),
+        ("0x", None),
+        ("1.2.3.4.5", None),
+        ("256.1.1.1", None),
+        ("1.16777216", None),
+        ("4294967296", None),
+        ("", None),
+    ],
+)
+def test_literal_ip_reads_hosts_the_way_inet_aton_does(host: str, ip: str | None) -> None:
+    assert literal_ip(host) == ip
+
+
+def _aton(text: str) -> str | None:
+    try:
+        return socket.inet_ntoa(socket.inet_aton(text))
+    except OSError:
+        return None
+
+
+_decimal = st.integers(0, 300).map(str)
+_octal = st.integers(0, 300).map(lambda n: "0" + format(n, "o"))
+_hex = st.tuples(st.integers(0, 300), st.booleans()).map(
+    lambda t: ("0X" if t[1] else "0x") + format(t[0], "x")
+)
+_junk = st.text(alphabet="0123456789abcdefxX", min_size=1, max_size=5)
+_part = st.one_of(_decimal, _octal, _hex, _junk)
+
+
+@given(st.lists(_part, min_size=4, max_size=4))
+def test_literal_ip_agrees_with_inet_aton_on_dotted_quads(parts: list[str]) -> None:
+    text = ".".join(parts)
+    assert literal_ip(text) == _aton(text)
+
+
+@given(st.lists(_part, min_size=1, max_size=3), st.integers(0, 2**32))
+def test_literal_ip_agrees_with_inet_aton_on_short_forms(parts: list[str], last: int) -> None:
+    text = ".".join([*parts[:-1], str(last)])
+    assert literal_ip(text) == _aton(text)
+
+
+@given(st.integers(0x7F000000, 0x7FFFFFFF), st.sampled_from(["{:d}", "0x{:x}", "0X{:X}", "0{:o}"]))
+def test_every_loopback_address_spelled_as_one_number_is_refused(number: int, spelling: str) -> None:
+    host = spelling.format(number)
+    assert literal_ip(host) == str(ipaddress.IPv4Address(number))
+    with pytest.raises(UnsafeTarget) as caught:
+        run_vet(f"http://{host}/")
+    assert caught.value.reason == "loopback"
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_ipv4_is_public_exactly_when_ipaddress_says_global_and_not_multicast(number: int) -> None:
+    address = ipaddress.IPv4Address(number)
+    assert (address_problem(str(address)) is None) == (address.is_global and not address.is_multicast)
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_ipv4_mapped_ipv6_is_judged_by_the_ipv4_address_it_carries(number: int) -> None:
+    dotted = str(ipaddress.IPv4Address(number))
+    assert address_problem(f"::ffff:{dotted}") == address_problem(dotted)
+    assert address_problem(f"64:ff9b::{dotted}") == address_problem(dotted)
+
+
+@given(st.integers(0, 2**128 - 1))
+def test_ipv6_classification_never_lets_a_non_global_address_through(number: int) -> None:
+    address = ipaddress.IPv6Address(number)
+    if address_problem(str(address)) is None:
+        embedded = address.ipv4_mapped or address.sixtofour
+        if address in ipaddress.IPv6Network("64:ff9b::/96"):
+            embedded = ipaddress.IPv4Address(number & 0xFFFFFFFF)
+        assert address.is_global or (embedded is not None and embedded.is_global)
+        assert not address.is_multicast
