@@ -200,3 +200,76 @@ def test_jobs_pending_at_a_crash_are_submitted_exactly_once_after_restart(
     finally:
         emulator.terminate()
         emulator.wait(timeout=10)
+
+
+class _Recorder:
+    """A threaded HTTP subscriber outside the service process, recording the webhook-ids it gets."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen: list[str] = []
+        self.seen = seen
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                self.rfile.read(length)
+                seen.append(self.headers.get("webhook-id", ""))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_kill_during_a_burst_of_deliveries_loses_no_event(tmp_path: Path, service_process: Any) -> None:
+    secret = new_webhook_secret()
+    recorders = [_Recorder(), _Recorder()]
+    env = _env(
+        tmp_path,
+        OPENAI_WEBHOOK_SECRET=secret,
+        OPENAI_API_KEY="sk-test",
+        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+    )
+    first = service_process(env)
+    first.start()
+    try:
+        with httpx.Client(base_url=first.url) as client:
+            for rec in recorders:
+                assert (
+                    client.post("/v1/subscriptions", json={"url": rec.url}, headers=auth()).status_code == 201
+                )
+            for i in range(150):
+                body, headers = signed_webhook(secret, "video.completed", f"video_k{i}")
+                assert client.post("/webhooks/openai", content=body, headers=headers).status_code == 200
+        first.stop(signal.SIGKILL)
+        second = service_process(env, port=first.port)
+        second.start()
+        with httpx.Client(base_url=second.url) as client:
+            events = set()
+            for i in range(150):
+                job = client.get(f"/v1/jobs/video_k{i}", headers=auth()).json()
+                timeline = client.get(f"/v1/jobs/{job['id']}/events", headers=auth()).json()["data"]
+                events |= {e["id"] for e in timeline if e["direction"] == "emitted"}
+        assert len(events) == 150
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(events <= set(r.seen) for r in recorders):
+            time.sleep(0.1)
+        for rec in recorders:
+            assert events <= set(rec.seen)  # at least once, each
+        second.stop()
+    finally:
+        for rec in recorders:
+            rec.close()
