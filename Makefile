@@ -11,8 +11,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# With no OPENAI_API_KEY, `make run` uses the built-in emulator as OpenAI.
 run: $(STAMP)
-	$(BIN)/sorahook serve --host 127.0.0.1 --port 8000
+	$(BIN)/sorahook serve --host 127.0.0.1 --port 8000 $(if $(OPENAI_API_KEY),,--emulator)
 
 test: $(STAMP)
 	$(BIN)/pytest

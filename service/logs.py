@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 _FIELDS = ("job_id", "resource_id", "event_id", "delivery_id", "subscription_id", "event_type", "request_id")
-_SKIP = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_SKIP = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -388,7 +388,7 @@ async def test_endpoint_failing_for_too_long_is_disabled_and_others_told(tmp_pat
             await _subscribe(client, f"{sub_url}/watcher", event_types=["sorahook.*"])
             await _webhook(client, s.webhook_secrets[0], "video.completed", "video_broken")
             await wait_until(lambda: _has_type(sub_server, "/watcher", "sorahook.subscription.disabled"))
-            notice = [r.event for r in sub_server.on("/watcher")][0]
+            notice = next(r.event for r in sub_server.on("/watcher"))
             assert notice["data"]["id"] == broken["id"] and notice["data"]["enabled"] is False
             current = (await client.get(f"/v1/subscriptions/{broken['id']}", headers=auth())).json()
             assert current["enabled"] is False and current["disabled_reason"]
