@@ -31,6 +31,7 @@ from service.metrics import Metrics
 from service.openai_client import OpenAIClient
 from service.receiver import Receiver
 from service.reconciler import Reconciler
+from service.retention import Pruner
 from service.sender import Sender
 from service.signing import Verifier
 from service.store.sqlite import SqliteStore
@@ -213,6 +214,7 @@ def create_app(
                     concurrency=settings.delivery_concurrency,
                     per_subscription=settings.per_subscription_concurrency,
                 ),
+                Pruner(store=rt.store, clock=rt.clock, keep=settings.retention),
                 Reconciler(
                     store=rt.store,
                     openai=rt.openai,

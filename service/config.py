@@ -39,6 +39,7 @@ class Settings:
     delivery_concurrency: int = 64
     per_subscription_concurrency: int = 8
     emulator: bool = False
+    retention: float = 30 * 86400.0
 
     @property
     def data_dir(self) -> Path:
@@ -176,6 +177,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         delivery_concurrency=_int(env, "SORAHOOK_DELIVERY_CONCURRENCY", 64, minimum=1),
         per_subscription_concurrency=_int(env, "SORAHOOK_SUBSCRIPTION_CONCURRENCY", 8, minimum=1),
         emulator=_bool(env, "SORAHOOK_EMULATOR", False),
+        retention=_float(env, "SORAHOOK_RETENTION_DAYS", 30.0, minimum=0.001) * 86400.0,
     )
 
 

@@ -273,3 +273,71 @@ def test_kill_during_a_burst_of_deliveries_loses_no_event(tmp_path: Path, servic
     finally:
         for rec in recorders:
             rec.close()
+
+
+def test_sigterm_during_a_burst_loses_nothing_acknowledged(tmp_path: Path, service_process: Any) -> None:
+    import threading
+
+    secret = new_webhook_secret()
+    recorder = _Recorder()
+    env = _env(
+        tmp_path,
+        OPENAI_WEBHOOK_SECRET=secret,
+        OPENAI_API_KEY="sk-test",
+        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+    )
+    first = service_process(env)
+    first.start()
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def blast(worker: int) -> None:
+        with httpx.Client(base_url=first.url, timeout=5) as client:
+            i = 0
+            while not stop.is_set():
+                resource = f"video_t{worker}_{i}"
+                body, headers = signed_webhook(secret, "video.completed", resource)
+                try:
+                    response = client.post("/webhooks/openai", content=body, headers=headers)
+                except httpx.HTTPError:
+                    return  # the server stopped listening
+                if response.status_code == 200:
+                    acknowledged.append(resource)
+                i += 1
+
+    try:
+        with httpx.Client(base_url=first.url) as client:
+            assert (
+                client.post("/v1/subscriptions", json={"url": recorder.url}, headers=auth()).status_code
+                == 201
+            )
+        threads = [threading.Thread(target=blast, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        while len(acknowledged) < 200:
+            time.sleep(0.01)
+        assert first.stop(signal.SIGTERM) == 0  # a clean, bounded shutdown in the middle of the burst
+        stop.set()
+        for t in threads:
+            t.join()
+        second = service_process(env, port=first.port)
+        second.start()
+        with httpx.Client(base_url=second.url) as client:
+            for resource in acknowledged:
+                assert client.get(f"/v1/jobs/{resource}", headers=auth()).status_code == 200, resource
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                backlog = client.get("/v1/deliveries", params={"status": "pending"}, headers=auth()).json()[
+                    "data"
+                ]
+                failed = client.get("/v1/deliveries", params={"status": "failed"}, headers=auth()).json()[
+                    "data"
+                ]
+                if not backlog and not failed and len(set(recorder.seen)) >= len(acknowledged):
+                    break
+                time.sleep(0.1)
+        assert len(set(recorder.seen)) >= len(acknowledged)
+        second.stop()
+    finally:
+        stop.set()
+        recorder.close()

@@ -1265,3 +1265,43 @@ class SqliteStore:
                 for r in c.execute("SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status").fetchall()
             ]
         )
+
+    # -- retention --------------------------------------------------------------------------------
+
+    async def prune(self, older_than: float, batch: int = 500) -> int:
+        """Delete one small batch of old history; jobs are kept. Returns how many rows went.
+
+        Old received events, emitted events whose deliveries are all finished, finished deliveries and
+        their attempts, and dedupe rows all go once older than `older_than`. An event that still has a
+        delivery pending or failing is kept whatever its age, so nothing waiting to be sent is lost.
+        """
+
+        def op(c: sqlite3.Connection) -> int:
+            removed = 0
+            finished = "('succeeded', 'dead')"
+            old_deliveries = [
+                r[0]
+                for r in c.execute(
+                    f"SELECT id FROM deliveries WHERE status IN {finished} AND updated_at < ? LIMIT ?",
+                    (older_than, batch),
+                ).fetchall()
+            ]
+            if old_deliveries:
+                marks = ",".join("?" * len(old_deliveries))
+                removed += c.execute(
+                    f"DELETE FROM delivery_attempts WHERE delivery_id IN ({marks})", old_deliveries
+                ).rowcount
+                removed += c.execute(f"DELETE FROM deliveries WHERE id IN ({marks})", old_deliveries).rowcount
+            removed += c.execute(
+                "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.created_at < ? AND NOT EXISTS"
+                " (SELECT 1 FROM deliveries d WHERE d.event_id = e.id) LIMIT ?)",
+                (older_than, batch),
+            ).rowcount
+            removed += c.execute(
+                "DELETE FROM received_webhooks WHERE webhook_id IN"
+                " (SELECT webhook_id FROM received_webhooks WHERE received_at < ? LIMIT ?)",
+                (older_than, batch),
+            ).rowcount
+            return removed
+
+        return await self._write(op)

@@ -1,0 +1,45 @@
+"""Retention: prunes old events, deliveries and attempts in small batches so the database stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from service.clock import Clock
+from service.store.sqlite import SqliteStore
+
+log = logging.getLogger("sorahook.retention")
+
+
+class Pruner:
+    name = "pruner"
+
+    def __init__(
+        self, *, store: SqliteStore, clock: Clock, keep: float, interval: float = 3600.0, batch: int = 500
+    ) -> None:
+        self.store, self.clock = store, clock
+        self.keep, self.interval, self.batch = keep, interval, batch
+
+    async def run_once(self) -> int:
+        """Prune until nothing old is left, one small transaction at a time (writers interleave)."""
+        cutoff = self.clock.now() - self.keep
+        total = 0
+        while True:
+            removed = await self.store.prune(cutoff, self.batch)
+            total += removed
+            if removed == 0:
+                break
+            await asyncio.sleep(0)
+        if total:
+            log.info("pruned old history", extra={"rows": total})
+        return total
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("pruning failed")
+            await asyncio.sleep(self.interval)

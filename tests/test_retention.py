@@ -1,0 +1,60 @@
+"""Retention prunes old history in small batches, keeps jobs, and never drops what still waits to be sent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.clock import ManualClock
+from service.retention import Pruner
+from service.store.records import IncomingWebhook
+from service.store.sqlite import DeliveryOutcome, SqliteStore
+
+pytestmark = pytest.mark.anyio
+
+
+def _hook(i: int, now: float) -> IncomingWebhook:
+    body = {"id": f"evt_{i}", "object": "event", "type": "video.completed", "data": {"id": f"video_{i}"}}
+    return IncomingWebhook(
+        f"wh_{i}",
+        int(now),
+        f"evt_{i}",
+        "video.completed",
+        f"video_{i}",
+        int(now),
+        json.dumps(body),
+        body["data"],
+    )
+
+
+async def test_old_history_goes_jobs_stay_and_pending_deliveries_are_kept(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = await SqliteStore.open(tmp_path / "r.db", clock=clock, retry_schedule=(0.0, 60.0))
+    try:
+        await store.create_subscription(
+            url="http://127.0.0.1:9/x", event_types=None, description=None, secret="whsec_AAAA", ordered=False
+        )
+        for i in range(30):
+            await store.record_webhook(_hook(i, clock.now()))
+        # Deliver all but the last five; those stay pending.
+        claimed = await store.claim_deliveries(100, 30.0)
+        done = claimed[:25]
+        await store.record_attempts([DeliveryOutcome(c.id, 200, None, 0.01) for c in done])
+        await store.release_deliveries([c.id for c in claimed[25:]])
+        clock.advance(31 * 86400)
+        removed = await Pruner(store=store, clock=clock, keep=30 * 86400, batch=7).run_once()
+        assert removed > 0
+        jobs, _ = await store.list_jobs(status=None, kind=None, limit=100, after=None)
+        assert len(jobs) == 30
+        pending = await store.delivery_backlog()
+        assert pending == 5
+        remaining_events = 0
+        for job in jobs:
+            remaining_events += len(await store.job_events(job.id))
+        assert remaining_events == 5  # the emitted events whose deliveries still wait
+        assert await store.count_received() == 0
+        assert await Pruner(store=store, clock=clock, keep=30 * 86400).run_once() == 0
+    finally:
+        await store.aclose()
