@@ -341,3 +341,56 @@ def test_sigterm_during_a_burst_loses_nothing_acknowledged(tmp_path: Path, servi
     finally:
         stop.set()
         recorder.close()
+
+
+def test_kill_9_during_a_burst_of_webhooks_keeps_every_acknowledged_one(
+    tmp_path: Path, service_process: Any
+) -> None:
+    import sqlite3
+    import threading
+
+    secret = new_webhook_secret()
+    env = _env(
+        tmp_path,
+        OPENAI_WEBHOOK_SECRET=secret,
+        OPENAI_API_KEY="sk-test",
+        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+    )
+    first = service_process(env)
+    first.start()
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def blast(worker: int) -> None:
+        with httpx.Client(base_url=first.url, timeout=5) as client:
+            i = 0
+            while not stop.is_set():
+                resource = f"video_k9_{worker}_{i}"
+                body, headers = signed_webhook(secret, "video.completed", resource)
+                try:
+                    response = client.post("/webhooks/openai", content=body, headers=headers)
+                except httpx.HTTPError:
+                    return
+                if response.status_code == 200:
+                    acknowledged.append(resource)
+                i += 1
+
+    threads = [threading.Thread(target=blast, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    while len(acknowledged) < 300:
+        time.sleep(0.01)
+    first.stop(signal.SIGKILL)
+    stop.set()
+    for t in threads:
+        t.join()
+    db = tmp_path / "data" / "sorahook.db"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        stored = {row[0] for row in conn.execute("SELECT resource_id FROM jobs")}
+    assert set(acknowledged) <= stored
+    second = service_process(env, port=first.port)
+    second.start()
+    with httpx.Client(base_url=second.url) as client:
+        assert client.get(f"/v1/jobs/{acknowledged[-1]}", headers=auth()).json()["status"] == "completed"
+    second.stop()
