@@ -22,6 +22,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
+	@if command -v promtool >/dev/null; then \
+		promtool check rules deploy/prometheus/alerts.yml && \
+		promtool check config deploy/prometheus/prometheus.yml && \
+		promtool test rules deploy/prometheus/alerts_test.yml; \
+	else echo "promtool not installed (apt-get install prometheus); skipping rule checks"; fi
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -32,6 +32,7 @@ from service.openai_client import OpenAIClient
 from service.receiver import Receiver
 from service.reconciler import Reconciler
 from service.retention import Pruner
+from service.secretbox import SecretBox
 from service.sender import Sender
 from service.signing import Verifier
 from service.store.sqlite import SqliteStore
@@ -184,6 +185,7 @@ def create_app(
             retry_schedule=settings.retry_schedule,
             callback_secret=settings.callback_secret,
             disable_after=settings.disable_after,
+            box=SecretBox(settings.secret_key) if settings.secret_key else None,
         )
         rt.openai = OpenAIClient(
             base_url=settings.openai_base_url,

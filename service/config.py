@@ -40,6 +40,7 @@ class Settings:
     per_subscription_concurrency: int = 8
     emulator: bool = False
     retention: float = 30 * 86400.0
+    secret_key: bytes | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -156,6 +157,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     models = _list(env.get("SORAHOOK_MODELS", "")) or ("sora-2", "sora-2-pro")
 
+    secret_key: bytes | None = None
+    raw_key = env.get("SORAHOOK_SECRET_KEY", "").strip()
+    if raw_key:
+        try:
+            secret_key = base64.urlsafe_b64decode(raw_key + "=" * (-len(raw_key) % 4))
+        except (binascii.Error, ValueError):
+            secret_key = b""
+        if len(secret_key) != 32:
+            raise ConfigError("SORAHOOK_SECRET_KEY must be 32 bytes in URL-safe base64 (44 characters)")
+
     return Settings(
         database_path=database_path,
         openai_api_keys=_list(env.get("OPENAI_API_KEY", "")),
@@ -178,6 +189,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         per_subscription_concurrency=_int(env, "SORAHOOK_SUBSCRIPTION_CONCURRENCY", 8, minimum=1),
         emulator=_bool(env, "SORAHOOK_EMULATOR", False),
         retention=_float(env, "SORAHOOK_RETENTION_DAYS", 30.0, minimum=0.001) * 86400.0,
+        secret_key=secret_key,
     )
 
 
@@ -215,6 +227,12 @@ def with_generated_secrets(settings: Settings) -> tuple[Settings, list[str]]:
         if not path.exists():
             generated.append("SORAHOOK_CALLBACK_SECRET")
         callback_secret = _stored(path, new_webhook_secret())
+    secret_key = settings.secret_key
+    if secret_key is None:
+        path = data_dir / "secret_key"
+        secret_key = base64.urlsafe_b64decode(
+            _stored(path, base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+        )
     webhook_secrets = settings.webhook_secrets
     if not webhook_secrets and settings.emulator:
         path = data_dir / "emulator_webhook_secret"

@@ -47,6 +47,8 @@ def configure_logging(fmt: str, level: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # httpx logs every request with its full URL at info: noise, and our own logs already say what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def uvicorn_log_config() -> dict[str, Any]:

@@ -97,6 +97,19 @@ class Metrics:
             buckets=(0, 1, 2, 5, 10, 20, 50, 100, 150, 200, 500),
             registry=r,
         )
+        # Closed label sets start at 0, so a first increment after a restart is visible to increase().
+        for outcome in ("succeeded", "failed", "dead"):
+            self.deliveries.labels(outcome=outcome)
+        for reason in (
+            "missing_headers",
+            "invalid_signature",
+            "timestamp_out_of_tolerance",
+            "invalid_payload",
+            "body_too_large",
+        ):
+            self.webhook_rejections.labels(reason=reason)
+        for outcome in ("updated", "unchanged", "not_found", "error"):
+            self.reconciliations.labels(outcome=outcome)
         self._job_counts: list[tuple[tuple[str, ...], float]] = []
         self._backlog = 0.0
         r.register(

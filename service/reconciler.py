@@ -1,10 +1,21 @@
 """The reconciler: finds jobs whose webhook never came and asks OpenAI, with list calls where it can.
 
-One pass: select stale jobs (non-terminal, known resource id, not updated for `stale_after`, backoff
-passed). Videos are found by paging `GET /videos?order=desc&limit=100` from the newest until every stale
-video was seen or the pages went older than the oldest stale job; what the list missed is retrieved by
-id. Other kinds are retrieved by id with bounded concurrency. Everything learned goes through the
-store's shared path (state machine, events, outbox) with `source: "reconcile"`.
+One pass:
+1. Announce `video.expired` for completed videos whose assets expired (store only, no OpenAI call).
+2. Select stale jobs: non-terminal, with a resource id, not updated for `stale_after`, per-job backoff
+   passed (an indexed query). None stale: the pass ends here, with no OpenAI call.
+3. Videos: page `GET /videos?order=desc&limit=100` starting after the newest stale video, so the pages
+   cover just the span of creation times that holds the stale ones, and stop as soon as every stale
+   video was seen, the pages went older than the oldest one, or listing stopped paying for itself.
+   What the list did not show (the cursor video itself, tracked videos made long before) is retrieved
+   by id, like every other kind, with bounded concurrency.
+4. Everything learned goes through the store's shared path (state machine, events, outbox) with
+   `source: "reconcile"`; a 404 fails the job with `resource_not_found`.
+
+Limits: at most `max_calls` OpenAI calls per pass. A 429 (or a 5xx, a network or an auth error) stops
+the pass's new calls and pauses the reconciler for at least the server's `Retry-After`, and longer after
+each pass halted in a row. Per job, an unchanged answer pushes the next question further out (the
+store's `reconciled`).
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from dataclasses import dataclass, field
 
 from service.clock import Clock
 from service.domain import Observation, observation_from_resource
-from service.errors import OpenAIError, PermanentOpenAIError
+from service.errors import OpenAIError, TransientOpenAIError
 from service.metrics import Metrics
 from service.openai_client import OpenAIClient
 from service.store.records import Job
@@ -25,22 +36,60 @@ from service.workers import backoff
 log = logging.getLogger("sorahook.reconciler")
 
 LIST_PAGE = 100
-CREATED_SLACK = 120.0  # a video is created at OpenAI a little after our job row
+# Our job row is written just before the create call, so OpenAI's `created_at` for its video is at most
+# a little later, or earlier by clock skew: the list span reaches this far below the oldest job.
+CREATED_SLACK = 120.0
+# With this few stale videos, retrieving each is no dearer than listing.
+LIST_MIN_JOBS = 3
+
+NOT_FOUND = {"code": "resource_not_found"}
 
 
-class RateLimited(Exception):
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"rate limited for {retry_after}s")
-        self.retry_after = retry_after
+def _halts(exc: OpenAIError) -> bool:
+    """Errors that say "stop asking for now" rather than "this one job is wrong": 429, auth, 5xx, network."""
+    return isinstance(exc, TransientOpenAIError) or exc.status in (401, 403, 429)
 
 
 @dataclass
 class PassReport:
+    """What one pass did; `outcomes` counts jobs by updated, unchanged, not_found and error."""
+
     stale: int = 0
     calls: int = 0
+    list_calls: int = 0
+    expired: int = 0
+    paused: bool = False  # skipped: still backing off after an earlier pass was halted
+    halted: bool = False  # OpenAI answered 429, 5xx or an auth error: no more calls, then a pause
+    rate_limited: bool = False  # among those, a 429
     outcomes: dict[str, int] = field(default_factory=dict)
-    rate_limited: bool = False
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
+
+
+@dataclass
+class _Pass:
+    """One pass's working state: the call budget, what was learned, which jobs OpenAI no longer knows."""
+
+    budget: int
+    report: PassReport
+    learned: list[tuple[str, Observation]] = field(default_factory=list)
     not_found: set[str] = field(default_factory=set)
+    retry_after: float | None = None
+
+    def charge(self) -> bool:
+        """Take one call from the budget; False once it is spent or the pass was halted."""
+        if self.report.halted or self.budget <= 0:
+            return False
+        self.budget -= 1
+        self.report.calls += 1
+        return True
+
+    def halt(self, exc: OpenAIError) -> None:
+        self.report.halted = True
+        self.report.rate_limited |= exc.status == 429
+        if exc.retry_after is not None:
+            self.retry_after = max(self.retry_after or 0.0, exc.retry_after)
 
 
 class Reconciler:
@@ -57,135 +106,143 @@ class Reconciler:
         stale_after: float,
         max_calls: int = 150,
         concurrency: int = 8,
-        backoff_cap: float = 3600.0,
+        backoff_cap: float = 900.0,
+        use_list: bool = True,
     ) -> None:
         self.store, self.openai, self.clock, self.metrics = store, openai, clock, metrics
         self.interval, self.stale_after = interval, stale_after
         self.max_calls, self.concurrency, self.backoff_cap = max_calls, concurrency, backoff_cap
+        self.use_list = use_list  # off for providers without `GET /videos`, and for the naive bench
         self.paused_until = 0.0
-        self._rate_strikes = 0
+        self._strikes = 0  # passes halted in a row: each pauses about twice as long as the last
 
     async def run_once(self) -> PassReport:
         report = PassReport()
+        report.expired = len(await self.store.expire_videos())
         now = self.clock.now()
         if now < self.paused_until:
+            report.paused = True
             return report
         stale = await self.store.stale_jobs(now - self.stale_after, limit=self.max_calls * LIST_PAGE)
         report.stale = len(stale)
-        if not stale:
-            return report
-        budget = [self.max_calls]
-        learned: list[tuple[str, Observation | None]] = []
-        try:
-            videos = [j for j in stale if j.kind == "video"]
-            others = [j for j in stale if j.kind != "video"]
-            missing = await self._list_videos(videos, learned, budget, report)
-            await self._retrieve_each(missing + others, learned, budget, report)
-            self._rate_strikes = 0
-        except RateLimited as exc:
-            self._rate_strikes += 1
-            pause = max(exc.retry_after, backoff(self._rate_strikes, self.interval, self.backoff_cap))
-            self.paused_until = self.clock.now() + pause
-            report.rate_limited = True
-            log.warning("OpenAI rate-limited the reconciler", extra={"pause": round(pause, 1)})
-        if learned:
-            outcomes = await self.store.reconciled(learned, base_delay=self.interval, cap=self.backoff_cap)
-            for job_id, outcome in outcomes:
-                if job_id in report.not_found:
-                    outcome = "not_found"
-                report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
-        for outcome, n in report.outcomes.items():
-            self.metrics.reconciliations.labels(outcome=outcome).inc(n)
+        if stale:
+            await self._reconcile(stale, report)
         self.metrics.reconcile_calls.observe(report.calls)
-        if report.outcomes.get("updated"):
-            log.info("reconciler caught up missed webhooks", extra={"updated": report.outcomes["updated"]})
         return report
 
-    def _charge(self, budget: list[int], report: PassReport) -> bool:
-        if budget[0] <= 0:
-            return False
-        budget[0] -= 1
-        report.calls += 1
-        return True
+    async def _reconcile(self, stale: list[Job], report: PassReport) -> None:
+        p = _Pass(budget=self.max_calls, report=report)
+        videos = [j for j in stale if j.kind == "video"]
+        others = [j for j in stale if j.kind != "video"]
+        # A big video backlog must not starve the other kinds: they keep up to half the budget.
+        unlisted = await self._list_videos(videos, p, keep=min(len(others), self.max_calls // 2))
+        await self._retrieve_each(unlisted + others, p)
+        if p.learned:
+            applied = await self.store.reconciled(p.learned, base_delay=self.interval, cap=self.backoff_cap)
+            for job_id, outcome in applied:
+                report.count("not_found" if job_id in p.not_found else outcome)
+        for outcome, n in report.outcomes.items():
+            self.metrics.reconciliations.labels(outcome=outcome).inc(n)
+        if report.halted:
+            # Retry-After is a floor; repeated storms push the pause further out, up to the cap.
+            self._strikes += 1
+            pause = max(p.retry_after or 0.0, backoff(self._strikes, self.interval, self.backoff_cap))
+            self.paused_until = self.clock.now() + pause
+            log.warning(
+                "OpenAI is refusing the reconciler; pausing",
+                extra={"pause": round(pause, 2), "rate_limited": report.rate_limited},
+            )
+        else:
+            self._strikes = 0
+        if report.outcomes.get("updated") or report.outcomes.get("not_found"):
+            log.info(
+                "reconciler caught up missed webhooks",
+                extra={"outcomes": dict(report.outcomes), "calls": report.calls},
+            )
 
-    async def _list_videos(
-        self,
-        videos: list[Job],
-        learned: list[tuple[str, Observation | None]],
-        budget: list[int],
-        report: PassReport,
-    ) -> list[Job]:
-        """Page the list endpoint over the span that holds the stale videos; return those it did not see."""
-        if not videos:
-            return []
-        wanted = {j.resource_id: j for j in videos if j.resource_id}
-        oldest = min(j.created_at for j in videos) - CREATED_SLACK
-        after: str | None = None
-        # Listing pays off when it covers more than one job per call; with one or two, retrieve them.
-        if len(wanted) <= 2:
+    async def _list_videos(self, videos: list[Job], p: _Pass, keep: int) -> list[Job]:
+        """Page the list over the span that holds the stale videos; return those it did not show.
+
+        The span comes from the jobs sorahook submitted itself (`origin: api`): OpenAI made each video
+        just after its job row. The newest is retrieved by id first and its id is the `after` cursor, so
+        newer videos are skipped, and a pass cut short by the ceiling leaves the next pass a span that
+        starts lower down. Stale videos OpenAI made after the cursor (concurrent submissions) and tracked
+        videos made long before are retrieved by id, unless a page shows them anyway. With no submitted
+        job to bound the span, pages run from the newest video.
+        """
+        if not self.use_list or len(videos) < LIST_MIN_JOBS:
             return videos
-        while wanted and self._charge(budget, report):
+        wanted = {j.resource_id: j for j in videos}
+        submitted = [j for j in videos if j.origin == "api"]
+        after: str | None = None
+        oldest: float | None = None
+        if submitted:
+            newest = max(submitted, key=lambda j: (j.created_at, j.id))
+            del wanted[newest.resource_id]
+            after = newest.resource_id
+            oldest = min(j.created_at for j in submitted) - CREATED_SLACK
+            await self._retrieve_each([newest], p)
+        cursor = after
+        pages = 0
+        # Listing stops once it would cost more pages than retrieving the rest one by one.
+        while wanted and pages < len(wanted) and p.budget > keep and p.charge():
+            pages += 1
+            p.report.list_calls += 1
             try:
                 page = await self.openai.list_videos(after=after, limit=LIST_PAGE, order="desc")
             except OpenAIError as exc:
-                if exc.status == 429:
-                    raise RateLimited(exc.retry_after or self.interval) from None
-                self.metrics.reconciliations.labels(outcome="error").inc()
+                if _halts(exc):
+                    p.halt(exc)
+                    if exc.status != 429:
+                        p.report.count("error", len(wanted))
+                    return list(wanted.values())  # not asked this pass: the halt stops every call
+                if after is not None and after == cursor:
+                    after = None  # the cursor video is gone at OpenAI: start from the newest instead
+                    continue
+                log.warning("listing videos failed; retrieving by id", extra={"code": exc.code})
                 break
-            data = page.get("data") or []
+            data = [obj for obj in page.get("data") or [] if isinstance(obj, dict)]
             for obj in data:
-                job = wanted.pop(str(obj.get("id")), None) if isinstance(obj, dict) else None
+                job = wanted.pop(str(obj.get("id")), None)
                 if job is not None:
-                    learned.append((job.id, observation_from_resource("video", obj)))
-            if not page.get("has_more") or not data:
+                    p.learned.append((job.id, observation_from_resource("video", obj)))
+            if not data or not page.get("has_more"):
                 break
             last_created = data[-1].get("created_at")
-            if isinstance(last_created, (int, float)) and last_created < oldest:
+            if oldest is not None and isinstance(last_created, int | float) and last_created < oldest:
                 break
-            after = page.get("last_id") or data[-1].get("id")
+            after = str(page.get("last_id") or data[-1].get("id"))
         return list(wanted.values())
 
-    async def _retrieve_each(
-        self,
-        jobs: list[Job],
-        learned: list[tuple[str, Observation | None]],
-        budget: list[int],
-        report: PassReport,
-    ) -> None:
+    async def _retrieve_each(self, jobs: list[Job], p: _Pass) -> None:
         semaphore = asyncio.Semaphore(self.concurrency)
-        limited: list[float] = []
 
         async def one(job: Job) -> None:
             assert job.resource_id is not None
             async with semaphore:
-                if limited or not self._charge(budget, report):
+                if not p.charge():
                     return
                 try:
                     obj = await self.openai.retrieve(job.kind, job.resource_id)
-                except PermanentOpenAIError as exc:
-                    if exc.status == 404:
-                        error = {
-                            "code": "resource_not_found",
-                            "message": f"OpenAI no longer knows {job.resource_id}",
-                        }
-                        learned.append((job.id, Observation(status="failed", error=error)))
-                        report.not_found.add(job.id)
-                    else:
-                        report.outcomes["error"] = report.outcomes.get("error", 0) + 1
-                    return
                 except OpenAIError as exc:
-                    if exc.status == 429:
-                        limited.append(exc.retry_after or self.interval)
+                    if _halts(exc):
+                        p.halt(exc)
+                        if exc.status != 429:
+                            p.report.count("error")
+                    elif exc.status == 404:
+                        error = {**NOT_FOUND, "message": f"OpenAI no longer knows {job.resource_id}"}
+                        p.learned.append((job.id, Observation(status="failed", error=error)))
+                        p.not_found.add(job.id)
                     else:
-                        report.outcomes["error"] = report.outcomes.get("error", 0) + 1
+                        log.info("reconcile retrieve failed", extra={"job_id": job.id, "code": exc.code})
+                        p.report.count("error")
                     return
-                learned.append((job.id, observation_from_resource(job.kind, obj)))
+                p.learned.append((job.id, observation_from_resource(job.kind, obj)))
 
         await asyncio.gather(*(one(job) for job in jobs))
-        if limited:
-            raise RateLimited(max(limited))
 
     async def run(self) -> None:
+        """One pass at once (catching up downtime), then one every `interval`."""
         while True:
             try:
                 await self.run_once()

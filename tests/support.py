@@ -64,6 +64,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         reconcile_interval=3600.0,
         reconcile_after=3600.0,
         log_format="console",
+        secret_key=b"k" * 32,
     )
     return replace(base, **overrides)
 

@@ -393,3 +393,25 @@ async def test_endpoint_failing_for_too_long_is_disabled_and_others_told(tmp_pat
             current = (await client.get(f"/v1/subscriptions/{broken['id']}", headers=auth())).json()
             assert current["enabled"] is False and current["disabled_reason"]
             assert current["disabled_reason"] != ""
+
+
+async def test_subscription_secrets_are_sealed_at_rest(tmp_path: Path) -> None:
+    import sqlite3
+
+    s = make_settings(tmp_path)
+    async with (
+        live_server(create_app(s, start_workers=False)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        sub = await _subscribe(client, "http://127.0.0.1:9/sealed")
+        rotated = (await client.post(f"/v1/subscriptions/{sub['id']}/rotate-secret", headers=auth())).json()
+        read = (await client.get(f"/v1/subscriptions/{sub['id']}", headers=auth())).json()
+        assert read["secret"] == rotated["secret"]
+    raw = (
+        sqlite3.connect(s.database_path)
+        .execute("SELECT secret, previous_secret FROM subscriptions")
+        .fetchone()
+    )
+    dump = "\n".join(sqlite3.connect(s.database_path).iterdump())
+    assert sub["secret"] not in dump and rotated["secret"] not in dump
+    assert raw[0].startswith("sealed:v1:") and raw[1].startswith("sealed:v1:")

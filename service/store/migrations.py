@@ -119,6 +119,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX delivery_attempts_delivery ON delivery_attempts(delivery_id, id);
         """,
     ),
+    (
+        2,
+        "reconciler indexes: stale jobs by backoff then age, completed videos by expiry",
+        # The reconciler asks for stale jobs every pass. Keyed on (reconcile_at, updated_at), jobs waiting
+        # out their per-job backoff are never visited; `INDEXED BY jobs_stale` in the store pins the plan.
+        # jobs_expiry holds only completed videos not yet announced as expired, keyed on the
+        # `result.expires_at` OpenAI gave, so the expiry check is a range seek over a small index.
+        """
+        DROP INDEX jobs_stale;
+        CREATE INDEX jobs_stale ON jobs(reconcile_at, updated_at)
+            WHERE status IN ('queued', 'in_progress') AND resource_id IS NOT NULL;
+        CREATE INDEX jobs_expiry ON jobs(json_extract(result, '$.expires_at'))
+            WHERE kind = 'video' AND status = 'completed' AND expired_notified = 0;
+        """,
+    ),
 ]
 
 

@@ -36,6 +36,7 @@ from service.domain import (
     is_terminal,
     matches_filter,
 )
+from service.secretbox import SecretBox
 from service.store.migrations import apply_migrations
 from service.store.records import (
     Attempt,
@@ -117,14 +118,17 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
-def _subscription(row: sqlite3.Row) -> Subscription:
+def _subscription(row: sqlite3.Row, box: SecretBox | None) -> Subscription:
+    def opened(value: str | None) -> str | None:
+        return box.open(value) if (box is not None and value) else value
+
     return Subscription(
         id=row["id"],
         url=row["url"],
         event_types=_loads(row["event_types"]),
         description=row["description"],
-        secret=row["secret"],
-        previous_secret=row["previous_secret"],
+        secret=opened(row["secret"]) or "",
+        previous_secret=opened(row["previous_secret"]),
         previous_secret_until=row["previous_secret_until"],
         enabled=bool(row["enabled"]),
         ordered=bool(row["ordered"]),
@@ -159,8 +163,15 @@ def _delivery(row: sqlite3.Row, attempts: list[Attempt] | None = None) -> Delive
 class _Ops:
     """The SQL. Every method runs on the store's thread inside a transaction the caller manages."""
 
-    def __init__(self, clock: Clock, retry_schedule: tuple[float, ...], callback_secret: str | None) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        retry_schedule: tuple[float, ...],
+        callback_secret: str | None,
+        box: SecretBox | None,
+    ) -> None:
         self.clock = clock
+        self.box = box
         self.retry_schedule = retry_schedule
         self.callback_secret = callback_secret
         self._subscriptions: list[Subscription] | None = None
@@ -169,6 +180,12 @@ class _Ops:
         self.flag_deliveries = False
         self.flag_submissions = False
         self.flag_refreshes = False
+
+    def open_secret(self, value: str) -> str:
+        return self.box.open(value) if self.box is not None else value
+
+    def seal_secret(self, value: str) -> str:
+        return self.box.seal(value) if self.box is not None else value
 
     # -- jobs -------------------------------------------------------------------------------------
 
@@ -265,7 +282,7 @@ class _Ops:
     def subscriptions(self, conn: sqlite3.Connection) -> list[Subscription]:
         if self._subscriptions is None:
             rows = conn.execute("SELECT * FROM subscriptions WHERE enabled = 1 ORDER BY id").fetchall()
-            self._subscriptions = [_subscription(r) for r in rows]
+            self._subscriptions = [_subscription(r, self.box) for r in rows]
         return self._subscriptions
 
     def forget_subscriptions(self) -> None:
@@ -406,13 +423,13 @@ class _Ops:
                 continue
             if row["subscription_id"] is not None:
                 url = row["sub_url"]
-                secrets = [row["secret"]]
+                secrets = [self.open_secret(row["secret"])]
                 if (
                     row["previous_secret"]
                     and row["previous_secret_until"]
                     and now < row["previous_secret_until"]
                 ):
-                    secrets.append(row["previous_secret"])
+                    secrets.append(self.open_secret(row["previous_secret"]))
             else:
                 url = row["url"]
                 secrets = [self.callback_secret] if self.callback_secret else []
@@ -519,7 +536,9 @@ class _Ops:
             (reason, now, sub_id),
         )
         self.forget_subscriptions()
-        sub = _subscription(conn.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone())
+        sub = _subscription(
+            conn.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone(), self.box
+        )
         self.emit(
             conn,
             "sorahook.subscription.disabled",
@@ -540,11 +559,12 @@ class SqliteStore:
         retry_schedule: tuple[float, ...] = (0.0, 5.0, 300.0),
         callback_secret: str | None = None,
         disable_after: float = 5 * 86400.0,
+        box: SecretBox | None = None,
     ) -> None:
         self.path = path
         self.clock = clock
         self.disable_after = disable_after
-        self._ops = _Ops(clock, retry_schedule, callback_secret)
+        self._ops = _Ops(clock, retry_schedule, callback_secret, box)
         self._writer_conn: aiosqlite.Connection | None = None
         self._reader_conn: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[tuple[Op[Any], asyncio.Future[Any]] | None] = asyncio.Queue()
@@ -562,6 +582,7 @@ class SqliteStore:
         retry_schedule: tuple[float, ...] = (0.0, 5.0, 300.0),
         callback_secret: str | None = None,
         disable_after: float = 5 * 86400.0,
+        box: SecretBox | None = None,
     ) -> SqliteStore:
         store = cls(
             path,
@@ -569,6 +590,7 @@ class SqliteStore:
             retry_schedule=retry_schedule,
             callback_secret=callback_secret,
             disable_after=disable_after,
+            box=box,
         )
         await store._start()
         return store
@@ -943,23 +965,28 @@ class SqliteStore:
     # -- reconciliation ---------------------------------------------------------------------------
 
     async def stale_jobs(self, older_than: float, limit: int) -> list[Job]:
-        """Non-terminal jobs with a resource id, not updated since `older_than`, whose backoff has passed."""
+        """Non-terminal jobs with a resource id, not updated since `older_than`, whose backoff has passed.
+
+        Oldest update first. Two range seeks on jobs_stale: never-reconciled jobs by age, and jobs whose
+        backoff ran out; jobs still backing off are not visited at all.
+        """
 
         def read(c: sqlite3.Connection) -> list[Job]:
-            now = self.clock.now()
-            rows = c.execute(
-                "SELECT * FROM jobs WHERE status IN ('queued', 'in_progress') AND resource_id IS NOT NULL"
-                " AND updated_at <= ? AND (reconcile_at IS NULL OR reconcile_at <= ?) ORDER BY updated_at LIMIT ?",
-                (older_than, now, limit),
-            ).fetchall()
-            return [_job(r) for r in rows]
+            params = {"older": older_than, "now": self.clock.now(), "limit": limit}
+            return [_job(r) for r in c.execute(self._stale_sql(), params).fetchall()]
 
         return await self._read(read)
 
     async def reconciled(
-        self, results: list[tuple[str, Observation | None]], *, base_delay: float, cap: float
+        self, results: list[tuple[str, Observation]], *, base_delay: float, cap: float
     ) -> list[tuple[str, str]]:
-        """Apply what the reconciler learned; unchanged jobs back off. Returns (job_id, outcome) pairs."""
+        """Apply what the reconciler learned, through the webhook's path; (job_id, outcome) per job applied.
+
+        A job whose status moved is "updated" and its backoff starts over. Any other is "unchanged" and
+        is asked again after base_delay·2^(misses-1), at most `cap`. Progress alone is stored but counts
+        as unchanged: the reconciler is there for missed webhooks, and a long video whose progress creeps
+        would otherwise be asked at full rate until it ends. No jitter: jobs due together share list pages.
+        """
 
         def op(c: sqlite3.Connection) -> list[tuple[str, str]]:
             now = self.clock.now()
@@ -968,25 +995,87 @@ class SqliteStore:
                 row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 if row is None:
                     continue
-                before = (row["status"], row["progress"])
-                job = self._ops.apply(c, row, obs, source="reconcile") if obs is not None else _job(row)
-                if (job.status, job.progress) != before:
-                    outcome = "updated"
+                job = self._ops.apply(c, row, obs, source="reconcile")
+                if job.status != row["status"]:
+                    outcomes.append((job_id, "updated"))
                     c.execute(
                         "UPDATE jobs SET reconcile_misses = 0, reconcile_at = NULL WHERE id = ?", (job_id,)
                     )
                 else:
-                    outcome = "unchanged"
+                    outcomes.append((job_id, "unchanged"))
                     misses = row["reconcile_misses"] + 1
-                    delay = min(cap, base_delay * (2 ** min(misses, 20)))
+                    delay = min(cap, base_delay * 2 ** min(misses - 1, 30))
                     c.execute(
                         "UPDATE jobs SET reconcile_misses = ?, reconcile_at = ? WHERE id = ?",
                         (misses, now + delay, job_id),
                     )
-                outcomes.append((job_id, outcome))
             return outcomes
 
         return await self._write(op)
+
+    @staticmethod
+    def _stale_sql() -> str:
+        # INDEXED BY makes SQLite fail loudly rather than fall back to jobs_status (every in-flight job).
+        alive = "status IN ('queued', 'in_progress') AND resource_id IS NOT NULL"
+        return (
+            f"SELECT * FROM jobs INDEXED BY jobs_stale WHERE {alive}"
+            " AND reconcile_at IS NULL AND updated_at <= :older"
+            f" UNION ALL SELECT * FROM jobs INDEXED BY jobs_stale WHERE {alive}"
+            " AND reconcile_at <= :now AND updated_at <= :older"
+            " ORDER BY updated_at LIMIT :limit"
+        )
+
+    @staticmethod
+    def _expiring_sql() -> str:
+        return (
+            "SELECT * FROM jobs INDEXED BY jobs_expiry WHERE kind = 'video' AND status = 'completed'"
+            " AND expired_notified = 0 AND json_extract(result, '$.expires_at') <= :now LIMIT :limit"
+        )
+
+    async def expire_videos(self, limit: int = 500) -> list[Job]:
+        """Announce `video.expired` once for each completed video whose `result.expires_at` has passed.
+
+        The job stays `completed`; its result gains `expired: true`. Event, outbox rows and the
+        `expired_notified` mark are written in one transaction, so the event is emitted exactly once.
+        """
+
+        def due(c: sqlite3.Connection) -> bool:
+            params = {"now": self.clock.now(), "limit": 1}
+            return c.execute(self._expiring_sql(), params).fetchone() is not None
+
+        if not await self._read(due):  # the common case costs a read, not a write transaction
+            return []
+
+        def op(c: sqlite3.Connection) -> list[Job]:
+            now = self.clock.now()
+            jobs: list[Job] = []
+            for row in c.execute(self._expiring_sql(), {"now": now, "limit": limit}).fetchall():
+                result = dict(_loads(row["result"]) or {})
+                result["expired"] = True
+                c.execute(
+                    "UPDATE jobs SET result = ?, expired_notified = 1, updated_at = ? WHERE id = ?",
+                    (_dumps(result), now, row["id"]),
+                )
+                job = _job(c.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone())
+                self._ops.emit(c, emitted_type("video", "expired"), job.to_api(), source="reconcile", job=job)
+                jobs.append(job)
+            return jobs
+
+        return await self._write(op)
+
+    async def reconcile_query_plans(self) -> dict[str, list[str]]:
+        """SQLite's plan for the reconciler's two per-pass queries (tests check they seek their index)."""
+
+        def read(c: sqlite3.Connection) -> dict[str, list[str]]:
+            plans: dict[str, list[str]] = {}
+            for name, sql, params in (
+                ("stale_jobs", self._stale_sql(), {"older": 0.0, "now": 0.0, "limit": 1}),
+                ("expire_videos", self._expiring_sql(), {"now": 0.0, "limit": 1}),
+            ):
+                plans[name] = [str(r[3]) for r in c.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()]
+            return plans
+
+        return await self._read(read)
 
     # -- subscriptions ----------------------------------------------------------------------------
 
@@ -999,24 +1088,36 @@ class SqliteStore:
             c.execute(
                 "INSERT INTO subscriptions (id, url, event_types, description, secret, enabled, ordered,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?)",
-                (sub_id, url, _dumps(event_types), description, secret, int(ordered), now, now),
+                (
+                    sub_id,
+                    url,
+                    _dumps(event_types),
+                    description,
+                    self._ops.seal_secret(secret),
+                    int(ordered),
+                    now,
+                    now,
+                ),
             )
             self._ops.forget_subscriptions()
-            return _subscription(c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone())
+            return _subscription(
+                c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone(), self._ops.box
+            )
 
         return await self._write(op)
 
     async def get_subscription(self, sub_id: str) -> Subscription | None:
         def read(c: sqlite3.Connection) -> Subscription | None:
             row = c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
-            return _subscription(row) if row is not None else None
+            return _subscription(row, self._ops.box) if row is not None else None
 
         return await self._read(read)
 
     async def list_subscriptions(self) -> list[Subscription]:
         return await self._read(
             lambda c: [
-                _subscription(r) for r in c.execute("SELECT * FROM subscriptions ORDER BY id").fetchall()
+                _subscription(r, self._ops.box)
+                for r in c.execute("SELECT * FROM subscriptions ORDER BY id").fetchall()
             ]
         )
 
@@ -1044,7 +1145,9 @@ class SqliteStore:
                 (*sets.values(), sub_id),
             )
             self._ops.forget_subscriptions()
-            return _subscription(c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone())
+            return _subscription(
+                c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone(), self._ops.box
+            )
 
         return await self._write(op)
 
@@ -1068,12 +1171,14 @@ class SqliteStore:
             cur = c.execute(
                 "UPDATE subscriptions SET previous_secret = secret, previous_secret_until = ?, secret = ?,"
                 " updated_at = ? WHERE id = ?",
-                (now + overlap, new_secret, now, sub_id),
+                (now + overlap, self._ops.seal_secret(new_secret), now, sub_id),
             )
             if cur.rowcount == 0:
                 return None
             self._ops.forget_subscriptions()
-            return _subscription(c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone())
+            return _subscription(
+                c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone(), self._ops.box
+            )
 
         return await self._write(op)
 
@@ -1082,7 +1187,7 @@ class SqliteStore:
             row = c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
             if row is None:
                 return None
-            sub = _subscription(row)
+            sub = _subscription(row, self._ops.box)
             data = {"subscription_id": sub.id, "message": "This is a test event from sorahook."}
             if not sub.enabled:
                 return None
@@ -1097,7 +1202,7 @@ class SqliteStore:
             row = c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
             if row is None:
                 return None
-            sub = _subscription(row)
+            sub = _subscription(row, self._ops.box)
             now = self.clock.now()
             events = c.execute(
                 "SELECT e.id, e.type, e.job_id, e.created_at, j.sequence FROM events e"

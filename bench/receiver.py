@@ -1,0 +1,468 @@
+"""Benchmark POST /webhooks/openai against a bare Starlette endpoint under the same uvicorn and the same load.
+
+Two servers run in their own processes with identical uvicorn settings (uvloop, httptools, one worker,
+no access log), pinned to core 0: the full sorahook app on a fresh SQLite file, and a bare Starlette app
+whose one route reads the body and answers 204. A load generator (`bench.loadgen`) runs in a third
+process pinned to core 1. Rounds alternate bare, full, bare, full ... so drift hits both alike; each
+round measures closed-loop maximum throughput and open-loop latency at a fixed offered rate. Every
+request is a distinct signed `video.completed` webhook, so every one takes the receiver's whole path:
+verify, dedupe insert, event row, new job, state change, group commit. After the run the full server is
+stopped and its SQLite file must hold exactly one received webhook and one job per 200 it answered.
+
+    python -m bench.receiver [--rounds 3] [--duration 5] [--connections 64] [--rate 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bench.loadgen import PATH, SECRET_ENV, pin_to_cpu, process_cpu_seconds
+
+Kind = Literal["bare", "full"]
+KINDS: tuple[Kind, ...] = ("bare", "full")
+ROOT = Path(__file__).resolve().parent.parent
+ACCEPTED = '{"status":"accepted"}'
+SERVER_CPU, GENERATOR_CPU = 0, 1
+# Closed-loop requests are built before the clock starts; this many per second of the phase is far
+# beyond what one uvicorn worker serves, so the generator never runs dry.
+MAX_RATE = 25_000
+THROUGHPUT_GOAL, P99_GOAL_MS = 0.50, 10.0
+
+
+# --- the two servers (run in a child process: `python -m bench.receiver --serve full|bare`) ------------
+
+
+def bare_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    async def sink(request: Request) -> Response:
+        await request.body()
+        return Response(status_code=204)
+
+    return Starlette(routes=[Route(PATH, sink, methods=["POST"])])
+
+
+def full_app(database: Path, secret: str, workers: bool, stats: dict[str, Any]) -> Any:
+    import httpx
+
+    from service.app import Runtime, create_app
+    from service.config import Settings, new_webhook_secret
+    from service.logs import configure_logging
+
+    def openai_stub(request: httpx.Request) -> httpx.Response:
+        # The refresher fetches each video after its webhook; answer in-process, as OpenAI would.
+        video_id = request.url.path.rsplit("/", 1)[-1]
+        now = int(time.time())
+        return httpx.Response(
+            200,
+            json={
+                "id": video_id,
+                "object": "video",
+                "model": "sora-2",
+                "status": "completed",
+                "progress": 100,
+                "created_at": now - 60,
+                "completed_at": now,
+                "expires_at": now + 86400,
+                "seconds": "4",
+                "size": "720x1280",
+            },
+        )
+
+    def on_ready(rt: Runtime) -> None:
+        stats["runtime"] = rt
+
+    settings = Settings(
+        database_path=database,
+        webhook_secrets=(secret,),
+        admin_token="bench-token-123",
+        callback_secret=new_webhook_secret(),
+        log_format="console",
+        log_level="warning",
+    )
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(
+        settings, openai_transport=httpx.MockTransport(openai_stub), start_workers=workers, on_ready=on_ready
+    )
+
+
+def serve(kind: Kind, port: int, database: Path | None, workers: bool, profile: Path | None) -> None:
+    import uvicorn
+
+    pin_to_cpu(SERVER_CPU)
+    stats: dict[str, Any] = {}
+    if kind == "full":
+        assert database is not None, "--serve full needs --db"
+        app = full_app(database, os.environ[SECRET_ENV], workers, stats)
+    else:
+        app = bare_app()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        server_header=False,
+        workers=1,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn re-raises SIGTERM once it has shut down gracefully; let that land here, so we can report.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    if profile is not None:
+        import cProfile
+
+        with cProfile.Profile() as prof:
+            server.run()
+        prof.dump_stats(profile)
+    else:
+        server.run()
+    rt = stats.get("runtime")
+    if rt is not None:  # how well the writer grouped commits
+        print(json.dumps({"commits": rt.store.commits, "committed_ops": rt.store.committed_ops}), flush=True)
+
+
+# --- orchestration --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    kind: Kind
+    proc: subprocess.Popen[str]
+    port: int
+    database: Path | None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(kind: Kind, tmp: Path, env: dict[str, str], workers: bool) -> Server:
+    port = free_port()
+    database = tmp / "sorahook.db" if kind == "full" else None
+    cmd = [sys.executable, "-m", "bench.receiver", "--serve", kind, "--port", str(port)]
+    if database is not None:
+        cmd += ["--db", str(database)]
+    if not workers:
+        cmd.append("--no-workers")
+    if os.environ.get("BENCH_PROFILE_DIR"):
+        cmd += ["--profile", str(Path(os.environ["BENCH_PROFILE_DIR"]) / f"{kind}.prof")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: the {kind} server exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return Server(kind, proc, port, database)
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"bench: the {kind} server did not listen on port {port} within 30 s")
+
+
+def stop_server(server: Server) -> dict[str, Any]:
+    """SIGTERM (uvicorn's graceful stop: the store commits and closes); return what the server printed."""
+    if server.proc.poll() is None:
+        server.proc.terminate()
+    try:
+        out, _ = server.proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        out, _ = server.proc.communicate()
+    for line in reversed((out or "").splitlines()):
+        if line.startswith("{"):
+            parsed: dict[str, Any] = json.loads(line)
+            return parsed
+    return {}
+
+
+def wait_until_idle(servers: list[Server], limit: float = 60.0) -> float:
+    """Wait until no server is busy (the full one's workers catch up after a phase); return the wait."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        before = [process_cpu_seconds(s.proc.pid) or 0.0 for s in servers]
+        time.sleep(0.5)
+        after = [process_cpu_seconds(s.proc.pid) or 0.0 for s in servers]
+        if all(b - a < 0.05 * 0.5 for a, b in zip(before, after, strict=True)):
+            break
+    return time.monotonic() - started
+
+
+def run_load(server: Server, mode: str, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    duration = args.duration if mode == "closed" else args.open_duration
+    warmup = args.warmup if mode == "closed" else 0.5
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        f"--port={server.port}",
+        f"--mode={mode}",
+        f"--connections={args.connections}",
+        f"--duration={duration}",
+        f"--warmup={warmup}",
+        f"--rate={args.rate}",
+        f"--capacity={int(MAX_RATE * (duration + warmup))}",
+        f"--server-pid={server.proc.pid}",
+        f"--cpu={GENERATOR_CPU}",
+    ]
+    if server.kind == "full":
+        cmd += ["--expect-status=200", f"--expect-body={ACCEPTED}"]
+    else:
+        cmd += ["--expect-status=204", "--expect-body="]
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=duration + warmup + 120
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise SystemExit(f"bench: the load generator failed ({done.returncode}):\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def count_rows(database: Path) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        return {
+            table: int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+            for table in ("received_webhooks", "jobs", "events")
+        }
+    finally:
+        conn.close()
+
+
+# --- reporting ------------------------------------------------------------------------------------------
+
+
+def _cpu(value: float | None) -> str:
+    return "   -" if value is None else f"{value * 100:>3.0f}%"
+
+
+def _row(label: str, closed: dict[str, Any], opened: dict[str, Any]) -> str:
+    return (
+        f"{label:<10}{closed['throughput']:>9,.0f}{closed['p50_ms']:>8.2f}{closed['p99_ms']:>8.2f}"
+        f"  {_cpu(closed['server_cpu'])} {_cpu(closed['gen_cpu'])} {_cpu(closed['other_cpu'])}"
+        f" |{opened['throughput']:>8,.0f}{opened['p50_ms']:>8.2f}{opened['p99_ms']:>8.2f}"
+        f"{opened['max_ms']:>8.1f}  {_cpu(opened['server_cpu'])}"
+    )
+
+
+def _median(samples: list[dict[str, Any]], key: str) -> float | None:
+    values = [s[key] for s in samples if s[key] is not None]
+    return statistics.median(values) if values else None
+
+
+def report(
+    results: dict[Kind, list[tuple[dict[str, Any], dict[str, Any]]]], args: argparse.Namespace
+) -> None:
+    print(
+        f"\n{' ':<10}{'closed loop, ' + str(args.connections) + ' connections':<43}"
+        f" | open loop, {args.rate:,.0f} req/s offered"
+    )
+    print(
+        f"{'run':<10}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}  {'srv':>4} {'gen':>4} {'oth':>4}"
+        f" |{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}  {'srv':>4}"
+    )
+    for r in range(args.rounds):
+        for kind in KINDS:
+            closed, opened = results[kind][r]
+            print(_row(f"{r + 1} {kind}", closed, opened))
+    print("-" * 91)
+    for kind in KINDS:
+        closed_runs = [c for c, _ in results[kind]]
+        open_runs = [o for _, o in results[kind]]
+        print(
+            _row(
+                f"median {kind}",
+                {k: _median(closed_runs, k) for k in _COLUMNS},
+                {k: _median(open_runs, k) for k in _COLUMNS},
+            )
+        )
+    print(
+        "srv, gen, oth: CPU used by the server, the load generator and every other process on the machine"
+        " (100% = one core); latency in the open loop counts from each request's scheduled start"
+    )
+
+
+_COLUMNS = ("throughput", "p50_ms", "p99_ms", "max_ms", "server_cpu", "gen_cpu", "other_cpu")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.receiver",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of bare then full (default 3)")
+    parser.add_argument("--duration", type=float, default=4.0, help="closed-loop measured seconds (4)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="closed-loop warm-up seconds (1)")
+    parser.add_argument("--connections", type=int, default=64, help="closed-loop connections (64)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="open-loop offered req/s (1000)")
+    parser.add_argument("--open-duration", type=float, default=4.0, help="open-loop measured seconds (4)")
+    parser.add_argument(
+        "--workers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run sorahook's workers (the refresher fetches each video from an in-process OpenAI stub)",
+    )
+    parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--profile", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.port, args.db, args.workers, args.profile)
+        return 0
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.config import new_webhook_secret
+
+    env = {**os.environ, SECRET_ENV: new_webhook_secret()}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    cores = os.cpu_count() or 1
+    print(
+        f"receiver bench: {cores} CPUs, servers on core {SERVER_CPU}, generator on core {GENERATOR_CPU};"
+        f" uvicorn uvloop+httptools, 1 worker; {args.rounds} rounds of bare/full,"
+        f" {args.warmup:g}+{args.duration:g} s closed loop and {args.open_duration:g} s open loop each"
+    )
+    if cores < 2:
+        print("warning: one CPU, so the generator and the server share it; figures are pessimistic")
+    results: dict[Kind, list[tuple[dict[str, Any], dict[str, Any]]]] = {"bare": [], "full": []}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="sorahook-bench-") as tmp:
+        servers: dict[Kind, Server] = {}
+        stats: dict[str, Any] = {}
+        try:
+            for kind in KINDS:
+                servers[kind] = start_server(kind, Path(tmp), env, args.workers)
+            for r in range(args.rounds):
+                for kind in KINDS:
+                    waited = wait_until_idle(list(servers.values()))
+                    closed = run_load(servers[kind], "closed", args, env)
+                    waited += wait_until_idle(list(servers.values()))
+                    opened = run_load(servers[kind], "open", args, env)
+                    results[kind].append((closed, opened))
+                    print(
+                        f"  round {r + 1}/{args.rounds} {kind}: {closed['throughput']:,.0f} req/s,"
+                        f" p99 at {args.rate:,.0f} req/s {opened['p99_ms']:.2f} ms"
+                        + (f" (waited {waited:.0f} s for the servers to go idle)" if waited > 2 else ""),
+                        flush=True,
+                    )
+        finally:
+            for server in servers.values():
+                if server.kind == "full":
+                    stats = stop_server(server)
+                else:
+                    stop_server(server)
+        database = servers["full"].database
+        assert database is not None
+        rows = count_rows(database)
+    report(results, args)
+    ok = check(results, rows, stats)
+    summarize(results, args, time.monotonic() - started)
+    return 0 if ok else 1
+
+
+def check(
+    results: dict[Kind, list[tuple[dict[str, Any], dict[str, Any]]]],
+    rows: dict[str, int],
+    stats: dict[str, Any],
+) -> bool:
+    """Every request answered as expected, and every 200 left one webhook and one job in the file."""
+    ok = True
+    for kind in KINDS:
+        phases = [phase for pair in results[kind] for phase in pair]
+        sent = sum(p["sent"] for p in phases)
+        expected = sum(p["expected"] for p in phases)
+        errors = sum(p["errors"] for p in phases)
+        others = sum(p["answered"] - p["expected"] for p in phases)
+        want = "200 accepted" if kind == "full" else "204"
+        print(
+            f"{kind}: {sent:,} sent, {expected:,} answered {want}, {others} other answers, "
+            f"{errors} without an answer"
+        )
+        if others or errors or expected != sent:
+            ok = False
+            for p in phases:
+                for line in p["unexpected"]:
+                    print(f"  unexpected answer: {line}")
+        if kind == "full":
+            same = rows["received_webhooks"] == expected and rows["jobs"] == expected
+            print(
+                f"full: the SQLite file holds {rows['received_webhooks']:,} received webhooks and"
+                f" {rows['jobs']:,} jobs ({rows['events']:,} events) for {expected:,} accepted:"
+                f" {'OK' if same else 'MISMATCH'}"
+            )
+            ok = ok and same
+    if stats.get("commits"):
+        print(
+            f"full: {stats['committed_ops']:,} store writes in {stats['commits']:,} commits"
+            f" ({stats['committed_ops'] / stats['commits']:.1f} per commit, synchronous=FULL)"
+        )
+    return ok
+
+
+def summarize(
+    results: dict[Kind, list[tuple[dict[str, Any], dict[str, Any]]]], args: argparse.Namespace, took: float
+) -> None:
+    def med(kind: Kind, pick: Callable[[tuple[dict[str, Any], dict[str, Any]]], float]) -> float:
+        return statistics.median(pick(pair) for pair in results[kind])
+
+    bare = med("bare", lambda p: p[0]["throughput"])
+    full = med("full", lambda p: p[0]["throughput"])
+    gen_cpu = med("bare", lambda p: p[0]["gen_cpu"])
+    srv_cpu = med("bare", lambda p: p[0]["server_cpu"] or 0.0)
+    p50 = med("full", lambda p: p[1]["p50_ms"])
+    p99 = med("full", lambda p: p[1]["p99_ms"])
+    achieved = med("full", lambda p: p[1]["throughput"])
+    if gen_cpu > 0.9 and srv_cpu < 0.9:
+        verdict = "the GENERATOR is the limit, so bare is understated and the ratio flattered"
+    elif srv_cpu >= 0.85:
+        verdict = "the server is the limit, as it should be"
+    else:
+        verdict = "neither is saturated: other processes took the CPU (see below)"
+    print(
+        f"generator: drove bare to {bare:,.0f} req/s ({bare / full:.1f}x the receiver's {full:,.0f}) using"
+        f" {gen_cpu * 100:.0f}% of its core while the bare server used {srv_cpu * 100:.0f}% of its own:"
+        f" {verdict}"
+    )
+    phases = [phase for kind in KINDS for pair in results[kind] for phase in pair]
+    other = statistics.median(p["other_cpu"] or 0.0 for p in phases)
+    if other > 0.15:
+        print(
+            f"warning: other processes used {other * 100:.0f}% of a core (median) while we measured;"
+            " with 2 cores that takes from the server or the generator: rerun on a quiet machine"
+        )
+    print(f"took {took:.0f} s")
+    ratio = full / bare
+    print(
+        f"receiver/bare throughput ratio: {ratio:.2f} (goal >= {THROUGHPUT_GOAL:.2f}); "
+        f"p99 at {args.rate:,.0f} rps: {p99:.1f} ms (goal < {P99_GOAL_MS:g} ms); "
+        f"p50 {p50:.2f} ms, achieved {achieved:,.0f} req/s"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1013 @@
+"""The OpenAPI 3.1 document for every route create_app serves, written by hand and served at /openapi.json.
+
+tests/test_openapi.py keeps it in step with the routes (both ways) and checks real responses against
+its schemas; tests/test_fuzz.py runs schemathesis against it on a live server.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from service.api.jobs import (
+    MAX_IDEMPOTENCY_KEY,
+    MAX_METADATA_KEY,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE,
+    MAX_PROMPT,
+    SECONDS,
+    SIZES,
+    VARIANTS,
+)
+from service.domain import KINDS, STATUSES
+from service.store.records import DELIVERY_STATUSES
+
+__all__ = ["DEFAULT_MODELS", "openapi_document", "openapi_endpoint"]
+
+DEFAULT_MODELS: tuple[str, ...] = ("sora-2", "sora-2-pro")
+# OpenAI's id prefixes that tell the kind of a tracked resource (service.domain.kind_for_resource_id).
+RESOURCE_PREFIXES: tuple[str, ...] = ("video_", "batch_", "resp_", "ftjob_")
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: Schema) -> Schema:
+    """`schema` or null (OpenAPI 3.1 is JSON Schema 2020-12: no `nullable`)."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _json(schema: Schema, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    out["headers"] = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}, **(headers or {})}
+    return out
+
+
+def _error(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+_BASE64 = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+_UNIX_TIME: Schema = {"type": "integer", "description": "Unix time in seconds"}
+_ID: Schema = {"type": "string", "minLength": 1}
+
+# The `url` / `callback_url` rule: an absolute http(s) URL whose host resolves to public addresses only
+# (unless SORAHOOK_ALLOW_PRIVATE_TARGETS); anything else is a 422 `invalid_url` naming the reason.
+_URL: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 2048,
+    "format": "uri",
+    "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@]",
+    "description": "An absolute http(s) URL. Unless private targets are allowed, its host must resolve to "
+    "public addresses only: loopback, private, link-local, multicast and reserved ones get 422 invalid_url.",
+    "examples": ["https://hooks.example.com/sorahook"],
+}
+
+_EVENT_TYPES: Schema = _nullable(
+    {
+        "type": "array",
+        "maxItems": 100,
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 100,
+            "pattern": r"^[a-z0-9._]*\*?$",
+            "description": "An event type (`video.completed`), or a prefix ending in `*` (`video.*`, `*`).",
+        },
+        "description": "Event types to receive; null or empty means every type.",
+    }
+)
+
+_DESCRIPTION: Schema = _nullable({"type": "string", "maxLength": 500})
+
+
+def _schemas(models: Sequence[str]) -> dict[str, Schema]:
+    metadata: Schema = {
+        "type": "object",
+        "maxProperties": MAX_METADATA_KEYS,
+        "propertyNames": {"minLength": 1, "maxLength": MAX_METADATA_KEY},
+        "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
+        "description": f"Up to {MAX_METADATA_KEYS} string keys (1 to {MAX_METADATA_KEY} characters) "
+        f"with string values (at most {MAX_METADATA_VALUE} characters).",
+    }
+    job_error: Schema = {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {"code": {"type": ["string", "null"]}, "message": {"type": ["string", "null"]}},
+    }
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "additionalProperties": False,
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "code": {"type": "string", "description": "A stable, machine-readable reason."},
+                        "message": {"type": "string", "description": "A sentence for people."},
+                        "param": {
+                            "type": "string",
+                            "description": "The request field, query parameter or header at fault.",
+                        },
+                    },
+                }
+            },
+        },
+        "Metadata": metadata,
+        "Job": {
+            "type": "object",
+            "required": [
+                "id",
+                "object",
+                "kind",
+                "resource_id",
+                "status",
+                "progress",
+                "origin",
+                "request",
+                "result",
+                "error",
+                "callback_url",
+                "metadata",
+                "created_at",
+                "updated_at",
+                "completed_at",
+                "sequence",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "pattern": "^job_"},
+                "object": {"const": "job"},
+                "kind": {"enum": list(KINDS)},
+                "resource_id": {
+                    "type": ["string", "null"],
+                    "description": "OpenAI's id (video_…); null until submitted",
+                },
+                "status": {"enum": list(STATUSES)},
+                "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                "origin": {"enum": ["api", "track", "webhook"]},
+                "request": _nullable(
+                    {
+                        "type": "object",
+                        "description": "What was asked of OpenAI (jobs made through POST /v1/jobs).",
+                        "properties": {
+                            "model": {"type": "string"},
+                            "prompt": {"type": "string"},
+                            "seconds": {"type": "string"},
+                            "size": {"type": "string"},
+                        },
+                    }
+                ),
+                "result": _nullable(
+                    {
+                        "type": "object",
+                        "description": "Filled in from OpenAI's object once the job is terminal.",
+                        "properties": {
+                            "expires_at": {"type": ["integer", "null"]},
+                            "size": {"type": ["string", "null"]},
+                            "seconds": {"type": ["string", "null"]},
+                        },
+                    }
+                ),
+                "error": _nullable(job_error),
+                "callback_url": {"type": ["string", "null"]},
+                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                "created_at": _UNIX_TIME,
+                "updated_at": _UNIX_TIME,
+                "completed_at": {"type": ["integer", "null"]},
+                "sequence": {"type": "integer", "minimum": 0, "description": "+1 on every state change"},
+            },
+        },
+        "JobList": _list_of(_ref("Job"), paginated=True),
+        "JobEvent": {
+            "type": "object",
+            "required": [
+                "id",
+                "object",
+                "direction",
+                "type",
+                "source",
+                "created_at",
+                "webhook_id",
+                "payload",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "job.event"},
+                "direction": {"enum": ["received", "emitted"]},
+                "type": {"type": "string"},
+                "source": {"type": "string"},
+                "created_at": _UNIX_TIME,
+                "webhook_id": {"type": ["string", "null"]},
+                "payload": {"description": "The event body as received or emitted (JSON)."},
+            },
+        },
+        "JobEventList": {
+            "type": "object",
+            "required": ["object", "data", "has_more"],
+            "properties": {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": _ref("JobEvent")},
+                "has_more": {"const": False},
+            },
+        },
+        "CreateJobRequest": {
+            "type": "object",
+            "required": ["prompt"],
+            "additionalProperties": False,
+            "properties": {
+                "prompt": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_PROMPT,
+                    "pattern": r"\S",
+                    "description": "What the video shows; not blank.",
+                },
+                "model": {"enum": list(models), "default": models[0]},
+                "seconds": {
+                    "enum": [*SECONDS, *(int(s) for s in SECONDS)],
+                    "default": SECONDS[0],
+                    "description": "Clip length; a string as OpenAI takes it, or the same whole number.",
+                },
+                "size": {"enum": list(SIZES), "default": SIZES[0]},
+                "callback_url": _nullable(_URL),
+                "metadata": _nullable(_ref("Metadata")),
+            },
+        },
+        "TrackJobRequest": {
+            "type": "object",
+            "required": ["resource_id"],
+            "anyOf": [
+                {"properties": {"resource_id": {"pattern": f"^({'|'.join(RESOURCE_PREFIXES)})"}}},
+                {"required": ["kind"], "properties": {"kind": {"enum": list(KINDS)}}},
+            ],
+            "properties": {
+                "kind": {
+                    "anyOf": [{"enum": list(KINDS)}, {"type": "null"}],
+                    "description": "Required when resource_id has no known prefix (video_, batch_, resp_, ftjob_).",
+                },
+                "resource_id": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"\S"},
+                "callback_url": _nullable(_URL),
+                "metadata": _nullable(_ref("Metadata")),
+            },
+        },
+        "Subscription": {
+            "type": "object",
+            "required": [
+                "id",
+                "object",
+                "url",
+                "event_types",
+                "description",
+                "enabled",
+                "ordered",
+                "disabled_reason",
+                "created_at",
+                "updated_at",
+            ],
+            "properties": {
+                "id": {"type": "string", "pattern": "^sub_"},
+                "object": {"const": "subscription"},
+                "url": {"type": "string"},
+                "event_types": {"type": ["array", "null"], "items": {"type": "string"}},
+                "description": {"type": ["string", "null"]},
+                "enabled": {"type": "boolean"},
+                "ordered": {"type": "boolean"},
+                "disabled_reason": {"type": ["string", "null"]},
+                "created_at": _UNIX_TIME,
+                "updated_at": _UNIX_TIME,
+            },
+            "additionalProperties": False,
+            "description": "A subscription as listed: without its secret.",
+        },
+        "SubscriptionWithSecret": {
+            "type": "object",
+            "required": [
+                "id",
+                "object",
+                "url",
+                "event_types",
+                "description",
+                "enabled",
+                "ordered",
+                "disabled_reason",
+                "created_at",
+                "updated_at",
+                "secret",
+            ],
+            "properties": {
+                "id": {"type": "string", "pattern": "^sub_"},
+                "object": {"const": "subscription"},
+                "url": {"type": "string"},
+                "event_types": {"type": ["array", "null"], "items": {"type": "string"}},
+                "description": {"type": ["string", "null"]},
+                "enabled": {"type": "boolean"},
+                "ordered": {"type": "boolean"},
+                "disabled_reason": {"type": ["string", "null"]},
+                "created_at": _UNIX_TIME,
+                "updated_at": _UNIX_TIME,
+                "secret": {"type": "string", "pattern": "^whsec_", "description": "Signs deliveries."},
+                "previous_secret_expires_at": {
+                    **_UNIX_TIME,
+                    "description": "Only after rotate-secret: until then deliveries carry both signatures.",
+                },
+            },
+            "additionalProperties": False,
+        },
+        "SubscriptionList": _list_of(_ref("Subscription"), paginated=False),
+        "CreateSubscriptionRequest": {
+            "type": "object",
+            "required": ["url"],
+            "properties": {
+                "url": _URL,
+                "event_types": _EVENT_TYPES,
+                "description": _DESCRIPTION,
+                "ordered": {"type": "boolean", "default": False},
+            },
+        },
+        "UpdateSubscriptionRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "url": _URL,
+                "event_types": _EVENT_TYPES,
+                "enabled": {"type": "boolean"},
+                "description": _DESCRIPTION,
+                "ordered": {"type": "boolean"},
+            },
+        },
+        "ReplayRequest": {
+            "type": "object",
+            "required": ["since"],
+            "properties": {"since": {"type": "number", "minimum": 0, "description": "Unix time in seconds"}},
+        },
+        "Attempt": {
+            "type": "object",
+            "required": ["attempted_at", "status_code", "latency_ms", "error"],
+            "additionalProperties": False,
+            "properties": {
+                "attempted_at": _UNIX_TIME,
+                "status_code": {"type": ["integer", "null"]},
+                "latency_ms": {"type": "number", "minimum": 0},
+                "error": {"type": ["string", "null"]},
+            },
+        },
+        "Delivery": {
+            "type": "object",
+            "required": [
+                "id",
+                "object",
+                "event_id",
+                "event_type",
+                "subscription_id",
+                "job_id",
+                "target",
+                "url",
+                "status",
+                "attempt_count",
+                "next_attempt_at",
+                "created_at",
+                "updated_at",
+                "delivered_at",
+                "last_status_code",
+                "last_error",
+                "attempts",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "pattern": "^dlv_"},
+                "object": {"const": "delivery"},
+                "event_id": {"type": "string"},
+                "event_type": {"type": "string"},
+                "subscription_id": {"type": ["string", "null"]},
+                "job_id": {"type": ["string", "null"]},
+                "target": {"enum": ["subscription", "callback_url"]},
+                "url": {"type": ["string", "null"]},
+                "status": {"enum": list(DELIVERY_STATUSES)},
+                "attempt_count": {"type": "integer", "minimum": 0},
+                "next_attempt_at": {"type": ["integer", "null"]},
+                "created_at": _UNIX_TIME,
+                "updated_at": _UNIX_TIME,
+                "delivered_at": {"type": ["integer", "null"]},
+                "last_status_code": {"type": ["integer", "null"]},
+                "last_error": {"type": ["string", "null"]},
+                "attempts": {"type": "array", "items": _ref("Attempt")},
+            },
+        },
+        "DeliveryList": _list_of(_ref("Delivery"), paginated=True),
+        "WebhookEvent": {
+            "type": "object",
+            "required": ["id", "type", "data"],
+            "description": "OpenAI's event envelope (Standard Webhooks), signed over the raw body.",
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "event"},
+                "type": {"type": "string", "minLength": 1, "examples": ["video.completed"]},
+                "created_at": {"type": "integer"},
+                "data": {
+                    "type": "object",
+                    "required": ["id"],
+                    "properties": {"id": {"type": "string", "minLength": 1}},
+                },
+            },
+        },
+        "WebhookAck": {
+            "type": "object",
+            "required": ["status"],
+            "additionalProperties": False,
+            "properties": {"status": {"enum": ["accepted", "duplicate"]}},
+        },
+    }
+
+
+def _list_of(item: Schema, *, paginated: bool) -> Schema:
+    return {
+        "type": "object",
+        "required": ["object", "data", "has_more", "first_id", "last_id"],
+        "additionalProperties": False,
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": item},
+            "has_more": {"type": "boolean"} if paginated else {"const": False},
+            "first_id": {"type": ["string", "null"]},
+            "last_id": {"type": ["string", "null"], "description": "Pass as `after` for the next page."},
+        },
+    }
+
+
+def _responses() -> dict[str, Any]:
+    def err(description: str) -> dict[str, Any]:
+        return _json(_ref("Error"), description)
+
+    return {
+        "BadRequest": err("The body is not a JSON object (`invalid_json`)."),
+        "Unauthorized": err("No bearer token, or the wrong one (`unauthorized`)."),
+        "NotFound": err("No such object (`not_found`)."),
+        "Conflict": err("The object is not in a state that allows this."),
+        "Gone": err("OpenAI no longer serves the asset (`content_expired`)."),
+        "PayloadTooLarge": err("The body is larger than the limit (`body_too_large`)."),
+        "Unprocessable": err("A field, query parameter or header is invalid; `param` names it."),
+        "BadGateway": err("OpenAI failed or refused (`openai_error`)."),
+    }
+
+
+def _op(
+    summary: str,
+    operation_id: str,
+    responses: dict[str, Any],
+    *,
+    parameters: list[dict[str, Any]] | None = None,
+    body: str | None = None,
+    body_required: bool = True,
+    auth: bool = True,
+    tags: list[str] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "operationId": operation_id}
+    if tags:
+        op["tags"] = tags
+    if parameters:
+        op["parameters"] = parameters
+    if body is not None:
+        op["requestBody"] = {
+            "required": body_required,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    if auth:
+        op["security"] = [{"bearerAuth": []}]
+        responses = {**responses, "401": _error("Unauthorized")}
+    op["responses"] = dict(sorted(responses.items()))
+    return op
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": _ID}
+
+
+def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+# An empty query value means the parameter was not given (`?status=&limit=` lists everything, 20 a page).
+_LIMIT = _query(
+    "limit",
+    {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 100}, {"const": ""}], "default": 20},
+    "Page size, 1 to 100.",
+)
+_AFTER = _query("after", {"type": "string"}, "Cursor: the `last_id` of the previous page.")
+
+_JOB_LINKS: dict[str, Any] = {
+    "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
+    "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/id"}},
+    "GetJobEvents": {"operationId": "listJobEvents", "parameters": {"job_id": "$response.body#/id"}},
+    "GetJobContent": {"operationId": "getJobContent", "parameters": {"job_id": "$response.body#/id"}},
+}
+
+# A tracked job has its resource id from the start (a created one gets it only once submitted).
+_TRACK_LINKS: dict[str, Any] = {
+    **_JOB_LINKS,
+    "GetJobByResourceId": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/resource_id"}},
+}
+
+_SUB_LINKS: dict[str, Any] = {
+    **{
+        name: {"operationId": op, "parameters": {"sub_id": "$response.body#/id"}}
+        for name, op in (
+            ("GetSubscription", "getSubscription"),
+            ("UpdateSubscription", "updateSubscription"),
+            ("DeleteSubscription", "deleteSubscription"),
+            ("RotateSecret", "rotateSubscriptionSecret"),
+            ("SendTestEvent", "testSubscription"),
+            ("Replay", "replaySubscription"),
+        )
+    },
+    "ListDeliveries": {
+        "operationId": "listDeliveries",
+        "parameters": {"subscription_id": "$response.body#/id"},
+    },
+}
+
+
+def _with_links(response: dict[str, Any], links: dict[str, Any]) -> dict[str, Any]:
+    return {**response, "links": copy.deepcopy(links)}
+
+
+def _paths() -> dict[str, Any]:
+    job_id = _path_param("job_id", "A job id (`job_…`) or the OpenAI resource id it tracks.")
+    sub_id = _path_param("sub_id", "A subscription id (`sub_…`).")
+    delivery_id = _path_param("delivery_id", "A delivery id (`dlv_…`).")
+    job = _json(_ref("Job"), "The job.")
+    sub_secret = _json(_ref("SubscriptionWithSecret"), "The subscription, with its signing secret.")
+    webhook_headers = [
+        {"name": name, "in": "header", "required": True, "description": description, "schema": schema}
+        for name, description, schema in (
+            (
+                "webhook-id",
+                "The message id; a repeated id is acknowledged as a duplicate.",
+                {"type": "string", "minLength": 1, "maxLength": 256},
+            ),
+            (
+                "webhook-timestamp",
+                "Unix seconds; must be within SORAHOOK_WEBHOOK_TOLERANCE of now.",
+                {"type": "string", "pattern": "^[0-9]{1,12}$"},
+            ),
+            (
+                "webhook-signature",
+                "Space-separated `v1,<base64 HMAC-SHA256>` signatures; one must match a configured secret.",
+                {"type": "string", "pattern": f"^v1,{_BASE64}( v1,{_BASE64})*$"},
+            ),
+        )
+    ]
+    body_errors = {
+        "400": _error("BadRequest"),
+        "413": _error("PayloadTooLarge"),
+        "422": _error("Unprocessable"),
+    }
+    return {
+        "/webhooks/openai": {
+            "post": _op(
+                "Receive an OpenAI webhook",
+                "receiveOpenAIWebhook",
+                {
+                    "200": _json(_ref("WebhookAck"), "Stored (accepted) or seen before (duplicate)."),
+                    "400": _json(
+                        _ref("Error"),
+                        "Missing or malformed webhook headers (`missing_headers`), or a verified body that is "
+                        "not an event with string id, type and data.id (`invalid_payload`).",
+                    ),
+                    "401": _json(
+                        _ref("Error"),
+                        "No signature matches (`invalid_signature`) or the timestamp is outside the "
+                        "tolerance (`timestamp_out_of_tolerance`).",
+                    ),
+                    "413": _json(_ref("Error"), "The body is larger than SORAHOOK_MAX_BODY_BYTES."),
+                    "503": _json(_ref("Error"), "Shutting down (`shutting_down`); OpenAI retries."),
+                },
+                parameters=webhook_headers,
+                body="WebhookEvent",
+                auth=False,
+                tags=["webhooks"],
+            )
+        },
+        "/v1/jobs": {
+            "post": _op(
+                "Create a video job",
+                "createJob",
+                {
+                    "202": _with_links(
+                        _json(
+                            _ref("Job"),
+                            "The job, stored as pending; it is submitted to OpenAI in the background.",
+                            {
+                                "Idempotent-Replayed": {
+                                    "description": "`true` when an earlier request with the same "
+                                    "Idempotency-Key made this job.",
+                                    "schema": {"const": "true"},
+                                }
+                            },
+                        ),
+                        _JOB_LINKS,
+                    ),
+                    **body_errors,
+                },
+                parameters=[
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "The same key returns the same job.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+                    }
+                ],
+                body="CreateJobRequest",
+                tags=["jobs"],
+            ),
+            "get": _op(
+                "List jobs, newest first",
+                "listJobs",
+                {"200": _json(_ref("JobList"), "A page of jobs."), "422": _error("Unprocessable")},
+                parameters=[
+                    _query("status", {"enum": [*STATUSES, ""]}, "Only jobs in this status."),
+                    _query("kind", {"enum": [*KINDS, ""]}, "Only jobs of this kind."),
+                    _LIMIT,
+                    _AFTER,
+                ],
+                tags=["jobs"],
+            ),
+        },
+        "/v1/jobs/track": {
+            "post": _op(
+                "Track a resource created elsewhere",
+                "trackJob",
+                {
+                    "200": _with_links(
+                        job | {"description": "Already tracked: the existing job."}, _TRACK_LINKS
+                    ),
+                    "201": _with_links(
+                        job | {"description": "A new job tracking the resource."}, _TRACK_LINKS
+                    ),
+                    **body_errors,
+                },
+                body="TrackJobRequest",
+                tags=["jobs"],
+            )
+        },
+        "/v1/jobs/{job_id}": {
+            "parameters": [job_id],
+            "get": _op("Read a job", "getJob", {"200": job, "404": _error("NotFound")}, tags=["jobs"]),
+            "delete": _op(
+                "Cancel a job",
+                "cancelJob",
+                {
+                    "200": job | {"description": "The job, now cancelled."},
+                    "404": _error("NotFound"),
+                    "409": _json(
+                        _ref("Error"),
+                        "Already terminal (`job_terminal`), or a kind sorahook cannot cancel "
+                        "(`cancel_not_supported`).",
+                    ),
+                    "502": _error("BadGateway"),
+                },
+                tags=["jobs"],
+            ),
+        },
+        "/v1/jobs/{job_id}/events": {
+            "parameters": [job_id],
+            "get": _op(
+                "A job's timeline, oldest first",
+                "listJobEvents",
+                {
+                    "200": _json(_ref("JobEventList"), "Every received and emitted event."),
+                    "404": _error("NotFound"),
+                },
+                tags=["jobs"],
+            ),
+        },
+        "/v1/jobs/{job_id}/content": {
+            "parameters": [job_id],
+            "get": _op(
+                "Stream a completed video's asset from OpenAI",
+                "getJobContent",
+                {
+                    "200": {
+                        "description": "The asset, streamed (video/mp4, image/webp, image/jpeg, …).",
+                        "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}},
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "404": _error("NotFound"),
+                    "409": _json(
+                        _ref("Error"),
+                        "Not a video (`no_content`) or not completed yet (`job_not_completed`).",
+                    ),
+                    "410": _error("Gone"),
+                    "422": _error("Unprocessable"),
+                    "502": _error("BadGateway"),
+                },
+                parameters=[_query("variant", {"enum": list(VARIANTS), "default": "video"}, "Which asset.")],
+                tags=["jobs"],
+            ),
+        },
+        "/v1/subscriptions": {
+            "post": _op(
+                "Create a subscription",
+                "createSubscription",
+                {
+                    "201": _with_links(
+                        _json(_ref("SubscriptionWithSecret"), "The subscription, with its secret."),
+                        _SUB_LINKS,
+                    ),
+                    **body_errors,
+                },
+                body="CreateSubscriptionRequest",
+                tags=["subscriptions"],
+            ),
+            "get": _op(
+                "List subscriptions",
+                "listSubscriptions",
+                {"200": _json(_ref("SubscriptionList"), "Every subscription, without secrets.")},
+                tags=["subscriptions"],
+            ),
+        },
+        "/v1/subscriptions/{sub_id}": {
+            "parameters": [sub_id],
+            "get": _op(
+                "Read a subscription",
+                "getSubscription",
+                {"200": sub_secret, "404": _error("NotFound")},
+                tags=["subscriptions"],
+            ),
+            "patch": _op(
+                "Change a subscription",
+                "updateSubscription",
+                {"200": sub_secret, "404": _error("NotFound"), **body_errors},
+                body="UpdateSubscriptionRequest",
+                body_required=False,
+                tags=["subscriptions"],
+            ),
+            "delete": _op(
+                "Remove a subscription",
+                "deleteSubscription",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["id", "object", "deleted"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "id": {"type": "string"},
+                                "object": {"const": "subscription.deleted"},
+                                "deleted": {"const": True},
+                            },
+                        },
+                        "Removed.",
+                    ),
+                    "404": _error("NotFound"),
+                },
+                tags=["subscriptions"],
+            ),
+        },
+        "/v1/subscriptions/{sub_id}/rotate-secret": {
+            "parameters": [sub_id],
+            "post": _op(
+                "Rotate the signing secret",
+                "rotateSubscriptionSecret",
+                {
+                    "200": _json(
+                        {
+                            "allOf": [_ref("SubscriptionWithSecret")],
+                            "required": ["previous_secret_expires_at"],
+                        },
+                        "The new secret; for 24 h deliveries are signed with the old one too.",
+                    ),
+                    "404": _error("NotFound"),
+                },
+                tags=["subscriptions"],
+            ),
+        },
+        "/v1/subscriptions/{sub_id}/test": {
+            "parameters": [sub_id],
+            "post": _op(
+                "Send a sorahook.test event to this subscription",
+                "testSubscription",
+                {
+                    "202": _json(
+                        {
+                            "type": "object",
+                            "required": ["object", "id", "type"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "object": {"const": "event"},
+                                "id": {"type": "string", "pattern": "^evt_"},
+                                "type": {"const": "sorahook.test"},
+                            },
+                        },
+                        "Enqueued.",
+                    ),
+                    "404": _error("NotFound"),
+                    "409": _json(_ref("Error"), "The subscription is disabled (`subscription_disabled`)."),
+                },
+                tags=["subscriptions"],
+            ),
+        },
+        "/v1/subscriptions/{sub_id}/replay": {
+            "parameters": [sub_id],
+            "post": _op(
+                "Enqueue again every matching event since a time",
+                "replaySubscription",
+                {
+                    "202": _json(
+                        {
+                            "type": "object",
+                            "required": ["object", "subscription_id", "enqueued"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "object": {"const": "replay"},
+                                "subscription_id": {"type": "string"},
+                                "enqueued": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                        "How many deliveries were enqueued.",
+                    ),
+                    "404": _error("NotFound"),
+                    **body_errors,
+                },
+                body="ReplayRequest",
+                tags=["subscriptions"],
+            ),
+        },
+        "/v1/deliveries": {
+            "get": _op(
+                "List deliveries with their attempts, newest first",
+                "listDeliveries",
+                {"200": _json(_ref("DeliveryList"), "A page of deliveries."), "422": _error("Unprocessable")},
+                parameters=[
+                    _query("subscription_id", {"type": "string"}, "Only this subscription's deliveries."),
+                    _query("job_id", {"type": "string"}, "Only deliveries of this job's events."),
+                    _query("status", {"enum": [*DELIVERY_STATUSES, ""]}, "Only deliveries in this status."),
+                    _LIMIT,
+                    _AFTER,
+                ],
+                tags=["deliveries"],
+            )
+        },
+        "/v1/deliveries/{delivery_id}": {
+            "parameters": [delivery_id],
+            "get": _op(
+                "Read a delivery",
+                "getDelivery",
+                {"200": _json(_ref("Delivery"), "The delivery."), "404": _error("NotFound")},
+                tags=["deliveries"],
+            ),
+        },
+        "/v1/deliveries/{delivery_id}/retry": {
+            "parameters": [delivery_id],
+            "post": _op(
+                "Try a dead or failed delivery again now",
+                "retryDelivery",
+                {
+                    "202": _json(_ref("Delivery"), "Pending again."),
+                    "404": _error("NotFound"),
+                    "409": _json(_ref("Error"), "Neither dead nor failed (`not_retryable`)."),
+                },
+                tags=["deliveries"],
+            ),
+        },
+        "/healthz": {
+            "get": _op(
+                "Liveness",
+                "healthz",
+                {
+                    "200": _json(
+                        {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+                        "The process runs.",
+                    )
+                },
+                auth=False,
+                tags=["operations"],
+            )
+        },
+        "/readyz": {
+            "get": _op(
+                "Readiness: the store answers and the workers run",
+                "readyz",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {"status": {"const": "ready"}},
+                        },
+                        "Ready.",
+                    ),
+                    "503": _json(
+                        {
+                            "type": "object",
+                            "required": ["status", "problems"],
+                            "properties": {
+                                "status": {"const": "unavailable"},
+                                "problems": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                        "Not ready; `problems` says why.",
+                    ),
+                },
+                auth=False,
+                tags=["operations"],
+            )
+        },
+        "/metrics": {
+            "get": _op(
+                "Prometheus metrics",
+                "metrics",
+                {
+                    "200": {
+                        "description": "Prometheus text exposition format.",
+                        "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}},
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+                auth=False,
+                tags=["operations"],
+            )
+        },
+        "/openapi.json": {
+            "get": _op(
+                "This document",
+                "openapi",
+                {"200": _json({"type": "object", "required": ["openapi", "paths"]}, "OpenAPI 3.1.")},
+                auth=False,
+                tags=["operations"],
+            )
+        },
+    }
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sorahook")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def openapi_document(models: Sequence[str] = DEFAULT_MODELS) -> dict[str, Any]:
+    """The OpenAPI 3.1 document (a fresh dict each call). `models` is SORAHOOK_MODELS, first the default."""
+    document = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "sorahook",
+            "version": _version(),
+            "summary": "A dependable relay for OpenAI's async-job webhooks.",
+            "description": "Every `/v1/…` route needs `Authorization: Bearer $SORAHOOK_ADMIN_TOKEN`. "
+            'Errors are always `{"error": {"code": …, "message": …, "param"?: …}}`. '
+            "Times are Unix seconds.",
+        },
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "tags": [
+            {"name": "webhooks", "description": "OpenAI's signed webhooks (Standard Webhooks); no token."},
+            {"name": "jobs", "description": "OpenAI async resources sorahook tracks."},
+            {"name": "subscriptions", "description": "Where sorahook delivers events."},
+            {"name": "deliveries", "description": "Each event's delivery to each target, with attempts."},
+            {"name": "operations", "description": "Health, readiness, metrics; no token."},
+        ],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(tuple(models) or DEFAULT_MODELS),
+            "responses": _responses(),
+            "headers": {
+                "RequestId": {
+                    "description": "The caller's own `x-request-id`, or a new one.",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            },
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "SORAHOOK_ADMIN_TOKEN",
+                }
+            },
+        },
+    }
+    return copy.deepcopy(document)  # the module-level pieces are shared; callers may change theirs
+
+
+async def openapi_endpoint(request: Request) -> Response:
+    """GET /openapi.json: the document, with the models this server is configured for."""
+    models: Sequence[str] = DEFAULT_MODELS
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is not None:
+        models = runtime.settings.models
+    return JSONResponse(openapi_document(models))
