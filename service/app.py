@@ -187,6 +187,9 @@ def create_app(
             disable_after=settings.disable_after,
             box=SecretBox(settings.secret_key) if settings.secret_key else None,
         )
+        rt.store.on_job_finished = lambda kind, status, seconds: rt.metrics.job_duration.labels(
+            kind=kind, status=status
+        ).observe(seconds)
         rt.openai = OpenAIClient(
             base_url=settings.openai_base_url,
             api_key=settings.openai_api_keys[0] if settings.openai_api_keys else None,

@@ -346,11 +346,6 @@ async def test_reconciler_catching_a_missed_webhook_counts_updated(tmp_path: Pat
         assert_closed_labels(scraped, forbidden=[job_id])
 
 
-@pytest.mark.xfail(
-    reason="BUG in service/: Metrics.job_duration (sorahook_job_duration_seconds) is defined but never "
-    "observed anywhere, so a job reaching a terminal state adds no sample",
-    strict=False,
-)
 async def test_job_duration_is_observed_when_a_job_reaches_a_terminal_state(tmp_path: Path) -> None:
     async with (
         emulated_service(tmp_path) as (url, _emulator, _settings),
@@ -365,7 +360,6 @@ async def test_job_duration_is_observed_when_a_job_reaches_a_terminal_state(tmp_
         await wait_until(completed, timeout=20)
         scraped = await scrape(client)
         assert scraped.families["sorahook_job_duration_seconds"].type == "histogram"
-        # BUG (see the xfail reason): this is the single assertion that fails today.
         assert scraped.value("sorahook_job_duration_seconds_count", kind="video", status="completed") == 1
         assert scraped.value("sorahook_job_duration_seconds_sum", kind="video", status="completed") > 0
 

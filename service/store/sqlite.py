@@ -180,6 +180,8 @@ class _Ops:
         self.flag_deliveries = False
         self.flag_submissions = False
         self.flag_refreshes = False
+        # Jobs that reached a terminal state in the current batch: (kind, status, seconds since creation).
+        self.finished: list[tuple[str, str, float]] = []
 
     def open_secret(self, value: str) -> str:
         return self.box.open(value) if self.box is not None else value
@@ -270,6 +272,8 @@ class _Ops:
         conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*sets.values(), row["id"]))
         new_row: sqlite3.Row = conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
         job = _job(new_row)
+        if change.status_changed and is_terminal(job.status):
+            self.finished.append((job.kind, job.status, max(0.0, now - job.created_at)))
         if change.status_changed:
             event_type = emitted_type(job.kind, job.status)
             if obs.event_type and EVENT_TYPES.get(obs.event_type, (None, None))[1] == job.status:
@@ -572,6 +576,8 @@ class SqliteStore:
         self.signals = Signals(asyncio.Event(), asyncio.Event(), asyncio.Event())
         self.commits = 0
         self.committed_ops = 0
+        # Called after a commit for each job that reached a terminal state (the duration metric).
+        self.on_job_finished: Callable[[str, str, float], None] | None = None
 
     @classmethod
     async def open(
@@ -741,6 +747,10 @@ class SqliteStore:
         if ops.flag_refreshes:
             self.signals.refreshes.set()
         ops.flag_deliveries = ops.flag_submissions = ops.flag_refreshes = False
+        finished, ops.finished = ops.finished, []
+        if self.on_job_finished is not None:
+            for kind, status, seconds in finished:
+                self.on_job_finished(kind, status, seconds)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader_conn is None:
