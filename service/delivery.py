@@ -50,6 +50,8 @@ class Deliverer:
         self._in_flight: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
+        self._outcomes: list[tuple[ClaimedDelivery, DeliveryOutcome]] = []
+        self._have_outcomes = asyncio.Event()
 
     def _busy(self) -> list[str]:
         return [sub for sub, n in self._in_flight.items() if n >= self.per_subscription]
@@ -103,13 +105,40 @@ class Deliverer:
             except Exception as exc:  # the sender never raises for network problems; this is a bug guard
                 log.exception("delivery send crashed", extra={"delivery_id": item.id})
                 outcome = DeliveryOutcome(item.id, None, f"internal error: {type(exc).__name__}", 0.0)
-            results = await self.store.record_attempts([outcome])
-            self._observe(item, outcome, results)
+            # The slot is free as soon as the send ends; the row's lease keeps it from being claimed
+            # again until the recorder has written the attempt (many attempts per write).
+            self._outcomes.append((item, outcome))
+            self._have_outcomes.set()
         finally:
             self._in_flight[key] -= 1
             if self._in_flight[key] <= 0:
                 del self._in_flight[key]
             self._slot_freed.set()
+
+    async def flush(self) -> int:
+        """Record every finished attempt in one store write; returns how many."""
+        batch, self._outcomes = self._outcomes, []
+        self._have_outcomes.clear()
+        if not batch:
+            return 0
+        results = dict(await self.store.record_attempts([outcome for _, outcome in batch]))
+        for item, outcome in batch:
+            status = results.get(item.id)
+            self._observe(item, outcome, [(item.id, status)] if status else [])
+        self._slot_freed.set()  # a recorded attempt may unblock an ordered subscription's next event
+        return len(batch)
+
+    async def _record_loop(self) -> None:
+        while True:
+            await self._have_outcomes.wait()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The attempts stay leased; their lease runs out and they are sent again (at least once).
+                log.exception("recording delivery attempts failed")
+                await asyncio.sleep(1.0)
 
     def _observe(
         self, item: ClaimedDelivery, outcome: DeliveryOutcome, results: list[tuple[str, DeliveryStatus]]
@@ -136,6 +165,7 @@ class Deliverer:
         items = await self.claim()
         if items:
             await asyncio.gather(*(self._start(item) for item in items))
+            await self.flush()
         return len(items)
 
     async def _step(self) -> None:
@@ -149,8 +179,11 @@ class Deliverer:
             return
         next_at = await self.store.next_delivery_at()
         wait = self.idle_wait if next_at is None else min(self.idle_wait, next_at - self.clock.now())
-        if wait > 0:
-            await self._wait_either(wait)
+        if wait <= 0:
+            # Rows are due but none could be claimed: their subscriptions are at their cap, or an ordered
+            # event waits for an earlier one. Sleep until a slot frees, an attempt is recorded or work comes.
+            wait = self.idle_wait
+        await self._wait_either(wait)
 
     async def _wait_either(self, timeout: float) -> None:
         """Wake on new work, on a freed slot (a busy subscription may now be claimable) or on the timeout."""
@@ -165,10 +198,14 @@ class Deliverer:
         self._slot_freed.clear()
 
     async def run(self) -> None:
+        recorder = asyncio.create_task(self._record_loop(), name="sorahook-delivery-recorder")
         try:
             await loop_forever(self.name, self._step)
         finally:
             await self.drain(5.0)
+            recorder.cancel()
+            await asyncio.gather(recorder, return_exceptions=True)
+            await self.flush()
 
     async def drain(self, timeout: float) -> None:
         """Let sends in flight finish (bounded); the rest keep their lease and are released at next start."""

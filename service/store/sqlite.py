@@ -404,7 +404,9 @@ class _Ops:
             exclude = f" AND (d.subscription_id IS NULL OR d.subscription_id NOT IN ({','.join('?' * len(busy_list))}))"
         rows = conn.execute(
             "SELECT d.*, e.body AS body, s.url AS sub_url, s.secret, s.previous_secret, s.previous_secret_until,"
-            " s.ordered, s.enabled FROM deliveries d JOIN events e ON e.id = d.event_id"
+            # INDEXED BY: without it SQLite may pick deliveries_status and sort the whole backlog on
+            # every claim (14 ms at 20,000 pending rows); the partial due index is a range scan.
+            " s.ordered, s.enabled FROM deliveries d INDEXED BY deliveries_due JOIN events e ON e.id = d.event_id"
             " LEFT JOIN subscriptions s ON s.id = d.subscription_id"
             " WHERE d.status IN ('pending', 'failed') AND d.next_attempt_at <= ?"
             + exclude
@@ -485,8 +487,10 @@ class _Ops:
                 status, next_at = "succeeded", None
                 if sub_id:
                     conn.execute(
-                        "UPDATE subscriptions SET last_success_at = ?, failing_since = NULL WHERE id = ?",
-                        (now, sub_id),
+                        # Only write when it changes something that matters (not on every success).
+                        "UPDATE subscriptions SET last_success_at = ?, failing_since = NULL WHERE id = ?"
+                        " AND (failing_since IS NOT NULL OR last_success_at IS NULL OR last_success_at < ?)",
+                        (now, sub_id, now - 60.0),
                     )
             elif code == 410:
                 status, next_at = "dead", None
@@ -1279,7 +1283,8 @@ class SqliteStore:
     async def next_delivery_at(self) -> float | None:
         return await self._read(
             lambda c: c.execute(
-                "SELECT MIN(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'failed')"
+                "SELECT MIN(next_attempt_at) FROM deliveries INDEXED BY deliveries_due"
+                " WHERE status IN ('pending', 'failed')"
             ).fetchone()[0]
         )
 
