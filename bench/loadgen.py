@@ -71,7 +71,7 @@ def build_requests(host: str, port: int, secret: str, count: int) -> list[bytes]
 
 
 def _check_against_library(secret: str, request: bytes) -> None:
-    """Our signature must be the one `service.signing.Signer` (standardwebhooks) makes for the same message."""
+    """Our signature must equal what `service.signing.Signer` (standardwebhooks) makes for the message."""
     from service.signing import Signer
 
     head, _, body = request.partition(b"\r\n\r\n")

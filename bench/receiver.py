@@ -203,9 +203,9 @@ def wait_until_idle(servers: list[Server], limit: float = 60.0) -> float:
     started = time.monotonic()
     while time.monotonic() - started < limit:
         before = [process_cpu_seconds(s.proc.pid) or 0.0 for s in servers]
-        time.sleep(0.5)
+        time.sleep(0.25)
         after = [process_cpu_seconds(s.proc.pid) or 0.0 for s in servers]
-        if all(b - a < 0.05 * 0.5 for a, b in zip(before, after, strict=True)):
+        if all(b - a < 0.05 * 0.25 for a, b in zip(before, after, strict=True)):
             break
     return time.monotonic() - started
 
@@ -258,9 +258,15 @@ def _cpu(value: float | None) -> str:
     return "   -" if value is None else f"{value * 100:>3.0f}%"
 
 
+def _us_per_request(phase: dict[str, Any]) -> float:
+    """Server CPU per answered request: unlike req/s, barely moved by other processes taking the core."""
+    return float(phase["server_cpu"] or 0.0) / max(float(phase["throughput"]), 1e-9) * 1e6
+
+
 def _row(label: str, closed: dict[str, Any], opened: dict[str, Any]) -> str:
     return (
         f"{label:<10}{closed['throughput']:>9,.0f}{closed['p50_ms']:>8.2f}{closed['p99_ms']:>8.2f}"
+        f"{closed['us_per_req']:>7.0f}"
         f"  {_cpu(closed['server_cpu'])} {_cpu(closed['gen_cpu'])} {_cpu(closed['other_cpu'])}"
         f" |{opened['throughput']:>8,.0f}{opened['p50_ms']:>8.2f}{opened['p99_ms']:>8.2f}"
         f"{opened['max_ms']:>8.1f}  {_cpu(opened['server_cpu'])}"
@@ -276,18 +282,18 @@ def report(
     results: dict[Kind, list[tuple[dict[str, Any], dict[str, Any]]]], args: argparse.Namespace
 ) -> None:
     print(
-        f"\n{' ':<10}{'closed loop, ' + str(args.connections) + ' connections':<43}"
+        f"\n{' ':<10}{'closed loop, ' + str(args.connections) + ' connections':<50}"
         f" | open loop, {args.rate:,.0f} req/s offered"
     )
     print(
-        f"{'run':<10}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}  {'srv':>4} {'gen':>4} {'oth':>4}"
+        f"{'run':<10}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'us/req':>7}  {'srv':>4} {'gen':>4} {'oth':>4}"
         f" |{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}  {'srv':>4}"
     )
     for r in range(args.rounds):
         for kind in KINDS:
             closed, opened = results[kind][r]
             print(_row(f"{r + 1} {kind}", closed, opened))
-    print("-" * 91)
+    print("-" * 98)
     for kind in KINDS:
         closed_runs = [c for c, _ in results[kind]]
         open_runs = [o for _, o in results[kind]]
@@ -300,11 +306,11 @@ def report(
         )
     print(
         "srv, gen, oth: CPU used by the server, the load generator and every other process on the machine"
-        " (100% = one core); latency in the open loop counts from each request's scheduled start"
+        " (100% = one core);\nus/req: server CPU per request; open-loop latency counts from the scheduled start"
     )
 
 
-_COLUMNS = ("throughput", "p50_ms", "p99_ms", "max_ms", "server_cpu", "gen_cpu", "other_cpu")
+_COLUMNS = ("throughput", "p50_ms", "p99_ms", "max_ms", "us_per_req", "server_cpu", "gen_cpu", "other_cpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,6 +369,8 @@ def run(args: argparse.Namespace) -> int:
                     closed = run_load(servers[kind], "closed", args, env)
                     waited += wait_until_idle(list(servers.values()))
                     opened = run_load(servers[kind], "open", args, env)
+                    for phase in (closed, opened):
+                        phase["us_per_req"] = _us_per_request(phase)
                     results[kind].append((closed, opened))
                     print(
                         f"  round {r + 1}/{args.rounds} {kind}: {closed['throughput']:,.0f} req/s,"
@@ -455,6 +463,12 @@ def summarize(
             f"warning: other processes used {other * 100:.0f}% of a core (median) while we measured;"
             " with 2 cores that takes from the server or the generator: rerun on a quiet machine"
         )
+    bare_us = med("bare", lambda p: p[0]["us_per_req"])
+    full_us = med("full", lambda p: p[0]["us_per_req"])
+    print(
+        f"server CPU per request (closed loop): bare {bare_us:.0f} us, full {full_us:.0f} us, so by CPU cost"
+        f" alone the receiver reaches {bare_us / full_us:.2f} of bare (a figure other load barely moves)"
+    )
     print(f"took {took:.0f} s")
     ratio = full / bare
     print(

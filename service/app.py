@@ -23,12 +23,15 @@ from service import ssrf
 from service.api.common import require_token
 from service.api.jobs import JobsApi
 from service.api.subscriptions import DeliveriesApi, SubscriptionsApi
+from service.api.usage import UsageApi
 from service.clock import Clock, SystemClock
 from service.config import Settings
 from service.delivery import Deliverer
 from service.errors import ApiError, error_response
 from service.metrics import Metrics
 from service.openai_client import OpenAIClient
+from service.openapi import openapi_endpoint
+from service.progress import ProgressPoller
 from service.receiver import Receiver
 from service.reconciler import Reconciler
 from service.retention import Pruner
@@ -37,8 +40,11 @@ from service.sender import Sender
 from service.signing import Verifier
 from service.store.sqlite import SqliteStore
 from service.submitter import Refresher, Submitter
+from service.workers import CallBudget
 
 log = logging.getLogger("sorahook.app")
+
+RECONCILE_MAX_CALLS = 150  # OpenAI calls per reconcile interval, shared by the reconciler and progress
 
 
 @dataclass
@@ -146,34 +152,39 @@ def create_app(
     jobs = JobsApi(rt)
     subs = SubscriptionsApi(rt)
     deliveries = DeliveriesApi(rt)
+    usage = UsageApi(rt)
     token = settings.admin_token
 
-    def v1(path: str, endpoint: Callable[[Request], Awaitable[Response]], methods: list[str]) -> Route:
-        return Route(path, require_token(token, endpoint), methods=methods)
+    def v1(path: str, handlers: dict[str, Callable[[Request], Awaitable[Response]]]) -> Route:
+        """One route per path (so a 405 names every allowed method), each handler behind the token."""
+        guarded = {method: require_token(token, handler) for method, handler in handlers.items()}
+
+        async def dispatch(request: Request) -> Response:
+            return await guarded[request.method if request.method != "HEAD" else "GET"](request)
+
+        return Route(path, dispatch, methods=list(handlers))
 
     routes: list[BaseRoute] = [
         Route("/webhooks/openai", receive_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        v1("/v1/jobs", jobs.create, ["POST"]),
-        v1("/v1/jobs", jobs.list, ["GET"]),
-        v1("/v1/jobs/track", jobs.track, ["POST"]),
-        v1("/v1/jobs/{job_id}", jobs.get, ["GET"]),
-        v1("/v1/jobs/{job_id}", jobs.cancel, ["DELETE"]),
-        v1("/v1/jobs/{job_id}/events", jobs.events, ["GET"]),
-        v1("/v1/jobs/{job_id}/content", jobs.content, ["GET"]),
-        v1("/v1/subscriptions", subs.create, ["POST"]),
-        v1("/v1/subscriptions", subs.list, ["GET"]),
-        v1("/v1/subscriptions/{sub_id}", subs.get, ["GET"]),
-        v1("/v1/subscriptions/{sub_id}", subs.update, ["PATCH"]),
-        v1("/v1/subscriptions/{sub_id}", subs.delete, ["DELETE"]),
-        v1("/v1/subscriptions/{sub_id}/rotate-secret", subs.rotate_secret, ["POST"]),
-        v1("/v1/subscriptions/{sub_id}/test", subs.test, ["POST"]),
-        v1("/v1/subscriptions/{sub_id}/replay", subs.replay, ["POST"]),
-        v1("/v1/deliveries", deliveries.list, ["GET"]),
-        v1("/v1/deliveries/{delivery_id}", deliveries.get, ["GET"]),
-        v1("/v1/deliveries/{delivery_id}/retry", deliveries.retry, ["POST"]),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+        v1("/v1/jobs", {"POST": jobs.create, "GET": jobs.list}),
+        v1("/v1/jobs/track", {"POST": jobs.track}),
+        v1("/v1/jobs/batch", {"POST": jobs.create_batch}),
+        v1("/v1/usage", {"GET": usage.get}),
+        v1("/v1/jobs/{job_id}", {"GET": jobs.get, "DELETE": jobs.cancel}),
+        v1("/v1/jobs/{job_id}/events", {"GET": jobs.events}),
+        v1("/v1/jobs/{job_id}/content", {"GET": jobs.content}),
+        v1("/v1/subscriptions", {"POST": subs.create, "GET": subs.list}),
+        v1("/v1/subscriptions/{sub_id}", {"GET": subs.get, "PATCH": subs.update, "DELETE": subs.delete}),
+        v1("/v1/subscriptions/{sub_id}/rotate-secret", {"POST": subs.rotate_secret}),
+        v1("/v1/subscriptions/{sub_id}/test", {"POST": subs.test}),
+        v1("/v1/subscriptions/{sub_id}/replay", {"POST": subs.replay}),
+        v1("/v1/deliveries", {"GET": deliveries.list}),
+        v1("/v1/deliveries/{delivery_id}", {"GET": deliveries.get}),
+        v1("/v1/deliveries/{delivery_id}/retry", {"POST": deliveries.retry}),
         *(extra_routes or []),
     ]
 
@@ -192,7 +203,7 @@ def create_app(
         ).observe(seconds)
         rt.openai = OpenAIClient(
             base_url=settings.openai_base_url,
-            api_key=settings.openai_api_keys[0] if settings.openai_api_keys else None,
+            api_keys=settings.openai_api_keys,
             metrics=rt.metrics,
             transport=openai_transport,
         )
@@ -206,9 +217,11 @@ def create_app(
         )
         receiver_holder["receiver"] = receiver
         workers: list[Any] = []
+        # One ceiling on polling calls to OpenAI per reconcile interval, for the reconciler and progress.
+        budget = CallBudget(RECONCILE_MAX_CALLS, settings.reconcile_interval, rt.clock.now)
         if start_workers:
             workers = [
-                Submitter(store=rt.store, openai=rt.openai, clock=rt.clock),
+                Submitter(store=rt.store, openai=rt.openai, clock=rt.clock, moderation=settings.moderation),
                 Refresher(store=rt.store, openai=rt.openai, clock=rt.clock),
                 Deliverer(
                     store=rt.store,
@@ -227,8 +240,21 @@ def create_app(
                     metrics=rt.metrics,
                     interval=settings.reconcile_interval,
                     stale_after=settings.reconcile_after,
+                    max_calls=RECONCILE_MAX_CALLS,
+                    budget=budget,
                 ),
             ]
+            if settings.progress_interval > 0:
+                workers.append(
+                    ProgressPoller(
+                        store=rt.store,
+                        openai=rt.openai,
+                        clock=rt.clock,
+                        budget=budget,
+                        interval=settings.progress_interval,
+                        step=settings.progress_step,
+                    )
+                )
         for worker in workers:
             rt.tasks[worker.name] = asyncio.create_task(worker.run(), name=f"sorahook-{worker.name}")
         for i, job in enumerate(background or []):
@@ -258,7 +284,8 @@ def create_app(
         return error_response(404, "not_found", f"no route for {request.url.path}")
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        return error_response(405, "method_not_allowed", f"{request.method} is not allowed here")
+        headers = getattr(exc, "headers", None)  # Starlette's 405 carries the Allow header
+        return error_response(405, "method_not_allowed", f"{request.method} is not allowed here", headers=headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)

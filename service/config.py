@@ -9,6 +9,9 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypedDict
+
+from service.pricing import DEFAULT_PRICE_TABLE, PriceError, PriceTable, load_price_file
 
 DEFAULT_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
@@ -41,6 +44,22 @@ class Settings:
     emulator: bool = False
     retention: float = 30 * 86400.0
     secret_key: bytes | None = None
+    prices: PriceTable = DEFAULT_PRICE_TABLE
+    quota_key: str = "client"
+    quota_concurrent: int | None = None
+    quota_per_hour: int | None = None
+    quota_daily_usd: float | None = None
+    moderation: bool = False
+    progress_interval: float = 0.0  # 0 = no progress polling
+    progress_step: int = 25
+    # issue 9: archiving finished videos' assets
+    archive: bool = True
+    archive_variants: tuple[str, ...] = ("video", "thumbnail")
+    archive_storage: str = "local"  # local | s3
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -84,6 +103,11 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
+def _limit(env: Mapping[str, str], name: str) -> int | None:
+    """An optional whole-number limit: unset means no limit."""
+    return _int(env, name, 0) if env.get(name, "").strip() else None
+
+
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(part for part in raw.replace(",", " ").split() if part)
 
@@ -111,6 +135,53 @@ def parse_database_url(url: str) -> Path:
     if not path:
         raise ConfigError(f"{name} has no path after sqlite:///")
     return Path(path)
+
+
+ARCHIVE_VARIANTS = ("video", "thumbnail", "spritesheet")
+
+
+class _ArchiveSettings(TypedDict):
+    archive: bool
+    archive_variants: tuple[str, ...]
+    archive_storage: str
+    s3_bucket: str | None
+    s3_prefix: str
+    s3_endpoint_url: str | None
+    s3_region: str | None
+
+
+def archive_settings(env: Mapping[str, str]) -> _ArchiveSettings:
+    """SORAHOOK_ARCHIVE* and SORAHOOK_S3_*: where finished videos' assets are copied (issue 9)."""
+    variants = _list(env.get("SORAHOOK_ARCHIVE_VARIANTS", "")) or ("video", "thumbnail")
+    for variant in variants:
+        if variant not in ARCHIVE_VARIANTS:
+            raise ConfigError(
+                f"SORAHOOK_ARCHIVE_VARIANTS must list some of {', '.join(ARCHIVE_VARIANTS)}, got {variant!r}"
+            )
+    storage = env.get("SORAHOOK_ARCHIVE_STORAGE", "").strip().lower() or "local"
+    if storage not in ("local", "s3"):
+        raise ConfigError(f"SORAHOOK_ARCHIVE_STORAGE must be local or s3, got {storage!r}")
+    archive = _bool(env, "SORAHOOK_ARCHIVE", True)
+    bucket = env.get("SORAHOOK_S3_BUCKET", "").strip() or None
+    if archive and storage == "s3" and bucket is None:
+        raise ConfigError("SORAHOOK_S3_BUCKET is required when SORAHOOK_ARCHIVE_STORAGE=s3")
+    if bucket is not None and not (3 <= len(bucket) <= 63 and all(c.isalnum() or c in ".-_" for c in bucket)):
+        raise ConfigError(
+            f"SORAHOOK_S3_BUCKET must be a bucket name (3 to 63 letters, digits, . - _), got {bucket!r}"
+        )
+    prefix = env.get("SORAHOOK_S3_PREFIX", "").strip().strip("/")
+    endpoint = env.get("SORAHOOK_S3_ENDPOINT_URL", "").strip() or None
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"SORAHOOK_S3_ENDPOINT_URL must be an http(s) URL, got {endpoint!r}")
+    return {
+        "archive": archive,
+        "archive_variants": tuple(dict.fromkeys(variants)),
+        "archive_storage": storage,
+        "s3_bucket": bucket,
+        "s3_prefix": f"{prefix}/" if prefix else "",
+        "s3_endpoint_url": endpoint,
+        "s3_region": env.get("SORAHOOK_S3_REGION", "").strip() or None,
+    }
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -167,6 +238,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if len(secret_key) != 32:
             raise ConfigError("SORAHOOK_SECRET_KEY must be 32 bytes in URL-safe base64 (44 characters)")
 
+    prices = DEFAULT_PRICE_TABLE
+    prices_file = env.get("SORAHOOK_PRICES_FILE", "").strip()
+    if prices_file:
+        try:
+            prices = load_price_file(Path(prices_file))
+        except PriceError as exc:
+            raise ConfigError(f"SORAHOOK_PRICES_FILE {prices_file!r} {exc}") from None
+    quota_key = env.get("SORAHOOK_QUOTA_KEY", "").strip() or "client"
+    if len(quota_key) > 64 or '"' in quota_key:
+        raise ConfigError("SORAHOOK_QUOTA_KEY must be a metadata key of 1 to 64 characters, without '\"'")
+    daily_usd: float | None = None
+    raw_usd = env.get("SORAHOOK_QUOTA_DAILY_USD", "").strip()
+    if raw_usd:
+        try:
+            daily_usd = float(raw_usd)
+        except ValueError:
+            daily_usd = -1.0
+        if not 0 <= daily_usd < float("inf"):
+            raise ConfigError(f"SORAHOOK_QUOTA_DAILY_USD must be a number of US dollars >= 0, got {raw_usd!r}")
+    if env.get("SORAHOOK_PROGRESS_STEP", "").strip() and _int(env, "SORAHOOK_PROGRESS_STEP", 25) > 100:
+        raise ConfigError("SORAHOOK_PROGRESS_STEP must be between 1 and 100 (progress points)")
+
     return Settings(
         database_path=database_path,
         openai_api_keys=_list(env.get("OPENAI_API_KEY", "")),
@@ -190,6 +283,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         emulator=_bool(env, "SORAHOOK_EMULATOR", False),
         retention=_float(env, "SORAHOOK_RETENTION_DAYS", 30.0, minimum=0.001) * 86400.0,
         secret_key=secret_key,
+        prices=prices,
+        quota_key=quota_key,
+        quota_concurrent=_limit(env, "SORAHOOK_QUOTA_CONCURRENT"),
+        quota_per_hour=_limit(env, "SORAHOOK_QUOTA_PER_HOUR"),
+        quota_daily_usd=daily_usd,
+        moderation=_bool(env, "SORAHOOK_MODERATION", False),
+        progress_interval=_float(env, "SORAHOOK_PROGRESS_INTERVAL", 0.0),
+        progress_step=_int(env, "SORAHOOK_PROGRESS_STEP", 25, minimum=1),
+        **archive_settings(env),
     )
 
 

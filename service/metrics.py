@@ -16,12 +16,18 @@ _KNOWN_TYPES = frozenset(EVENT_TYPES) | {
     "video.in_progress",
     "video.cancelled",
     "video.expired",
+    "video.archived",
+    "video.archive_failed",
+    "video.progress",
     "sorahook.test",
     "sorahook.subscription.disabled",
 }
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SLOW = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600, 86400)
+# Why an asset ended `archive_failed`: links expired (expires_at, 410), OpenAI does not know it (404), OpenAI
+# kept refusing it (other 4xx), or transient failures outlasted the retries.
+ARCHIVE_FAILURE_REASONS = ("expired", "not_found", "refused", "retries_exhausted")
 
 
 class _Snapshot(Collector):
@@ -97,7 +103,32 @@ class Metrics:
             buckets=(0, 1, 2, 5, 10, 20, 50, 100, 150, 200, 500),
             registry=r,
         )
+        self.key_rotations = Counter(
+            "sorahook_openai_key_rotations_total",
+            "Moves to the next OPENAI_API_KEY after one was refused",
+            ["reason"],
+            registry=r,
+        )
+        self.archive_bytes = Counter(
+            "sorahook_archive_bytes_total", "Bytes of finished assets copied to storage", registry=r
+        )
+        self.archive_failures = Counter(
+            "sorahook_archive_failures_total",
+            "Assets given up as archive_failed, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.archive_lag = Histogram(
+            "sorahook_archive_lag_seconds",
+            "Time from a video's completion to its asset being stored",
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0),
+            registry=r,
+        )
+        for reason in ARCHIVE_FAILURE_REASONS:
+            self.archive_failures.labels(reason=reason)
         # Closed label sets start at 0, so a first increment after a restart is visible to increase().
+        for reason in ("unauthorized", "insufficient_quota"):
+            self.key_rotations.labels(reason=reason)
         for outcome in ("succeeded", "failed", "dead"):
             self.deliveries.labels(outcome=outcome)
         for reason in (

@@ -16,6 +16,9 @@ Choices, most of them taken from the official SDK (``openai/_base_client.py``):
   scheduling to honour (the SDK likewise stops retrying past its two-minute limit).
 - Every HTTP attempt is counted in ``openai_requests{operation, status}`` and timed in
   ``openai_request_duration{operation}``; a streamed download is timed to its response headers.
+- With several API keys, a 401 or an ``insufficient_quota`` 429 moves the client to the next key (for this
+  call, retried at once, and for every later one), at most once per key per call; each move is counted in
+  ``openai_key_rotations{reason}`` and logged with the keys' last 4 characters only.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -52,6 +55,7 @@ Operation = Literal[
     "retrieve_batch",
     "retrieve_response",
     "retrieve_fine_tuning_job",
+    "moderate",
 ]
 
 # kind -> (operation, path prefix) for retrieve(); the kinds sorahook tracks.
@@ -98,8 +102,9 @@ class OpenAIClient:
         self,
         *,
         base_url: str,
-        api_key: str | None,
+        api_key: str | None = None,
         metrics: Metrics,
+        api_keys: Sequence[str] = (),
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,
         max_retries: int = 3,
@@ -111,8 +116,9 @@ class OpenAIClient:
         if max_retries < 0:
             raise ValueError(f"max_retries must not be negative, got {max_retries!r}")
         headers = {"accept": "application/json", "user-agent": "sorahook"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
+        # Several keys: a 401 or an insufficient_quota 429 on one moves every later call to the next.
+        self._keys: list[str] = [k for k in api_keys if k] or ([api_key] if api_key else [])
+        self._key_index = 0
         # httpx joins "videos" onto a base URL ending in "/", keeping its path ("/v1/", "/_emulator/v1/").
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
@@ -186,6 +192,10 @@ class OpenAIClient:
         """
         return self._download(f"videos/{_segment(video_id, 'video_id')}/content", variant)
 
+    async def moderate(self, text: str, model: str = "omni-moderation-latest") -> dict[str, Any]:
+        """``POST /moderations`` for one text: OpenAI's ``{"id", "model", "results": [{"flagged", ...}]}``."""
+        return await self._json("moderate", "POST", "moderations", json={"input": text, "model": model})
+
     async def retrieve(self, kind: str, resource_id: str) -> dict[str, Any]:
         """GET one tracked resource: ``kind`` is ``video``, ``batch``, ``response`` or ``fine_tuning_job``."""
         try:
@@ -240,9 +250,20 @@ class OpenAIClient:
     ) -> httpx.Response:
         """Send with retries; a 2xx response comes back read (``stream=False``) or unread and open."""
         attempt = 0
+        refused: set[int] = set()  # key indexes refused during this call
         while True:
+            key_index = self._key_index
             try:
-                return await self._attempt(operation, method, path, stream=stream, **request)
+                return await self._attempt(operation, method, path, stream=stream, key=key_index, **request)
+            except PermanentOpenAIError as refusal:
+                reason = _rotation_reason(refusal)
+                if reason is None or len(self._keys) < 2:
+                    raise
+                refused.add(key_index)
+                if self._key_index == key_index:  # a concurrent call may have moved on already
+                    self._rotate(key_index, reason)
+                if self._key_index in refused:
+                    raise  # every key was tried for this call
             except _Retry as retry:
                 error = retry.error
                 if attempt >= self._max_retries:
@@ -268,10 +289,22 @@ class OpenAIClient:
                 attempt += 1
                 await self._sleep(delay)
 
+    def _rotate(self, index: int, reason: str) -> None:
+        self._key_index = (index + 1) % len(self._keys)
+        self._metrics.key_rotations.labels(reason=reason).inc()
+        log.warning(
+            "OpenAI refused the API key ending %s (%s); moving to the key ending %s",
+            _key_tail(self._keys[index]),
+            reason,
+            _key_tail(self._keys[self._key_index]),
+        )
+
     async def _attempt(
-        self, operation: Operation, method: str, path: str, *, stream: bool, **request: Any
+        self, operation: Operation, method: str, path: str, *, stream: bool, key: int = 0, **request: Any
     ) -> httpx.Response:
         """One HTTP attempt, counted and timed; raises ``_Retry`` or a ``PermanentOpenAIError`` on failure."""
+        if self._keys:
+            request["headers"] = {**request.get("headers", {}), "authorization": f"Bearer {self._keys[key]}"}
         started = time.perf_counter()
         status: int | None = None
         try:
@@ -323,6 +356,20 @@ class OpenAIClient:
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
+
+
+def _key_tail(key: str) -> str:
+    """The last 4 characters of a key: enough to tell keys apart in logs, never enough to use one."""
+    return "…" + key[-4:] if len(key) > 8 else "…"
+
+
+def _rotation_reason(error: OpenAIError) -> str | None:
+    """Why this refusal means "try the next key": a bad key, or a key whose account ran out of quota."""
+    if error.status == 401:
+        return "unauthorized"
+    if error.status == 429 and "insufficient_quota" in (error.code, error.type):
+        return "insufficient_quota"
+    return None
 
 
 def _new_idempotency_key() -> str:

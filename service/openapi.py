@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.jobs import (
+    MAX_BATCH,
     MAX_IDEMPOTENCY_KEY,
     MAX_METADATA_KEY,
     MAX_METADATA_KEYS,
@@ -102,7 +103,21 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
     job_error: Schema = {
         "type": "object",
         "required": ["code", "message"],
-        "properties": {"code": {"type": ["string", "null"]}, "message": {"type": ["string", "null"]}},
+        "properties": {
+            "code": {"type": ["string", "null"]},
+            "message": {"type": ["string", "null"]},
+            "categories": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "`moderation_flagged` only: the flagged moderation categories.",
+            },
+        },
+    }
+    usage_entry: Schema = {
+        "type": "object",
+        "required": ["jobs", "estimated_cost_usd"],
+        "additionalProperties": False,
+        "properties": {"jobs": {"type": "integer", "minimum": 1}, "estimated_cost_usd": {"type": "number"}},
     }
     return {
         "Error": {
@@ -121,6 +136,20 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
                             "type": "string",
                             "description": "The request field, query parameter or header at fault.",
                         },
+                        "errors": {
+                            "type": "array",
+                            "description": "`invalid_batch` only: every bad job of the batch, by index.",
+                            "items": {
+                                "type": "object",
+                                "required": ["index", "param", "message"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "index": {"type": "integer", "minimum": 0},
+                                    "param": {"type": ["string", "null"]},
+                                    "message": {"type": "string"},
+                                },
+                            },
+                        },
                     },
                 }
             },
@@ -137,6 +166,7 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
                 "progress",
                 "origin",
                 "request",
+                "estimated_cost_usd",
                 "result",
                 "error",
                 "callback_url",
@@ -170,6 +200,12 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
                         },
                     }
                 ),
+                "estimated_cost_usd": {
+                    "type": ["number", "null"],
+                    "minimum": 0,
+                    "description": "USD per second (price table by model and size) × seconds, set at "
+                    "creation; null for other kinds and for a model or size with no price.",
+                },
                 "result": _nullable(
                     {
                         "type": "object",
@@ -245,6 +281,61 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
                 "size": {"enum": list(SIZES), "default": SIZES[0]},
                 "callback_url": _nullable(_URL),
                 "metadata": _nullable(_ref("Metadata")),
+            },
+        },
+        "CreateJobBatchRequest": {
+            "type": "object",
+            "required": ["jobs"],
+            "additionalProperties": False,
+            "properties": {
+                "jobs": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_BATCH,
+                    "items": _ref("CreateJobRequest"),
+                    "description": "Created all together in one transaction, or none of them.",
+                }
+            },
+        },
+        "JobBatch": {
+            "type": "object",
+            "required": ["object", "data"],
+            "additionalProperties": False,
+            "properties": {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": _ref("Job"), "description": "In the request's order."},
+            },
+        },
+        "Usage": {
+            "type": "object",
+            "required": [
+                "object",
+                "since",
+                "until",
+                "total_estimated_cost_usd",
+                "jobs",
+                "by_model",
+                "by_status",
+                "by_client",
+            ],
+            "additionalProperties": False,
+            "properties": {
+                "object": {"const": "usage"},
+                "since": {"type": ["integer", "null"]},
+                "until": {"type": ["integer", "null"]},
+                "total_estimated_cost_usd": {"type": "number", "minimum": 0},
+                "jobs": {"type": "integer", "minimum": 0},
+                "by_model": {
+                    "type": "object",
+                    "additionalProperties": usage_entry,
+                    "description": "By the job's model; `(none)` for jobs without one.",
+                },
+                "by_status": {"type": "object", "additionalProperties": usage_entry},
+                "by_client": {
+                    "type": "object",
+                    "additionalProperties": usage_entry,
+                    "description": "By the metadata value of SORAHOOK_QUOTA_KEY; `(none)` without one.",
+                },
             },
         },
         "TrackJobRequest": {
@@ -460,6 +551,18 @@ def _responses() -> dict[str, Any]:
         "Gone": err("OpenAI no longer serves the asset (`content_expired`)."),
         "PayloadTooLarge": err("The body is larger than the limit (`body_too_large`)."),
         "Unprocessable": err("A field, query parameter or header is invalid; `param` names it."),
+        "QuotaExceeded": _json(
+            _ref("Error"),
+            "Over a client's quota (`quota_exceeded`); `param` names the limit: concurrent_jobs, "
+            "jobs_per_hour or daily_spend_usd.",
+            {
+                "Retry-After": {
+                    "description": "Seconds until the request could pass, at the soonest.",
+                    "required": True,
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                }
+            },
+        ),
         "BadGateway": err("OpenAI failed or refused (`openai_error`)."),
     }
 
@@ -621,6 +724,7 @@ def _paths() -> dict[str, Any]:
                         _JOB_LINKS,
                     ),
                     **body_errors,
+                    "429": _error("QuotaExceeded"),
                 },
                 parameters=[
                     {
@@ -646,6 +750,64 @@ def _paths() -> dict[str, Any]:
                 ],
                 tags=["jobs"],
             ),
+        },
+        "/v1/jobs/batch": {
+            "post": _op(
+                "Create up to 100 video jobs at once, all or none",
+                "createJobBatch",
+                {
+                    "202": _json(
+                        _ref("JobBatch"),
+                        "The jobs, stored as pending in one transaction.",
+                        {
+                            "Idempotent-Replayed": {
+                                "description": "`true` when an earlier request with the same "
+                                "Idempotency-Key made these jobs.",
+                                "schema": {"const": "true"},
+                            }
+                        },
+                    ),
+                    "400": _error("BadRequest"),
+                    "413": _error("PayloadTooLarge"),
+                    "422": _json(
+                        _ref("Error"),
+                        "Some jobs are invalid (`invalid_batch`, with `errors` listing each by index) and "
+                        "none was created; or `jobs` itself is missing or too long.",
+                    ),
+                    "429": _error("QuotaExceeded"),
+                },
+                parameters=[
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "description": "One key for the whole batch: the same key returns the same jobs.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+                    }
+                ],
+                body="CreateJobBatchRequest",
+                tags=["jobs"],
+            )
+        },
+        "/v1/usage": {
+            "get": _op(
+                "Estimated cost and job counts, by model, status and client",
+                "getUsage",
+                {"200": _json(_ref("Usage"), "Jobs created in [since, until)."), "422": _error("Unprocessable")},
+                parameters=[
+                    _query(
+                        "since",
+                        {"anyOf": [{"type": "integer", "minimum": 0}, {"const": ""}]},
+                        "Unix seconds, inclusive; all time when absent.",
+                    ),
+                    _query(
+                        "until",
+                        {"anyOf": [{"type": "integer", "minimum": 0}, {"const": ""}]},
+                        "Unix seconds, exclusive; no end when absent.",
+                    ),
+                ],
+                tags=["jobs"],
+            )
         },
         "/v1/jobs/track": {
             "post": _op(

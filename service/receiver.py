@@ -58,6 +58,11 @@ def parse_event(body: bytes) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]:
         return None
+    try:  # a lone surrogate (`"\\ud800"`) in an id cannot be stored as text
+        for text in (event["id"], event["type"], data["id"]):
+            text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
     return event
 
 

@@ -4,15 +4,16 @@ One pass:
 1. Announce `video.expired` for completed videos whose assets expired (store only, no OpenAI call).
 2. Select stale jobs: non-terminal, with a resource id, not updated for `stale_after`, per-job backoff
    passed (an indexed query). None stale: the pass ends here, with no OpenAI call.
-3. Videos: page `GET /videos?order=desc&limit=100` starting after the newest stale video, so the pages
-   cover just the span of creation times that holds the stale ones, and stop as soon as every stale
-   video was seen, the pages went older than the oldest one, or listing stopped paying for itself.
-   What the list did not show (the cursor video itself, tracked videos made long before) is retrieved
-   by id, like every other kind, with bounded concurrency.
+3. Videos (three or more): retrieve the newest stale video by id, then page
+   `GET /videos?order=desc&limit=100&after=<its id>`, so the pages cover just the span of creation
+   times that holds the stale ones; stop as soon as every stale video was seen, the pages went older
+   than the oldest one, or listing would cost more calls than asking each by id. What the pages did not
+   show is retrieved by id, like every other kind, with bounded concurrency.
 4. Everything learned goes through the store's shared path (state machine, events, outbox) with
-   `source: "reconcile"`; a 404 fails the job with `resource_not_found`.
+   `source: "reconcile"`, in chunks; a 404 fails the job with `resource_not_found`.
 
-Limits: at most `max_calls` OpenAI calls per pass. A 429 (or a 5xx, a network or an auth error) stops
+Limits: at most `max_calls` OpenAI calls per pass, drawn from a `CallBudget` shared with the progress
+poller when one is given (so both together stay under the ceiling). A 429 (or a 5xx, a network or an auth error) stops
 the pass's new calls and pauses the reconciler for at least the server's `Retry-After`, and longer after
 each pass halted in a row. Per job, an unchanged answer pushes the next question further out (the
 store's `reconciled`).
@@ -31,7 +32,7 @@ from service.metrics import Metrics
 from service.openai_client import OpenAIClient
 from service.store.records import Job
 from service.store.sqlite import SqliteStore
-from service.workers import backoff
+from service.workers import CallBudget, backoff
 
 log = logging.getLogger("sorahook.reconciler")
 
@@ -41,6 +42,7 @@ LIST_PAGE = 100
 CREATED_SLACK = 120.0
 # With this few stale videos, retrieving each is no dearer than listing.
 LIST_MIN_JOBS = 3
+APPLY_CHUNK = 500
 
 NOT_FOUND = {"code": "resource_not_found"}
 
@@ -76,10 +78,11 @@ class _Pass:
     learned: list[tuple[str, Observation]] = field(default_factory=list)
     not_found: set[str] = field(default_factory=set)
     retry_after: float | None = None
+    shared: CallBudget | None = None  # the ceiling shared with the progress poller
 
     def charge(self) -> bool:
         """Take one call from the budget; False once it is spent or the pass was halted."""
-        if self.report.halted or self.budget <= 0:
+        if self.report.halted or self.budget <= 0 or (self.shared is not None and not self.shared.take()):
             return False
         self.budget -= 1
         self.report.calls += 1
@@ -108,11 +111,13 @@ class Reconciler:
         concurrency: int = 8,
         backoff_cap: float = 900.0,
         use_list: bool = True,
+        budget: CallBudget | None = None,
     ) -> None:
         self.store, self.openai, self.clock, self.metrics = store, openai, clock, metrics
         self.interval, self.stale_after = interval, stale_after
         self.max_calls, self.concurrency, self.backoff_cap = max_calls, concurrency, backoff_cap
         self.use_list = use_list  # off for providers without `GET /videos`, and for the naive bench
+        self.shared_budget = budget
         self.paused_until = 0.0
         self._strikes = 0  # passes halted in a row: each pauses about twice as long as the last
 
@@ -131,14 +136,16 @@ class Reconciler:
         return report
 
     async def _reconcile(self, stale: list[Job], report: PassReport) -> None:
-        p = _Pass(budget=self.max_calls, report=report)
+        p = _Pass(budget=self.max_calls, report=report, shared=self.shared_budget)
         videos = [j for j in stale if j.kind == "video"]
         others = [j for j in stale if j.kind != "video"]
         # A big video backlog must not starve the other kinds: they keep up to half the budget.
         unlisted = await self._list_videos(videos, p, keep=min(len(others), self.max_calls // 2))
         await self._retrieve_each(unlisted + others, p)
-        if p.learned:
-            applied = await self.store.reconciled(p.learned, base_delay=self.interval, cap=self.backoff_cap)
+        # In chunks: one transaction for 10,000 jobs would hold the writer (and every webhook) for seconds.
+        for first in range(0, len(p.learned), APPLY_CHUNK):
+            chunk = p.learned[first : first + APPLY_CHUNK]
+            applied = await self.store.reconciled(chunk, base_delay=self.interval, cap=self.backoff_cap)
             for job_id, outcome in applied:
                 report.count("not_found" if job_id in p.not_found else outcome)
         for outcome, n in report.outcomes.items():
@@ -184,8 +191,10 @@ class Reconciler:
             await self._retrieve_each([newest], p)
         cursor = after
         pages = 0
-        # Listing stops once it would cost more pages than retrieving the rest one by one.
-        while wanted and pages < len(wanted) and p.budget > keep and p.charge():
+        # However sparse our videos are among the account's, listing never costs more calls than
+        # asking for each by id would have.
+        most = len(wanted)
+        while wanted and pages < most and p.budget > keep and p.charge():
             pages += 1
             p.report.list_calls += 1
             try:

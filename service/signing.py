@@ -14,7 +14,7 @@ from standardwebhooks import Webhook
 
 Verdict = Literal["ok", "missing_headers", "invalid_signature", "timestamp_out_of_tolerance"]
 
-_TIMESTAMP = re.compile(r"^[0-9]{1,12}$")
+_TIMESTAMP = re.compile(r"^[0-9]{1,10}$")  # up to year 2286: larger values cannot be a real send time
 _MAX_ID_LEN = 256
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from service.clock import Clock
 from service.domain import Observation, observation_from_resource
-from service.errors import OpenAIError, PermanentOpenAIError
+from service.errors import OpenAIError, PermanentOpenAIError, TransientOpenAIError
 from service.openai_client import OpenAIClient
 from service.store.records import Job
 from service.store.sqlite import SqliteStore
@@ -31,8 +32,10 @@ class Submitter:
         backoff_base: float = 2.0,
         backoff_cap: float = 300.0,
         idle_wait: float = 5.0,
+        moderation: bool = False,
     ) -> None:
         self.store, self.openai, self.clock = store, openai, clock
+        self.moderation = moderation  # ask POST /moderations first; a flagged prompt never reaches /videos
         self.batch, self.lease, self.max_attempts = batch, lease, max_attempts
         self.backoff_base, self.backoff_cap, self.idle_wait = backoff_base, backoff_cap, idle_wait
 
@@ -45,6 +48,19 @@ class Submitter:
     async def submit(self, job: Job) -> None:
         req = job.request or {}
         try:
+            if self.moderation and job.kind == "video":
+                flagged = flagged_categories(await self.openai.moderate(str(req.get("prompt", ""))))
+                if flagged is not None:
+                    log.info("moderation flagged the prompt", extra={"job_id": job.id, "categories": flagged})
+                    error = {
+                        "code": "moderation_flagged",
+                        "message": "OpenAI's moderation flagged the prompt: " + (", ".join(flagged) or "flagged"),
+                        "categories": flagged,
+                    }
+                    await self.store.apply_observation(
+                        job.id, Observation(status="failed", error=error), "submitter"
+                    )
+                    return
             video = await self.openai.create_video(
                 prompt=str(req.get("prompt", "")),
                 model=str(req.get("model", "sora-2")),
@@ -92,6 +108,24 @@ class Submitter:
 
     async def run(self) -> None:
         await loop_forever(self.name, self._step)
+
+
+def flagged_categories(verdict: dict[str, Any]) -> list[str] | None:
+    """The flagged category names of a moderation answer, or None when nothing was flagged.
+
+    An answer without results is an error (retried like a 5xx), so a prompt is never sent unchecked.
+    """
+    results = verdict.get("results")
+    if not isinstance(results, list) or not results or not all(isinstance(r, dict) for r in results):
+        raise TransientOpenAIError("the moderation answer holds no results", code="invalid_response")
+    if not any(r.get("flagged") is True for r in results):
+        return None
+    names: list[str] = []
+    for result in results:
+        categories = result.get("categories") if result.get("flagged") is True else None
+        if isinstance(categories, dict):
+            names.extend(name for name, hit in categories.items() if hit is True and name not in names)
+    return names
 
 
 class Refresher:

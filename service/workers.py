@@ -42,3 +42,24 @@ async def loop_forever(name: str, step: Callable[[], Awaitable[None]], pause_on_
         except Exception:
             log.exception("worker step failed", extra={"worker": name})
             await asyncio.sleep(pause_on_error)
+
+
+class CallBudget:
+    """A ceiling on OpenAI calls per window, shared by the workers that poll OpenAI (reconciler, progress).
+
+    The window restarts on the first `take()` after it ran out; `reserve` keeps that many calls for others.
+    """
+
+    def __init__(self, limit: int, window: float, now: Callable[[], float]) -> None:
+        self.limit, self.window, self._now = limit, window, now
+        self._started = now()
+        self.used = 0
+
+    def take(self, reserve: int = 0) -> bool:
+        now = self._now()
+        if now - self._started >= self.window:
+            self._started, self.used = now, 0
+        if self.used >= self.limit - reserve:
+            return False
+        self.used += 1
+        return True

@@ -46,7 +46,18 @@ async def json_object(request: Request, limit: int = 1_048_576) -> dict[str, Any
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    if b"\\u" in body and not _is_utf8(value):
+        raise ApiError(400, "invalid_json", "the request body must be UTF-8 JSON without lone surrogates")
     return value
+
+
+def _is_utf8(value: Any) -> bool:
+    """JSON may spell a lone surrogate (`"\\ud800"`) that no UTF-8 text, and so no stored value, can hold."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def limit_arg(request: Request, default: int = 20, maximum: int = 100) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,7 @@ from service import ssrf
 from service.api.common import json_object, limit_arg, list_page
 from service.domain import KINDS, STATUSES, Kind, Observation, is_terminal, kind_for_resource_id
 from service.errors import ApiError, OpenAIError, PermanentOpenAIError
+from service.quotas import NewJob, QuotaExceeded, Quotas
 from service.store.records import Job
 
 if TYPE_CHECKING:
@@ -28,6 +31,7 @@ MAX_METADATA_KEYS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 MAX_IDEMPOTENCY_KEY = 255
+MAX_BATCH = 100
 
 
 def _field_error(param: str, message: str) -> ApiError:
@@ -99,25 +103,85 @@ class JobsApi:
             raise ApiError(404, "not_found", f"no job with id or resource id {key!r}")
         return job
 
-    async def create(self, request: Request) -> Response:
-        body = await json_object(request)
+    async def _new_job(self, body: dict[str, Any]) -> NewJob:
+        """Validate one job request (raising a 422 ApiError naming the field) and price it."""
         unknown = set(body) - {"prompt", "model", "seconds", "size", "callback_url", "metadata"}
         if unknown:
             name = sorted(unknown)[0]
             raise _field_error(name, f"unknown field {name!r}")
-        req = validate_create(body, self.rt.settings.models)
+        settings = self.rt.settings
+        req = validate_create(body, settings.models)
         callback_url = await validate_callback_url(body.get("callback_url"), self.rt)
         metadata = validate_metadata(body.get("metadata"))
+        return NewJob(
+            request=req,
+            callback_url=callback_url,
+            metadata=metadata,
+            client=metadata.get(settings.quota_key),
+            estimated_cost_usd=settings.prices.estimate(req["model"], req["size"], req["seconds"]),
+        )
+
+    async def _store_new(
+        self, request: Request, specs: list[NewJob], *, batch: bool
+    ) -> tuple[list[Job], dict[str, str]]:
+        """Store the jobs under the quotas; a quota refusal is a 429 naming the limit, with Retry-After."""
         key = request.headers.get("idempotency-key")
         if key is not None and (not key or len(key) > MAX_IDEMPOTENCY_KEY):
             raise ApiError(
                 422, "invalid_header", "Idempotency-Key must be 1 to 255 characters", param="Idempotency-Key"
             )
-        job, created = await self.rt.store.create_job(
-            kind="video", request=req, callback_url=callback_url, metadata=metadata, idempotency_key=key
+        s = self.rt.settings
+        try:
+            jobs, created = await self.rt.store.create_api_jobs(
+                specs,
+                quotas=Quotas(s.quota_concurrent, s.quota_per_hour, s.quota_daily_usd),
+                idempotency_key=key,
+                batch=batch,
+            )
+        except QuotaExceeded as exc:
+            retry_after = str(max(1, math.ceil(exc.retry_after)))
+            raise ApiError(
+                429, "quota_exceeded", exc.message, param=exc.param, headers={"Retry-After": retry_after}
+            ) from None
+        return jobs, ({} if created else {"Idempotent-Replayed": "true"})
+
+    async def create(self, request: Request) -> Response:
+        spec = await self._new_job(await json_object(request))
+        jobs, headers = await self._store_new(request, [spec], batch=False)
+        return JSONResponse(jobs[0].to_api(), status_code=202, headers=headers)
+
+    async def create_batch(self, request: Request) -> Response:
+        """Up to MAX_BATCH jobs in one transaction: every item valid, or a 422 listing each bad one."""
+        body = await json_object(request)
+        unknown = set(body) - {"jobs"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise _field_error(name, f"unknown field {name!r}")
+        items = body.get("jobs")
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+            raise _field_error("jobs", f"jobs must be an array of 1 to {MAX_BATCH} job requests")
+
+        async def check(index: int, item: Any) -> NewJob | dict[str, Any]:
+            if not isinstance(item, dict):
+                return {"index": index, "param": None, "message": "each job must be a JSON object"}
+            try:
+                return await self._new_job(item)
+            except ApiError as exc:
+                return {"index": index, "param": exc.param, "message": exc.message}
+
+        checked = await asyncio.gather(*(check(i, item) for i, item in enumerate(items)))
+        errors = [c for c in checked if isinstance(c, dict)]
+        if errors:
+            message = f"{len(errors)} of {len(items)} jobs are invalid; no job was created"
+            return JSONResponse(
+                {"error": {"code": "invalid_batch", "message": message, "param": "jobs", "errors": errors}},
+                status_code=422,
+            )
+        specs = [c for c in checked if isinstance(c, NewJob)]
+        jobs, headers = await self._store_new(request, specs, batch=True)
+        return JSONResponse(
+            {"object": "list", "data": [j.to_api() for j in jobs]}, status_code=202, headers=headers
         )
-        headers = {} if created else {"Idempotent-Replayed": "true"}
-        return JSONResponse(job.to_api(), status_code=202, headers=headers)
 
     async def track(self, request: Request) -> Response:
         body = await json_object(request)

@@ -146,7 +146,7 @@ class SubscriptionsApi:
         sub_id = request.path_params["sub_id"]
         body = await json_object(request)
         since = body.get("since")
-        if not isinstance(since, (int, float)) or isinstance(since, bool) or since < 0:
+        if not isinstance(since, (int, float)) or isinstance(since, bool) or not 0 <= since <= 1e11:
             raise ApiError(422, "invalid_field", "since must be a Unix time in seconds", param="since")
         count = await self.rt.store.replay(sub_id, float(since))
         if count is None:

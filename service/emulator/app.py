@@ -12,6 +12,8 @@ Choices where OpenAI is silent or the emulator has to pick:
   has passed.
 - Deleting works in any state; a video deleted before its final state sends no webhook.
 - Remixing needs a completed source video (400 ``invalid_request`` otherwise).
+- ``POST /v1/moderations`` (OpenAI's shape) flags an input that holds any of ``moderation_flag_words``, under
+  ``moderation_category`` alone; every other input comes back unflagged.
 - A webhook POST that fails (connection error, timeout or non-2xx) is retried on later ``run_once`` calls
   after 1, 5, 15 and 30 seconds of clock time, with the same ``webhook-id`` and a fresh signature, then
   given up. Retries never crash the ticker.
@@ -57,6 +59,23 @@ WEBHOOK_TIMEOUT = 10.0
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
+# OpenAI's moderation categories (omni-moderation-latest), in the order its objects list them.
+MODERATION_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+
 
 @dataclass(frozen=True)
 class EmulatorConfig:
@@ -68,6 +87,9 @@ class EmulatorConfig:
     duplicate_rate: float = 0.0  # 0..1 share of webhooks sent twice (same webhook-id)
     error_rate: float = 0.0  # 0..1 share of API requests answered 429 or 500/503 (random)
     api_key: str | None = None  # when set, requests need "Authorization: Bearer <api_key>"
+    api_keys: tuple[str, ...] = ()  # more valid keys (with api_key, any of them is accepted)
+    moderation_flag_words: tuple[str, ...] = ("[flag]",)  # POST /v1/moderations flags inputs holding one
+    moderation_category: str = "violence"  # the category a flagged input is flagged under
     seed: int | None = None  # random.Random seed
     asset_ttl: float = 3600.0  # expires_at = completed_at + asset_ttl
 
@@ -80,6 +102,12 @@ class EmulatorConfig:
             raise ValueError(f"duration must not be negative, got {self.duration!r}")
         if self.asset_ttl < 0:
             raise ValueError(f"asset_ttl must not be negative, got {self.asset_ttl!r}")
+        if self.moderation_category not in MODERATION_CATEGORIES:
+            raise ValueError(f"moderation_category must be one of {MODERATION_CATEGORIES}")
+
+    @property
+    def valid_keys(self) -> tuple[str, ...]:
+        return (*self.api_keys, *((self.api_key,) if self.api_key is not None else ()))
 
 
 @dataclass
@@ -221,6 +249,7 @@ class Emulator:
                 Route("/v1/videos/{video_id}", self._api(self._delete), methods=["DELETE"]),
                 Route("/v1/videos/{video_id}/content", self._api(self._content), methods=["GET"]),
                 Route("/v1/videos/{video_id}/remix", self._api(self._remix), methods=["POST"]),
+                Route("/v1/moderations", self._api(self._moderate), methods=["POST"]),
                 Route("/_control/faults", self._control_faults, methods=["POST"]),
                 Route("/_control/calls", self._control_calls, methods=["GET"]),
             ],
@@ -437,7 +466,7 @@ class Emulator:
             if self._chance(self.config.error_rate):
                 status = self._rng.choice((429, 500, 503))
                 return _fault_response(status, retry_after=0 if status == 429 else None)
-            if self.config.api_key is not None:
+            if self.config.valid_keys:
                 authorization = request.headers.get("authorization", "")
                 if not authorization.startswith("Bearer "):
                     return error_response(
@@ -445,7 +474,8 @@ class Emulator:
                         "You didn't provide an API key. You need to provide your API key in an Authorization "
                         "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
                     )
-                if not secrets.compare_digest(authorization[7:].strip(), self.config.api_key):
+                given = authorization[7:].strip()
+                if not any(secrets.compare_digest(given, key) for key in self.config.valid_keys):
                     return error_response(401, "Incorrect API key provided.", code="invalid_api_key")
             try:
                 response = await handler(request)
@@ -645,6 +675,32 @@ class Emulator:
             remixed_from=source.id,
         )
         return JSONResponse(video)
+
+    async def _moderate(self, request: Request) -> Response:
+        fields = await self._body(request)
+        raw = fields.get("input")
+        inputs: list[Any] = raw if isinstance(raw, list) else [raw]
+        texts = [item for item in inputs if isinstance(item, str)]
+        if not inputs or len(texts) != len(inputs):
+            raise _ApiError(
+                400, "Invalid 'input': must be a string or an array of strings.", param="input", code="invalid_value"
+            )
+        model = fields.get("model", "omni-moderation-latest")
+        results = []
+        for text in texts:
+            flagged = any(word in text for word in self.config.moderation_flag_words)
+            hit = self.config.moderation_category
+            results.append(
+                {
+                    "flagged": flagged,
+                    "categories": {name: flagged and name == hit for name in MODERATION_CATEGORIES},
+                    "category_scores": {
+                        name: 0.97 if (flagged and name == hit) else 0.0001 for name in MODERATION_CATEGORIES
+                    },
+                    "category_applied_input_types": {name: ["text"] for name in MODERATION_CATEGORIES},
+                }
+            )
+        return JSONResponse({"id": f"modr-{secrets.token_hex(12)}", "model": model, "results": results})
 
     # --- control routes -----------------------------------------------------------------------------------------
 

@@ -134,6 +134,54 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             WHERE kind = 'video' AND status = 'completed' AND expired_notified = 0;
         """,
     ),
+    (
+        3,
+        "issue 8: job cost and quota client, progress events, batch idempotency keys",
+        # `client` is the quota key's metadata value, copied at creation so the quota checks are range
+        # seeks: jobs per hour and spend per day on (client, created_at), concurrent jobs on the partial
+        # jobs_client_active. `progress_emitted` is the progress of the last video.progress event.
+        """
+        ALTER TABLE jobs ADD COLUMN client TEXT;
+        ALTER TABLE jobs ADD COLUMN estimated_cost_usd REAL;
+        ALTER TABLE jobs ADD COLUMN progress_emitted INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX jobs_client_created ON jobs(client, created_at);
+        CREATE INDEX jobs_client_active ON jobs(client)
+            WHERE status IN ('pending', 'queued', 'in_progress');
+        CREATE INDEX jobs_created ON jobs(created_at);
+        CREATE TABLE batch_keys (
+            idempotency_key TEXT PRIMARY KEY,
+            job_ids TEXT NOT NULL,
+            created_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
+    (
+        4,
+        "issue 9: archives, the durable work of copying finished videos' assets to storage",
+        # One row per (job, variant), written in the transaction that completes the video. The archiver
+        # claims due rows through archives_due (pending rows only), leasing them by moving next_attempt_at.
+        """
+        CREATE TABLE archives (
+            job_id TEXT NOT NULL,
+            variant TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL,
+            lease_until REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            size INTEGER,
+            sha256 TEXT,
+            uri TEXT,
+            key TEXT,
+            content_type TEXT,
+            stored_at REAL,
+            error TEXT,
+            PRIMARY KEY (job_id, variant)
+        ) WITHOUT ROWID;
+        CREATE INDEX archives_due ON archives(next_attempt_at) WHERE status = 'pending';
+        """,
+    ),
 ]
 
 

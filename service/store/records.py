@@ -29,6 +29,7 @@ class Job:
     completed_at: int | None
     sequence: int
     submit_attempts: int = 0
+    estimated_cost_usd: float | None = None
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -40,6 +41,7 @@ class Job:
             "progress": self.progress,
             "origin": self.origin,
             "request": self.request,
+            "estimated_cost_usd": self.estimated_cost_usd,
             "result": self.result,
             "error": self.error,
             "callback_url": self.callback_url,
@@ -213,3 +215,40 @@ class ClaimedDelivery:
     attempts: int
     event_created_at: float
     ordered: bool
+
+
+# -- issue 9: archive
+
+
+ArchiveStatus = Literal["pending", "stored", "archive_failed"]
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One asset (a job's variant) the archiver copies to storage; `key` and the digest once stored."""
+
+    job_id: str
+    variant: str
+    status: ArchiveStatus
+    attempts: int
+    next_attempt_at: float | None
+    created_at: float
+    size: int | None
+    sha256: str | None
+    uri: str | None
+    key: str | None
+    content_type: str | None
+    stored_at: float | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ClaimedArchive:
+    """An archive row leased to the archiver, with what it needs from the job."""
+
+    job_id: str
+    variant: str
+    resource_id: str | None
+    attempts: int
+    created_at: float
+    expires_at: float | None

@@ -36,10 +36,23 @@ from service.domain import (
     is_terminal,
     matches_filter,
 )
+from service.quotas import (
+    CONCURRENT_RETRY_AFTER,
+    DAY,
+    HOUR,
+    NewJob,
+    QuotaExceeded,
+    Quotas,
+    client_label,
+    daily_retry_after,
+    per_hour_retry_after,
+)
 from service.secretbox import SecretBox
 from service.store.migrations import apply_migrations
 from service.store.records import (
+    Archive,
     Attempt,
+    ClaimedArchive,
     ClaimedDelivery,
     Delivery,
     DeliveryStatus,
@@ -115,6 +128,7 @@ def _job(row: sqlite3.Row) -> Job:
         completed_at=row["completed_at"],
         sequence=row["sequence"],
         submit_attempts=row["submit_attempts"],
+        estimated_cost_usd=row["estimated_cost_usd"],
     )
 
 
@@ -182,6 +196,7 @@ class _Ops:
         self.flag_refreshes = False
         # Jobs that reached a terminal state in the current batch: (kind, status, seconds since creation).
         self.finished: list[tuple[str, str, float]] = []
+        self.archive_variants: tuple[str, ...] = ()  # issue 9: set by SqliteStore.configure_archive
 
     def open_secret(self, value: str) -> str:
         return self.box.open(value) if self.box is not None else value
@@ -274,6 +289,8 @@ class _Ops:
         job = _job(new_row)
         if change.status_changed and is_terminal(job.status):
             self.finished.append((job.kind, job.status, max(0.0, now - job.created_at)))
+        if self.archive_variants and change.status_changed and job.status == "completed":
+            SqliteStore.enqueue_archives(conn, job, self.archive_variants, now)  # issue 9: video jobs only
         if change.status_changed:
             event_type = emitted_type(job.kind, job.status)
             if obs.event_type and EVENT_TYPES.get(obs.event_type, (None, None))[1] == job.status:
@@ -1425,3 +1442,383 @@ class SqliteStore:
             return removed
 
         return await self._write(op)
+
+    # -- issue 8: cost, quotas, usage, batches, progress -----------------------------------------
+
+    async def create_api_jobs(
+        self,
+        jobs: list[NewJob],
+        *,
+        quotas: Quotas,
+        idempotency_key: str | None = None,
+        batch: bool = False,
+    ) -> tuple[list[Job], bool]:
+        """Store new `pending` video jobs, all or none, in one transaction with the quota checks.
+
+        The checks and the inserts run in the same write, and the single writer runs writes one after
+        another, so two requests racing for a client's last slot cannot both pass. Raises QuotaExceeded
+        (nothing stored). The same idempotency key returns the same jobs and `False`: a single job's key
+        is the job's own `idempotency_key`; a batch's is a row in `batch_keys` naming its jobs in order.
+        """
+
+        def op(c: sqlite3.Connection) -> tuple[list[Job], bool]:
+            if idempotency_key is not None:
+                earlier = self._jobs_for_key(c, idempotency_key, batch)
+                if earlier is not None:
+                    return earlier, False
+            now = self.clock.now()
+            if quotas.any:
+                self._check_quotas(c, jobs, quotas, now)
+            created: list[Job] = []
+            for spec in jobs:
+                row = self._ops.insert_job(
+                    c,
+                    kind="video",
+                    status="pending",
+                    origin="api",
+                    request=spec.request,
+                    callback_url=spec.callback_url,
+                    metadata=spec.metadata,
+                    idempotency_key=None if batch else idempotency_key,
+                    next_submit_at=now,
+                )
+                c.execute(
+                    "UPDATE jobs SET client = ?, estimated_cost_usd = ? WHERE id = ?",
+                    (spec.client, spec.estimated_cost_usd, row["id"]),
+                )
+                created.append(_job(c.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()))
+            if batch and idempotency_key is not None:
+                c.execute(
+                    "INSERT INTO batch_keys (idempotency_key, job_ids, created_at) VALUES (?, ?, ?)",
+                    (idempotency_key, json.dumps([j.id for j in created]), now),
+                )
+            return created, True
+
+        return await self._write(op)
+
+    @staticmethod
+    def _jobs_for_key(c: sqlite3.Connection, key: str, batch: bool) -> list[Job] | None:
+        if not batch:
+            row = c.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+            return [_job(row)] if row is not None else None
+        found = c.execute("SELECT job_ids FROM batch_keys WHERE idempotency_key = ?", (key,)).fetchone()
+        if found is None:
+            return None
+        rows = [c.execute("SELECT * FROM jobs WHERE id = ?", (i,)).fetchone() for i in json.loads(found[0])]
+        return [_job(r) for r in rows if r is not None]
+
+    def _check_quotas(self, c: sqlite3.Connection, jobs: list[NewJob], quotas: Quotas, now: float) -> None:
+        """Raise QuotaExceeded for the first limit the jobs would break, client by client."""
+        wanted: dict[str | None, tuple[int, float]] = {}
+        for spec in jobs:
+            n, usd = wanted.get(spec.client, (0, 0.0))
+            wanted[spec.client] = (n + 1, usd + (spec.estimated_cost_usd or 0.0))
+        for client, (n, usd) in wanted.items():
+            who = client_label(client)
+            if quotas.concurrent is not None:
+                active = c.execute(
+                    "SELECT COUNT(*) FROM jobs INDEXED BY jobs_client_active WHERE client IS ?"
+                    " AND status IN ('pending', 'queued', 'in_progress')",
+                    (client,),
+                ).fetchone()[0]
+                if active + n > quotas.concurrent:
+                    raise QuotaExceeded(
+                        "concurrent_jobs",
+                        f"client {who} has {active} unfinished job(s); {n} more would pass its limit of"
+                        f" {quotas.concurrent} concurrent jobs (SORAHOOK_QUOTA_CONCURRENT)",
+                        CONCURRENT_RETRY_AFTER,
+                    )
+            if quotas.per_hour is not None:
+                window = (client, now - HOUR)
+                recent = c.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE client IS ? AND created_at > ?", window
+                ).fetchone()[0]
+                if recent + n > quotas.per_hour:
+                    created = [
+                        r[0]
+                        for r in c.execute(
+                            "SELECT created_at FROM jobs WHERE client IS ? AND created_at > ? ORDER BY created_at",
+                            window,
+                        ).fetchall()
+                    ]
+                    raise QuotaExceeded(
+                        "jobs_per_hour",
+                        f"client {who} created {recent} job(s) in the last hour; {n} more would pass its"
+                        f" limit of {quotas.per_hour} jobs per hour (SORAHOOK_QUOTA_PER_HOUR)",
+                        per_hour_retry_after(created, n, quotas.per_hour, now),
+                    )
+            if quotas.daily_usd is not None:
+                # Jobs that failed or were cancelled before reaching OpenAI never cost anything.
+                spending = (
+                    " FROM jobs WHERE client IS ? AND created_at > ? AND estimated_cost_usd IS NOT NULL"
+                    " AND NOT (status IN ('failed', 'cancelled') AND resource_id IS NULL)"
+                )
+                window = (client, now - DAY)
+                spent = float(c.execute("SELECT TOTAL(estimated_cost_usd)" + spending, window).fetchone()[0])
+                if spent + usd > quotas.daily_usd + 1e-9:
+                    rows = c.execute(
+                        "SELECT created_at, estimated_cost_usd" + spending + " ORDER BY created_at", window
+                    ).fetchall()
+                    raise QuotaExceeded(
+                        "daily_spend_usd",
+                        f"client {who} has an estimated ${spent:.4f} of videos in the last 24 h; ${usd:.4f}"
+                        f" more would pass its limit of ${quotas.daily_usd:.2f} a day (SORAHOOK_QUOTA_DAILY_USD)",
+                        daily_retry_after([(r[0], r[1]) for r in rows], usd, quotas.daily_usd, now),
+                    )
+
+    async def usage(self, *, since: float | None, until: float | None, client_key: str) -> dict[str, Any]:
+        """Estimated cost and job counts of the jobs created in [since, until), by model, status and client."""
+
+        def read(c: sqlite3.Connection) -> dict[str, Any]:
+            rows = c.execute(
+                "SELECT COALESCE(json_extract(request, '$.model'), json_extract(result, '$.model')) AS model,"
+                " status, json_extract(metadata, ?) AS client, COUNT(*) AS jobs,"
+                " TOTAL(estimated_cost_usd) AS usd FROM jobs"
+                " WHERE created_at >= ? AND created_at < ? GROUP BY 1, 2, 3",
+                (
+                    '$."' + client_key + '"',
+                    since if since is not None else float("-inf"),
+                    until if until is not None else float("inf"),
+                ),
+            ).fetchall()
+            groups: dict[str, dict[str, dict[str, Any]]] = {"by_model": {}, "by_status": {}, "by_client": {}}
+            total_jobs, total_usd = 0, 0.0
+            for row in rows:
+                total_jobs += row["jobs"]
+                total_usd += row["usd"]
+                keys = (
+                    ("by_model", row["model"] if isinstance(row["model"], str) else "(none)"),
+                    ("by_status", row["status"]),
+                    ("by_client", row["client"] if isinstance(row["client"], str) else "(none)"),
+                )
+                for group, key in keys:
+                    entry = groups[group].setdefault(key, {"jobs": 0, "estimated_cost_usd": 0.0})
+                    entry["jobs"] += row["jobs"]
+                    entry["estimated_cost_usd"] += row["usd"]
+            for entries in groups.values():
+                for entry in entries.values():
+                    entry["estimated_cost_usd"] = round(entry["estimated_cost_usd"], 4)
+            return {
+                "total_estimated_cost_usd": round(total_usd, 4),
+                "jobs": total_jobs,
+                **{name: dict(sorted(entries.items())) for name, entries in groups.items()},
+            }
+
+        return await self._read(read)
+
+    async def progress_candidates(self, limit: int = 1000) -> list[Job]:
+        """Submitted videos not yet finished, oldest first (a scan of the small partial jobs_stale index)."""
+        return await self._read(
+            lambda c: [
+                _job(r)
+                for r in c.execute(
+                    "SELECT * FROM jobs INDEXED BY jobs_stale WHERE status IN ('queued', 'in_progress')"
+                    " AND resource_id IS NOT NULL AND kind = 'video' ORDER BY created_at LIMIT ?",
+                    (limit,),
+                ).fetchall()
+            ]
+        )
+
+    async def record_progress(self, learned: list[tuple[str, Observation]], step: int) -> list[Job]:
+        """Apply polled video objects through the shared path, then emit `video.progress` for each job whose
+        progress moved at least `step` points since its last one. `video.progress` is not a state change: it
+        leaves `sequence` alone. Returns the jobs that got a progress event."""
+
+        def op(c: sqlite3.Connection) -> list[Job]:
+            emitted: list[Job] = []
+            for job_id, obs in learned:
+                row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    continue
+                job = self._ops.apply(c, row, obs, source="progress")
+                if is_terminal(job.status) or job.progress - row["progress_emitted"] < step:
+                    continue
+                c.execute("UPDATE jobs SET progress_emitted = ? WHERE id = ?", (job.progress, job_id))
+                self._ops.emit(c, "video.progress", job.to_api(), source="progress", job=job)
+                emitted.append(job)
+            return emitted
+
+        return await self._write(op)
+
+    # -- issue 9: archive -------------------------------------------------------------------------
+
+    async def configure_archive(self, variants: tuple[str, ...]) -> None:
+        """Archive these variants of every video that completes from now on (none: archiving is off).
+
+        Archive rows leased by a process that died are due again at once, like deliveries.
+        """
+        self._ops.archive_variants = tuple(variants)
+
+        def op(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE archives SET next_attempt_at = ?, lease_until = NULL"
+                " WHERE status = 'pending' AND lease_until IS NOT NULL",
+                (self.clock.now(),),
+            )
+
+        await self._write(op)
+
+    @staticmethod
+    def enqueue_archives(conn: sqlite3.Connection, job: Job, variants: tuple[str, ...], now: float) -> None:
+        """Called from `_Ops.apply` in the transaction that completes a video: one pending row per variant."""
+        if job.kind != "video":
+            return
+        conn.executemany(
+            "INSERT OR IGNORE INTO archives (job_id, variant, status, next_attempt_at, created_at, updated_at)"
+            " VALUES (?, ?, 'pending', ?, ?, ?)",
+            [(job.id, variant, now, now, now) for variant in variants],
+        )
+
+    async def claim_archives(
+        self, limit: int, lease: float, busy: Iterable[tuple[str, str]] = ()
+    ) -> list[ClaimedArchive]:
+        """Lease due archive rows (oldest due first); rows in `busy` (still being copied here) are skipped."""
+        skip = set(busy)
+
+        def op(c: sqlite3.Connection) -> list[ClaimedArchive]:
+            now = self.clock.now()
+            rows = c.execute(
+                "SELECT a.job_id, a.variant, a.attempts, a.created_at, j.resource_id,"
+                " json_extract(j.result, '$.expires_at') AS expires_at"
+                " FROM archives a INDEXED BY archives_due JOIN jobs j ON j.id = a.job_id"
+                " WHERE a.status = 'pending' AND a.next_attempt_at <= ? ORDER BY a.next_attempt_at LIMIT ?",
+                (now, limit + len(skip)),
+            ).fetchall()
+            rows = [r for r in rows if (r["job_id"], r["variant"]) not in skip][:limit]
+            c.executemany(
+                "UPDATE archives SET next_attempt_at = ?, lease_until = ?, attempts = attempts + 1, updated_at = ?"
+                " WHERE job_id = ? AND variant = ?",
+                [(now + lease, now + lease, now, r["job_id"], r["variant"]) for r in rows],
+            )
+            return [
+                ClaimedArchive(
+                    job_id=r["job_id"],
+                    variant=r["variant"],
+                    resource_id=r["resource_id"],
+                    attempts=r["attempts"] + 1,
+                    created_at=r["created_at"],
+                    expires_at=r["expires_at"] if isinstance(r["expires_at"], int | float) else None,
+                )
+                for r in rows
+            ]
+
+        return await self._write(op)
+
+    async def archive_retry(self, job_id: str, variant: str, at: float, error: str) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE archives SET next_attempt_at = ?, lease_until = NULL, error = ?, updated_at = ?"
+                " WHERE job_id = ? AND variant = ? AND status = 'pending'",
+                (at, error[:ERROR_TEXT_LIMIT], self.clock.now(), job_id, variant),
+            )
+
+        await self._write(op)
+
+    async def archive_stored(
+        self,
+        job_id: str,
+        variant: str,
+        *,
+        key: str,
+        uri: str,
+        size: int,
+        sha256: str,
+        content_type: str | None,
+    ) -> Job | None:
+        """Record a stored asset and merge it into `result.assets`; the last one emits `video.archived`."""
+
+        def op(c: sqlite3.Connection) -> Job | None:
+            now = self.clock.now()
+            cur = c.execute(
+                "UPDATE archives SET status = 'stored', next_attempt_at = NULL, lease_until = NULL, size = ?,"
+                " sha256 = ?, uri = ?, key = ?, content_type = ?, stored_at = ?, error = NULL, updated_at = ?"
+                " WHERE job_id = ? AND variant = ? AND status = 'pending'",
+                (size, sha256, uri, key, content_type, now, now, job_id, variant),
+            )
+            if cur.rowcount == 0:
+                return None
+            entry = {"size": size, "sha256": sha256, "stored_at": int(now), "uri": uri}
+            return self._archive_finished(c, job_id, variant, entry, now)
+
+        return await self._write(op)
+
+    async def archive_failed(self, job_id: str, variant: str, error: str) -> Job | None:
+        """Give up on an asset: `result.assets[variant]` says `archive_failed` and why."""
+
+        def op(c: sqlite3.Connection) -> Job | None:
+            now = self.clock.now()
+            message = error[:ERROR_TEXT_LIMIT]
+            cur = c.execute(
+                "UPDATE archives SET status = 'archive_failed', next_attempt_at = NULL, lease_until = NULL,"
+                " error = ?, updated_at = ? WHERE job_id = ? AND variant = ? AND status = 'pending'",
+                (message, now, job_id, variant),
+            )
+            if cur.rowcount == 0:
+                return None
+            entry = {"status": "archive_failed", "error": message}
+            return self._archive_finished(c, job_id, variant, entry, now)
+
+        return await self._write(op)
+
+    def _archive_finished(
+        self, c: sqlite3.Connection, job_id: str, variant: str, entry: dict[str, Any], now: float
+    ) -> Job | None:
+        row = c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        result = dict(_loads(row["result"]) or {})
+        result["assets"] = {**(result.get("assets") or {}), variant: entry}
+        c.execute("UPDATE jobs SET result = ?, updated_at = ? WHERE id = ?", (_dumps(result), now, job_id))
+        job = _job(c.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        statuses = [r[0] for r in c.execute("SELECT status FROM archives WHERE job_id = ?", (job_id,))]
+        # One event per job, once every configured variant is final: archived when all are stored.
+        if "pending" not in statuses:
+            event_type = "video.archived" if set(statuses) == {"stored"} else "video.archive_failed"
+            self._ops.emit(c, event_type, job.to_api(), source="archiver", job=job)
+        return job
+
+    async def get_archive(self, job_id: str, variant: str) -> Archive | None:
+        def read(c: sqlite3.Connection) -> Archive | None:
+            row = c.execute(
+                "SELECT * FROM archives WHERE job_id = ? AND variant = ?", (job_id, variant)
+            ).fetchone()
+            return _archive(row) if row is not None else None
+
+        return await self._read(read)
+
+    async def list_archives(self, job_id: str | None = None) -> list[Archive]:
+        def read(c: sqlite3.Connection) -> list[Archive]:
+            if job_id is None:
+                rows = c.execute("SELECT * FROM archives ORDER BY created_at").fetchall()
+            else:
+                rows = c.execute(
+                    "SELECT * FROM archives WHERE job_id = ? ORDER BY variant", (job_id,)
+                ).fetchall()
+            return [_archive(r) for r in rows]
+
+        return await self._read(read)
+
+    async def next_archive_at(self) -> float | None:
+        return await self._read(
+            lambda c: c.execute(
+                "SELECT MIN(next_attempt_at) FROM archives INDEXED BY archives_due WHERE status = 'pending'"
+            ).fetchone()[0]
+        )
+
+
+def _archive(row: sqlite3.Row) -> Archive:
+    return Archive(
+        job_id=row["job_id"],
+        variant=row["variant"],
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        created_at=row["created_at"],
+        size=row["size"],
+        sha256=row["sha256"],
+        uri=row["uri"],
+        key=row["key"],
+        content_type=row["content_type"],
+        stored_at=row["stored_at"],
+        error=row["error"],
+    )
