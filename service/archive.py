@@ -179,7 +179,12 @@ class Archiver:
             at = min(at, item.expires_at)  # the next claim then gives up at once
         log.info(
             "archive will be retried",
-            extra={"job_id": item.job_id, "variant": item.variant, "delay": round(delay, 2), "error": message},
+            extra={
+                "job_id": item.job_id,
+                "variant": item.variant,
+                "delay": round(delay, 2),
+                "error": message,
+            },
         )
         await self.store.archive_retry(item.job_id, item.variant, at, message)
         return "retry"
@@ -226,7 +231,9 @@ class Archiver:
         next_at = await self.store.next_archive_at()
         wait = self.idle_wait if next_at is None else min(self.idle_wait, next_at - self.clock.now())
         if wait <= 0:
-            wait = self.idle_wait  # due rows are all busy here or every slot is taken: a finished copy wakes us
+            wait = (
+                self.idle_wait
+            )  # due rows are all busy here or every slot is taken: a finished copy wakes us
         await wait_for_signal(self._wake, wait)
 
     async def run(self) -> None:

@@ -28,6 +28,9 @@ _SLOW = (1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 21600, 86400)
 # Why an asset ended `archive_failed`: links expired (expires_at, 410), OpenAI does not know it (404), OpenAI
 # kept refusing it (other 4xx), or transient failures outlasted the retries.
 ARCHIVE_FAILURE_REASONS = ("expired", "not_found", "refused", "retries_exhausted")
+# Why the OpenAI client moved to the next API key (a 401, or a 429 insufficient_quota). Not started at 0:
+# a series appears with the first rotation.
+KEY_ROTATION_REASONS = ("unauthorized", "insufficient_quota")
 
 
 class _Snapshot(Collector):
@@ -127,8 +130,6 @@ class Metrics:
         for reason in ARCHIVE_FAILURE_REASONS:
             self.archive_failures.labels(reason=reason)
         # Closed label sets start at 0, so a first increment after a restart is visible to increase().
-        for reason in ("unauthorized", "insufficient_quota"):
-            self.key_rotations.labels(reason=reason)
         for outcome in ("succeeded", "failed", "dead"):
             self.deliveries.labels(outcome=outcome)
         for reason in (

@@ -60,6 +60,35 @@ _BASE64 = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
 _UNIX_TIME: Schema = {"type": "integer", "description": "Unix time in seconds"}
 _ID: Schema = {"type": "string", "minLength": 1}
 
+# issue 9: the archived copies of a completed video's assets, by variant, and the headers they are served with.
+_ASSETS: Schema = {
+    "type": "object",
+    "description": "sorahook's own copies, by variant (`video`, `thumbnail`, `spritesheet`), once each is final.",
+    "additionalProperties": {
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["size", "sha256", "stored_at", "uri"],
+                "properties": {
+                    "size": {"type": "integer", "minimum": 0, "description": "bytes"},
+                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "stored_at": _UNIX_TIME,
+                    "uri": {"type": "string", "description": "file://… or s3://bucket/key"},
+                },
+            },
+            {
+                "type": "object",
+                "required": ["status", "error"],
+                "properties": {"status": {"const": "archive_failed"}, "error": {"type": "string"}},
+            },
+        ]
+    },
+}
+_ARCHIVE_HEADERS: dict[str, Any] = {
+    "ETag": {"description": "The archived asset's SHA-256, quoted.", "schema": {"type": "string"}},
+    "Accept-Ranges": {"description": "`bytes` when served from the archive.", "schema": {"type": "string"}},
+}
+
 # The `url` / `callback_url` rule: an absolute http(s) URL whose host resolves to public addresses only
 # (unless SORAHOOK_ALLOW_PRIVATE_TARGETS); anything else is a 422 `invalid_url` naming the reason.
 _URL: Schema = {
@@ -214,6 +243,7 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
                             "expires_at": {"type": ["integer", "null"]},
                             "size": {"type": ["string", "null"]},
                             "seconds": {"type": ["string", "null"]},
+                            "assets": _ASSETS,
                         },
                     }
                 ),
@@ -860,13 +890,38 @@ def _paths() -> dict[str, Any]:
         "/v1/jobs/{job_id}/content": {
             "parameters": [job_id],
             "get": _op(
-                "Stream a completed video's asset from OpenAI",
+                "Stream a completed video's asset: sorahook's archived copy, else OpenAI's until it expires",
                 "getJobContent",
                 {
                     "200": {
-                        "description": "The asset, streamed (video/mp4, image/webp, image/jpeg, …).",
-                        "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}},
+                        "description": "The asset, streamed (video/mp4, image/webp, image/jpeg, …). From the "
+                        "archive it carries `ETag` (the SHA-256, quoted), `Content-Length` and "
+                        "`Accept-Ranges: bytes`.",
+                        "headers": {
+                            "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
+                            **_ARCHIVE_HEADERS,
+                        },
                         "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "206": {
+                        "description": "One byte range of the archived asset (`Range: bytes=a-b`, `a-` or `-n`).",
+                        "headers": {
+                            "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
+                            **_ARCHIVE_HEADERS,
+                            "Content-Range": {
+                                "required": True,
+                                "description": "`bytes start-end/size`.",
+                                "schema": {"type": "string"},
+                            },
+                        },
+                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "304": {
+                        "description": "`If-None-Match` names the archived asset's ETag: the copy you hold is current.",
+                        "headers": {
+                            "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
+                            **_ARCHIVE_HEADERS,
+                        },
                     },
                     "404": _error("NotFound"),
                     "409": _json(
@@ -874,10 +929,46 @@ def _paths() -> dict[str, Any]:
                         "Not a video (`no_content`) or not completed yet (`job_not_completed`).",
                     ),
                     "410": _error("Gone"),
+                    "416": _json(
+                        _ref("Error"),
+                        "The range lies outside the archived asset (`range_not_satisfiable`).",
+                        {
+                            "Content-Range": {
+                                "required": True,
+                                "description": "`bytes */size`.",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                    ),
                     "422": _error("Unprocessable"),
                     "502": _error("BadGateway"),
                 },
-                parameters=[_query("variant", {"enum": list(VARIANTS), "default": "video"}, "Which asset.")],
+                parameters=[
+                    _query("variant", {"enum": list(VARIANTS), "default": "video"}, "Which asset."),
+                    *(
+                        {
+                            "name": name,
+                            "in": "header",
+                            "required": False,
+                            "description": text,
+                            "schema": {"type": "string"},
+                        }
+                        for name, text in (
+                            (
+                                "Range",
+                                "One byte range of an archived asset: `bytes=a-b`, `bytes=a-` or `bytes=-n`.",
+                            ),
+                            (
+                                "If-None-Match",
+                                "An ETag from an earlier answer: 304 if the archived asset is that one.",
+                            ),
+                            (
+                                "If-Range",
+                                "An ETag: the Range applies only if the archived asset is still that one.",
+                            ),
+                        )
+                    ),
+                ],
                 tags=["jobs"],
             ),
         },

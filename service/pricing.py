@@ -32,7 +32,13 @@ class PriceTable:
     @classmethod
     def from_mapping(cls, table: Mapping[str, Mapping[str, float]]) -> PriceTable:
         return cls(
-            tuple(sorted((model, size, float(price)) for model, sizes in table.items() for size, price in sizes.items()))
+            tuple(
+                sorted(
+                    (model, size, float(price))
+                    for model, sizes in table.items()
+                    for size, price in sizes.items()
+                )
+            )
         )
 
     def per_second(self, model: str, size: str | None) -> float | None:

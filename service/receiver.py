@@ -76,6 +76,15 @@ class Receiver:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.accepting = True
+        self._counters: dict[tuple[str, str], Any] = {}
+
+    def _counter(self, event_type: str, outcome: str) -> Any:
+        """The labelled child counter, looked up once per (type, outcome) rather than on every request."""
+        key = (self.metrics.event_type_label(event_type), outcome)  # a closed set: the cache stays small
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = self.metrics.webhooks_received.labels(type=key[0], outcome=outcome)
+        return child
 
     def _reject(self, status: int, reason: str, message: str) -> JSONResponse:
         self.metrics.webhook_rejections.labels(reason=reason).inc()
@@ -119,9 +128,7 @@ class Receiver:
             data=event["data"],
         )
         outcome = await self.store.record_webhook(hook)
-        self.metrics.webhooks_received.labels(
-            type=self.metrics.event_type_label(hook.type), outcome=outcome.status
-        ).inc()
+        self._counter(hook.type, outcome.status).inc()
         if outcome.status == "duplicate":
             return Response(_DUPLICATE, media_type="application/json")
         log.debug(

@@ -16,10 +16,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
+    from service.config import Settings
+
 log = logging.getLogger("sorahook.storage")
 
 READ_CHUNK = 256 * 1024
-LOCAL_BUFFER = 1024 * 1024  # bytes gathered before one write in a worker thread (one hop per MiB, not per chunk)
+LOCAL_BUFFER = (
+    1024 * 1024
+)  # bytes gathered before one write in a worker thread (one hop per MiB, not per chunk)
 S3_PART_SIZE = 8 * 1024 * 1024  # S3 wants parts of at least 5 MiB (the last excepted); one part is buffered
 TEMP_SUFFIX = ".tmp"
 
@@ -45,7 +49,9 @@ class Writer(Protocol):
 class Storage(Protocol):
     """Archived assets by key (`<job_id>/<variant>.<ext>`); an object appears under its key whole or not at all."""
 
-    def open_writer(self, key: str, content_type: str | None = None) -> AbstractAsyncContextManager[Writer]: ...
+    def open_writer(
+        self, key: str, content_type: str | None = None
+    ) -> AbstractAsyncContextManager[Writer]: ...
 
     def open_reader(self, key: str, start: int | None = None, end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes of `key` from `start` to `end` inclusive (both optional), in chunks."""
@@ -235,7 +241,11 @@ class _S3Writer:
             self.upload_id = created["UploadId"]
         number = len(self.parts) + 1
         answer = await self.client.upload_part(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=bytes(self._buffer)
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=self.upload_id,
+            PartNumber=number,
+            Body=bytes(self._buffer),
         )
         self.parts.append({"ETag": answer["ETag"], "PartNumber": number})
         self._buffer.clear()
@@ -312,7 +322,9 @@ class S3Storage:
 
     @contextlib.asynccontextmanager
     async def open_writer(self, key: str, content_type: str | None = None) -> AsyncIterator[Writer]:
-        writer = _S3Writer(await self.client(), self.bucket, self.object_key(key), content_type, self.part_size)
+        writer = _S3Writer(
+            await self.client(), self.bucket, self.object_key(key), content_type, self.part_size
+        )
         try:
             yield writer
         finally:
@@ -362,3 +374,16 @@ class S3Storage:
     async def aclose(self) -> None:
         await self._stack.aclose()
         self._client = None
+
+
+def storage_from_settings(settings: Settings) -> Storage:
+    """The storage SORAHOOK_ARCHIVE_STORAGE names: `<data dir>/archive` (local) or the S3 bucket."""
+    if settings.archive_storage == "s3":
+        assert settings.s3_bucket is not None, "config checks SORAHOOK_S3_BUCKET"
+        return S3Storage(
+            bucket=settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+        )
+    return LocalStorage(settings.data_dir / "archive")

@@ -222,7 +222,8 @@ async def test_content_streams_the_asset_and_is_gone_after_expiry(tmp_path: Path
     from service.emulator.assets import CONTENT
 
     async with (
-        emulated_service(tmp_path, emulator_options={"asset_ttl": 2.0}) as (url, _, _s),
+        # archive=False: this is the fallback to OpenAI; the archived copy outlives expiry (test_archive.py)
+        emulated_service(tmp_path, emulator_options={"asset_ttl": 2.0}, archive=False) as (url, _, _s),
         httpx.AsyncClient(base_url=url) as client,
     ):
         job = (await client.post("/v1/jobs", json={"prompt": "thumb"}, headers=auth())).json()

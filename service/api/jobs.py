@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from service import ssrf
+from service.api.assets import serve_archived
 from service.api.common import json_object, limit_arg, list_page
 from service.domain import KINDS, STATUSES, Kind, Observation, is_terminal, kind_for_resource_id
 from service.errors import ApiError, OpenAIError, PermanentOpenAIError
@@ -265,10 +266,15 @@ class JobsApi:
             raise ApiError(
                 409, "job_not_completed", f"the video is {job.status}; content exists once it is completed"
             )
+        archived = await serve_archived(request, self.rt, job, variant)  # our own copy first (issue 9)
+        if archived is not None:
+            return archived
         expires_at = (job.result or {}).get("expires_at")
         if isinstance(expires_at, (int, float)) and self.rt.clock.now() >= expires_at:
             raise ApiError(
-                410, "content_expired", "OpenAI no longer serves this video's assets (expires_at passed)"
+                410,
+                "content_expired",
+                "OpenAI no longer serves this video's assets (expires_at passed) and there is no archived copy",
             )
         stream = self.rt.openai.download_content(job.resource_id, variant)
         try:

@@ -42,7 +42,7 @@ from standardwebhooks import Webhook
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from service.clock import Clock, SystemClock
@@ -92,6 +92,8 @@ class EmulatorConfig:
     moderation_category: str = "violence"  # the category a flagged input is flagged under
     seed: int | None = None  # random.Random seed
     asset_ttl: float = 3600.0  # expires_at = completed_at + asset_ttl
+    content_size: int | None = None  # when set, the `video` asset is this many bytes (large downloads)
+    content_delay: float = 0.0  # seconds paused before each 64 KiB chunk of a download (slow downloads)
 
     def __post_init__(self) -> None:
         for name in ("failure_rate", "drop_rate", "duplicate_rate", "error_rate"):
@@ -102,6 +104,10 @@ class EmulatorConfig:
             raise ValueError(f"duration must not be negative, got {self.duration!r}")
         if self.asset_ttl < 0:
             raise ValueError(f"asset_ttl must not be negative, got {self.asset_ttl!r}")
+        if self.content_size is not None and self.content_size < 1:
+            raise ValueError(f"content_size must be at least 1, got {self.content_size!r}")
+        if self.content_delay < 0:
+            raise ValueError(f"content_delay must not be negative, got {self.content_delay!r}")
         if self.moderation_category not in MODERATION_CATEGORIES:
             raise ValueError(f"moderation_category must be one of {MODERATION_CATEGORIES}")
 
@@ -238,6 +244,7 @@ class Emulator:
             transport=webhook_transport, timeout=WEBHOOK_TIMEOUT, follow_redirects=False
         )
         self.calls: list[tuple[str, str]] = []
+        self._large_video: bytes | None = None
         self.videos: dict[str, dict[str, Any]] = {}
         self.webhooks_sent: list[dict[str, Any]] = []
         self.webhooks_dropped: list[str] = []  # ids of videos whose webhook the drop_rate swallowed
@@ -655,9 +662,27 @@ class Emulator:
             )
         if video["expires_at"] is not None and now >= video["expires_at"]:
             raise _ApiError(410, "The assets for this video have expired.", code="video_expired")
-        data, media_type, extension = CONTENT[variant]
+        data, media_type, extension = self.asset(variant)
         disposition = f'attachment; filename="{record.id}.{extension}"'
+        if self.config.content_delay > 0:
+            headers = {"content-disposition": disposition, "content-length": str(len(data))}
+            return StreamingResponse(self._slowly(data), media_type=media_type, headers=headers)
         return Response(data, media_type=media_type, headers={"content-disposition": disposition})
+
+    def asset(self, variant: str) -> tuple[bytes, str, str]:
+        """The bytes, content type and extension a download of `variant` serves (``content_size`` applied)."""
+        data, media_type, extension = CONTENT[variant]
+        size = self.config.content_size
+        if variant == "video" and size is not None:
+            if self._large_video is None or len(self._large_video) != size:
+                self._large_video = (data * (size // len(data) + 1))[:size]
+            data = self._large_video
+        return data, media_type, extension
+
+    async def _slowly(self, data: bytes) -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 65536):
+            await asyncio.sleep(self.config.content_delay)
+            yield data[start : start + 65536]
 
     async def _remix(self, request: Request) -> Response:
         source = self._live(request.path_params["video_id"])

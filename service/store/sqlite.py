@@ -17,7 +17,7 @@ import json
 import random
 import sqlite3
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -256,46 +256,95 @@ class _Ops:
         row: sqlite3.Row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return row
 
-    def apply(self, conn: sqlite3.Connection, row: sqlite3.Row, obs: Observation, source: str) -> Job:
-        """The one path every source takes to change a job: state machine, then events and outbox rows."""
+    def apply(
+        self,
+        conn: sqlite3.Connection,
+        row: sqlite3.Row,
+        obs: Observation,
+        source: str,
+        extra: dict[str, Any] | None = None,
+    ) -> Job:
+        """The one path every source takes to change a job: state machine, then events and outbox rows.
+
+        `extra` holds bookkeeping columns to write in the same UPDATE (not part of the job object).
+        """
         now = self.clock.now()
-        change = decide(row["status"], row["progress"], row["sequence"], obs)
-        sets: dict[str, Any] = {}
-        if obs.resource_id and row["resource_id"] is None:
-            sets["resource_id"] = obs.resource_id
+        current = _job(row)
+        change = decide(current.status, current.progress, current.sequence, obs)
+        sets: dict[str, Any] = dict(extra or {})
+        fields: dict[str, Any] = {}
+        if obs.resource_id and current.resource_id is None:
+            sets["resource_id"] = fields["resource_id"] = obs.resource_id
         if change.fields_changed:
-            sets["status"] = change.status
-            sets["progress"] = change.progress
-            sets["sequence"] = change.sequence
+            sets["status"] = fields["status"] = change.status
+            sets["progress"] = fields["progress"] = change.progress
+            sets["sequence"] = fields["sequence"] = change.sequence
         if change.status_changed and is_terminal(change.status):
-            sets["completed_at"] = obs.completed_at or int(now)
+            sets["completed_at"] = fields["completed_at"] = obs.completed_at or int(now)
             sets["next_submit_at"] = None
         # Details (result, error) are filled in whenever a source brings them, even without a status
         # change (the follow-up retrieve after a terminal webhook); a terminal job's details only grow.
         if obs.result is not None:
-            merged = dict(_loads(row["result"]) or {})
+            merged = dict(current.result or {})
             merged.update(obs.result)
-            if merged != (_loads(row["result"]) or None):
+            if merged != (current.result or None):
+                fields["result"] = merged
                 sets["result"] = _dumps(merged)
         if obs.error is not None and (change.status == "failed" or change.status_changed):
-            if _loads(row["error"]) != obs.error:
+            if current.error != obs.error:
+                fields["error"] = obs.error
                 sets["error"] = _dumps(obs.error)
         if not sets:
-            return _job(row)
-        sets["updated_at"] = now
+            return current
+        if fields:
+            sets["updated_at"] = fields["updated_at"] = now
         assignments = ", ".join(f"{name} = ?" for name in sets)
-        conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*sets.values(), row["id"]))
-        new_row: sqlite3.Row = conn.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
-        job = _job(new_row)
-        if change.status_changed and is_terminal(job.status):
-            self.finished.append((job.kind, job.status, max(0.0, now - job.created_at)))
-        if self.archive_variants and change.status_changed and job.status == "completed":
-            SqliteStore.enqueue_archives(conn, job, self.archive_variants, now)  # issue 9: video jobs only
+        conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*sets.values(), current.id))
+        job = replace(current, **fields)  # the row as written, without reading it back
         if change.status_changed:
-            event_type = emitted_type(job.kind, job.status)
-            if obs.event_type and EVENT_TYPES.get(obs.event_type, (None, None))[1] == job.status:
-                event_type = obs.event_type  # OpenAI's own name (`response.incomplete`)
-            self.emit(conn, event_type, job.to_api(), source=source, job=job)
+            self.on_status_change(conn, job, obs, source, now)
+        return job
+
+    def on_status_change(self, conn: sqlite3.Connection, job: Job, obs: Observation, source: str, now: float) -> None:
+        """What follows every status change, in the same transaction: metrics, archive work, the event."""
+        if is_terminal(job.status):
+            self.finished.append((job.kind, job.status, max(0.0, now - job.created_at)))
+        if self.archive_variants and job.status == "completed":
+            SqliteStore.enqueue_archives(conn, job, self.archive_variants, now)  # issue 9: video jobs only
+        event_type = emitted_type(job.kind, job.status)
+        if obs.event_type and EVENT_TYPES.get(obs.event_type, (None, None))[1] == job.status:
+            event_type = obs.event_type  # OpenAI's own name (`response.incomplete`)
+        self.emit(conn, event_type, job.to_api(), source=source, job=job)
+
+    def insert_webhook_job(
+        self, conn: sqlite3.Connection, kind: Kind, resource_id: str, obs: Observation, now: float
+    ) -> Job:
+        """A job first heard of by webhook, written once in its final state (the receiver's hot path)."""
+        change = decide("queued", 0, 0, obs)
+        completed_at = (obs.completed_at or int(now)) if is_terminal(change.status) else None
+        job = Job(
+            id=ids.job_id(),
+            kind=kind,
+            resource_id=resource_id,
+            status=change.status,
+            progress=change.progress,
+            origin="webhook",
+            request=None,
+            result=None,
+            error=None,
+            callback_url=None,
+            metadata={},
+            created_at=now,
+            updated_at=now,
+            completed_at=completed_at,
+            sequence=change.sequence,
+        )
+        conn.execute(
+            "INSERT INTO jobs (id, kind, resource_id, status, progress, origin, metadata, created_at, updated_at,"
+            " completed_at, sequence, refresh_at) VALUES (?, ?, ?, ?, ?, 'webhook', '{}', ?, ?, ?, ?, ?)",
+            (job.id, kind, resource_id, job.status, job.progress, now, now, completed_at, job.sequence, now),
+        )
+        self.flag_refreshes = True
         return job
 
     # -- events and the outbox --------------------------------------------------------------------
@@ -371,13 +420,17 @@ class _Ops:
         mapped = EVENT_TYPES.get(hook.type)
         row = conn.execute("SELECT * FROM jobs WHERE resource_id = ?", (hook.resource_id,)).fetchone()
         job_id: str | None = row["id"] if row is not None else None
+        obs: Observation | None = None
+        new_job: Job | None = None
         if mapped is not None:
-            kind = mapped[0]
+            obs = Observation(
+                status=mapped[1],
+                completed_at=hook.created_at if is_terminal(mapped[1]) else None,
+                event_type=hook.type,
+            )
             if row is None:
-                row = self.insert_job(
-                    conn, kind=kind, status="queued", origin="webhook", resource_id=hook.resource_id
-                )
-                job_id = row["id"]
+                new_job = self.insert_webhook_job(conn, mapped[0], hook.resource_id, obs, now)
+                job_id = new_job.id
         conn.execute(
             "INSERT INTO events (id, direction, type, job_id, source, created_at, webhook_id, openai_event_id,"
             " body, headers) VALUES (?, 'received', ?, ?, 'webhook', ?, ?, ?, ?, ?)",
@@ -392,17 +445,11 @@ class _Ops:
                 json.dumps({"webhook-id": hook.webhook_id, "webhook-timestamp": str(hook.timestamp)}),
             ),
         )
-        if mapped is not None and row is not None:
-            obs = Observation(
-                status=mapped[1],
-                completed_at=hook.created_at if is_terminal(mapped[1]) else None,
-                event_type=hook.type,
-            )
-            self.apply(conn, row, obs, source="webhook")
-            # The envelope holds only the id: fetch the full object in the background to fill in details.
-            conn.execute(
-                "UPDATE jobs SET refresh_at = ?, refresh_attempts = 0 WHERE id = ?", (now, row["id"])
-            )
+        # The envelope holds only the id: the job is marked for a background fetch of the full object.
+        if new_job is not None and obs is not None:
+            self.on_status_change(conn, new_job, obs, "webhook", now)
+        elif row is not None and obs is not None:
+            self.apply(conn, row, obs, source="webhook", extra={"refresh_at": now, "refresh_attempts": 0})
             self.flag_refreshes = True
         elif mapped is None:
             # Not a type we model: pass it through to the subscribers of that type, with OpenAI's data.
