@@ -216,15 +216,6 @@ def create_app(
             metrics=rt.metrics,
             transport=openai_transport,
         )
-        # The reconciler gets a client that does not retry on its own: a 429 pauses the whole pass for
-        # Retry-After (the reconciler's own pause) instead of sleeping inside one call.
-        reconcile_openai = OpenAIClient(
-            base_url=settings.openai_base_url,
-            api_keys=settings.openai_api_keys,
-            metrics=rt.metrics,
-            transport=openai_transport,
-            max_retries=0,
-        )
         rt.sender = Sender(resolver=rt.resolver, allow_private=settings.allow_private_targets)
         receiver = Receiver(
             store=rt.store,
@@ -255,7 +246,7 @@ def create_app(
                 Pruner(store=rt.store, clock=rt.clock, keep=settings.retention),
                 Reconciler(
                     store=rt.store,
-                    openai=reconcile_openai,
+                    openai=rt.openai,
                     clock=rt.clock,
                     metrics=rt.metrics,
                     interval=settings.reconcile_interval,
@@ -300,7 +291,6 @@ def create_app(
             rt.tasks.clear()
             await rt.sender.aclose()
             await rt.openai.aclose()
-            await reconcile_openai.aclose()
             await rt.storage.aclose()
             await rt.store.aclose()
             log.info("sorahook stopped; store closed")
