@@ -31,5 +31,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# A bounded run of mixed traffic against a real service process (default 3 minutes).
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
+
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,8 @@ import traceback
 from pathlib import Path
 
 FIRST = ("receiver", "http_clients")
-NOT_BENCHMARKS = frozenset({"__main__", "loadgen"})
+# `soak` is a long run of its own (`make soak`), not part of `make bench`.
+NOT_BENCHMARKS = frozenset({"__main__", "loadgen", "soak"})
 
 
 def benchmark_names() -> list[str]:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,9 +195,6 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # The store's writer thread and the event loop share the GIL; a shorter switch interval (default
-        # 5 ms) stops a request from waiting a whole interval behind a batch commit.
-        sys.setswitchinterval(0.0005)
         rt.store = await SqliteStore.open(
             settings.database_path,
             clock=rt.clock,

@@ -16,6 +16,7 @@ import functools
 import json
 import random
 import sqlite3
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -532,7 +533,28 @@ class _Ops:
         now = self.clock.now()
         schedule = self.retry_schedule
         results: list[tuple[str, DeliveryStatus]] = []
+        succeeded_subs: set[str] = set()
         for out in outcomes:
+            if out.status_code is not None and 200 <= out.status_code < 300:
+                # The common case, in two statements: mark it delivered if it still waits, then log the attempt.
+                cur = conn.execute(
+                    "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, next_attempt_at = NULL,"
+                    " lease_until = NULL, last_status_code = ?, last_error = NULL, updated_at = ?, delivered_at = ?"
+                    " WHERE id = ? AND status IN ('pending', 'failed') RETURNING subscription_id",
+                    (out.status_code, now, now, out.delivery_id),
+                )
+                done = cur.fetchone()
+                if done is None:
+                    continue
+                conn.execute(
+                    "INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, latency_ms, error)"
+                    " VALUES (?, ?, ?, ?, NULL)",
+                    (out.delivery_id, now - out.latency, out.status_code, out.latency * 1000.0),
+                )
+                if done[0]:
+                    succeeded_subs.add(done[0])
+                results.append((out.delivery_id, "succeeded"))
+                continue
             row = conn.execute("SELECT * FROM deliveries WHERE id = ?", (out.delivery_id,)).fetchone()
             if row is None or row["status"] in ("succeeded", "dead"):
                 continue
@@ -585,6 +607,13 @@ class _Ops:
                 ),
             )
             results.append((out.delivery_id, status))
+        for sub_id in succeeded_subs:
+            conn.execute(
+                # Only write when it changes something that matters (not on every success).
+                "UPDATE subscriptions SET last_success_at = ?, failing_since = NULL WHERE id = ?"
+                " AND (failing_since IS NOT NULL OR last_success_at IS NULL OR last_success_at < ?)",
+                (now, sub_id, now - 60.0),
+            )
         return results
 
     def note_failure(self, conn: sqlite3.Connection, sub_id: str, now: float, disable_after: float) -> None:
@@ -678,6 +707,10 @@ class SqliteStore:
         return conn
 
     async def _start(self) -> None:
+        # The store's thread and the event loop share the GIL. With the default 5 ms switch interval,
+        # every socket write on the loop (which releases the GIL) can cost a wait of up to 5 ms behind a
+        # batch running on the store's thread; 0.5 ms keeps request latency and delivery rate up.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer_conn = await self._connect()
         now = self.clock.now()
