@@ -299,7 +299,9 @@ def create_app(
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
         headers = getattr(exc, "headers", None)  # Starlette's 405 carries the Allow header
-        return error_response(405, "method_not_allowed", f"{request.method} is not allowed here", headers=headers)
+        return error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed here", headers=headers
+        )
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)

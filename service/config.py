@@ -256,7 +256,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         except ValueError:
             daily_usd = -1.0
         if not 0 <= daily_usd < float("inf"):
-            raise ConfigError(f"SORAHOOK_QUOTA_DAILY_USD must be a number of US dollars >= 0, got {raw_usd!r}")
+            raise ConfigError(
+                f"SORAHOOK_QUOTA_DAILY_USD must be a number of US dollars >= 0, got {raw_usd!r}"
+            )
     if env.get("SORAHOOK_PROGRESS_STEP", "").strip() and _int(env, "SORAHOOK_PROGRESS_STEP", 25) > 100:
         raise ConfigError("SORAHOOK_PROGRESS_STEP must be between 1 and 100 (progress points)")
 

@@ -129,6 +129,8 @@ class Metrics:
         )
         for reason in ARCHIVE_FAILURE_REASONS:
             self.archive_failures.labels(reason=reason)
+        for reason in KEY_ROTATION_REASONS:
+            self.key_rotations.labels(reason=reason)
         # Closed label sets start at 0, so a first increment after a restart is visible to increase().
         for outcome in ("succeeded", "failed", "dead"):
             self.deliveries.labels(outcome=outcome)

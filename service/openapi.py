@@ -823,7 +823,10 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "Estimated cost and job counts, by model, status and client",
                 "getUsage",
-                {"200": _json(_ref("Usage"), "Jobs created in [since, until)."), "422": _error("Unprocessable")},
+                {
+                    "200": _json(_ref("Usage"), "Jobs created in [since, until)."),
+                    "422": _error("Unprocessable"),
+                },
                 parameters=[
                     _query(
                         "since",

@@ -54,7 +54,8 @@ class Submitter:
                     log.info("moderation flagged the prompt", extra={"job_id": job.id, "categories": flagged})
                     error = {
                         "code": "moderation_flagged",
-                        "message": "OpenAI's moderation flagged the prompt: " + (", ".join(flagged) or "flagged"),
+                        "message": "OpenAI's moderation flagged the prompt: "
+                        + (", ".join(flagged) or "flagged"),
                         "categories": flagged,
                     }
                     await self.store.apply_observation(

@@ -209,6 +209,37 @@ async def test_expired_asset_ends_archive_failed_without_endless_retries(tmp_pat
         assert gone.status_code == 410
 
 
+async def test_a_video_first_heard_of_by_webhook_is_archived(tmp_path: Path) -> None:
+    async with (
+        emulated_service(tmp_path) as (url, _emulator, _settings),
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        made = (await client.post(f"{url}/_emulator/v1/videos", json={"prompt": "made elsewhere"})).json()
+
+        async def known() -> Any:
+            response = await client.get(f"/v1/jobs/{made['id']}", headers=auth())
+            return response.json() if response.status_code == 200 else None
+
+        job = await wait_until(known, timeout=15)
+        assert job["origin"] == "webhook"
+        done = await _wait_assets(client, job["id"], "video", "thumbnail")
+        assert done["result"]["assets"]["video"]["sha256"] == sha256(CONTENT["video"][0])
+
+
+async def test_a_video_completed_by_reconciliation_is_archived(tmp_path: Path) -> None:
+    async with (
+        emulated_service(
+            tmp_path, emulator_options={"drop_rate": 1.0}, reconcile_interval=0.2, reconcile_after=0.3
+        ) as (url, _emulator, _settings),
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        job = (await client.post("/v1/jobs", json={"prompt": "no webhook"}, headers=auth())).json()
+        done = await _wait_assets(client, job["id"], "video", "thumbnail", timeout=30)
+        assert done["result"]["assets"]["thumbnail"]["sha256"] == sha256(CONTENT["thumbnail"][0])
+        events = (await client.get(f"/v1/jobs/{job['id']}/events", headers=auth())).json()["data"]
+        assert ("video.completed", "reconcile") in [(e["type"], e["source"]) for e in events]
+
+
 async def test_archiving_can_be_turned_off(tmp_path: Path) -> None:
     async with (
         emulated_service(tmp_path, archive=False) as (url, _emulator, _settings),

@@ -708,7 +708,10 @@ class Emulator:
         texts = [item for item in inputs if isinstance(item, str)]
         if not inputs or len(texts) != len(inputs):
             raise _ApiError(
-                400, "Invalid 'input': must be a string or an array of strings.", param="input", code="invalid_value"
+                400,
+                "Invalid 'input': must be a string or an array of strings.",
+                param="input",
+                code="invalid_value",
             )
         model = fields.get("model", "omni-moderation-latest")
         results = []

@@ -306,7 +306,9 @@ class _Ops:
             self.on_status_change(conn, job, obs, source, now)
         return job
 
-    def on_status_change(self, conn: sqlite3.Connection, job: Job, obs: Observation, source: str, now: float) -> None:
+    def on_status_change(
+        self, conn: sqlite3.Connection, job: Job, obs: Observation, source: str, now: float
+    ) -> None:
         """What follows every status change, in the same transaction: metrics, archive work, the event."""
         if is_terminal(job.status):
             self.finished.append((job.kind, job.status, max(0.0, now - job.created_at)))
