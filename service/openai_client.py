@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import json
 import logging
 import math
@@ -34,7 +33,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -42,6 +40,7 @@ import httpx
 
 from service.errors import OpenAIError, PermanentOpenAIError, TransientOpenAIError
 from service.metrics import Metrics
+from service.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -436,26 +435,15 @@ def _error_from_response(response: httpx.Response, body: bytes) -> OpenAIError:
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     """The server's wait in seconds: ``retry-after-ms``, else ``Retry-After`` as seconds or an HTTP date."""
-    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        value = headers.get(name)
-        if value is None:
-            continue
+    value = headers.get("retry-after-ms")
+    if value is not None:
         try:
-            seconds = float(value) / divisor
+            millis = float(value)
         except ValueError:
-            continue
-        if math.isfinite(seconds) and seconds >= 0:
-            return seconds
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+            millis = -1.0
+        if math.isfinite(millis) and millis >= 0:
+            return millis / 1000.0
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def _exception_code(exc: Exception) -> str:

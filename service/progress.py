@@ -19,7 +19,7 @@ from service.errors import OpenAIError
 from service.openai_client import OpenAIClient
 from service.store.records import Job
 from service.store.sqlite import SqliteStore
-from service.workers import CallBudget
+from service.workers import CallBudget, every
 
 log = logging.getLogger("sorahook.progress")
 
@@ -105,11 +105,4 @@ class ProgressPoller:
         await asyncio.gather(*(one(job) for job in jobs))
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("progress poll failed")
-            await asyncio.sleep(self.interval)
+        await every(self.name, self.interval, self.run_once)

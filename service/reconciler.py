@@ -32,7 +32,7 @@ from service.metrics import Metrics
 from service.openai_client import OpenAIClient
 from service.store.records import Job
 from service.store.sqlite import SqliteStore
-from service.workers import CallBudget, backoff
+from service.workers import CallBudget, backoff, every
 
 log = logging.getLogger("sorahook.reconciler")
 
@@ -252,11 +252,4 @@ class Reconciler:
 
     async def run(self) -> None:
         """One pass at once (catching up downtime), then one every `interval`."""
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("reconciliation pass failed")
-            await asyncio.sleep(self.interval)
+        await every(self.name, self.interval, self.run_once)

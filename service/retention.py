@@ -7,6 +7,7 @@ import logging
 
 from service.clock import Clock
 from service.store.sqlite import SqliteStore
+from service.workers import every
 
 log = logging.getLogger("sorahook.retention")
 
@@ -35,11 +36,4 @@ class Pruner:
         return total
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("pruning failed")
-            await asyncio.sleep(self.interval)
+        await every(self.name, self.interval, self.run_once)

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import re
 import socket
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDict
 from yarl import URL
 
+from service.retry_after import parse_retry_after
 from service.ssrf import ResolveError, Resolver, UnsafeTarget, literal_ip, vet
 
 __all__ = ["MAX_RESPONSE_BYTES", "SendResult", "Sender", "parse_retry_after"]
@@ -64,26 +62,6 @@ class _VettedAddressResolver(AbstractResolver):
 
     async def close(self) -> None:
         return None
-
-
-_DELTA_SECONDS = re.compile(r"\s*(\d{1,10}(?:\.\d+)?)\s*")
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None if absent or bad."""
-    if value is None:
-        return None
-    match = _DELTA_SECONDS.fullmatch(value)
-    if match is not None:
-        return float(match.group(1))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 class Sender:

@@ -32,6 +32,18 @@ async def wait_for_signal(event: asyncio.Event, timeout: float) -> None:
     event.clear()
 
 
+async def every(name: str, interval: float, step: Callable[[], Awaitable[object]]) -> None:
+    """Run `step` now and then every `interval` seconds; an unexpected error is logged and the loop goes on."""
+    while True:
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("worker pass failed", extra={"worker": name})
+        await asyncio.sleep(interval)
+
+
 async def loop_forever(name: str, step: Callable[[], Awaitable[None]], pause_on_error: float = 1.0) -> None:
     """Run `step` forever; an unexpected error is logged and the loop goes on after a pause."""
     while True:

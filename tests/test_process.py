@@ -275,6 +275,22 @@ def test_kill_during_a_burst_of_deliveries_loses_no_event(tmp_path: Path, servic
             rec.close()
 
 
+def _blast(url: str, secret: str, prefix: str, acknowledged: list[str], stop: Any) -> None:
+    """Send signed webhooks for new resources until told to stop or the server goes away."""
+    with httpx.Client(base_url=url, timeout=5) as client:
+        i = 0
+        while not stop.is_set():
+            resource = f"{prefix}_{i}"
+            body, headers = signed_webhook(secret, "video.completed", resource)
+            try:
+                response = client.post("/webhooks/openai", content=body, headers=headers)
+            except httpx.HTTPError:
+                return  # the server stopped listening
+            if response.status_code == 200:
+                acknowledged.append(resource)
+            i += 1
+
+
 def test_sigterm_during_a_burst_loses_nothing_acknowledged(tmp_path: Path, service_process: Any) -> None:
     import threading
 
@@ -291,27 +307,16 @@ def test_sigterm_during_a_burst_loses_nothing_acknowledged(tmp_path: Path, servi
     acknowledged: list[str] = []
     stop = threading.Event()
 
-    def blast(worker: int) -> None:
-        with httpx.Client(base_url=first.url, timeout=5) as client:
-            i = 0
-            while not stop.is_set():
-                resource = f"video_t{worker}_{i}"
-                body, headers = signed_webhook(secret, "video.completed", resource)
-                try:
-                    response = client.post("/webhooks/openai", content=body, headers=headers)
-                except httpx.HTTPError:
-                    return  # the server stopped listening
-                if response.status_code == 200:
-                    acknowledged.append(resource)
-                i += 1
-
     try:
         with httpx.Client(base_url=first.url) as client:
             assert (
                 client.post("/v1/subscriptions", json={"url": recorder.url}, headers=auth()).status_code
                 == 201
             )
-        threads = [threading.Thread(target=blast, args=(w,)) for w in range(4)]
+        threads = [
+            threading.Thread(target=_blast, args=(first.url, secret, f"video_t{w}", acknowledged, stop))
+            for w in range(4)
+        ]
         for t in threads:
             t.start()
         while len(acknowledged) < 200:
@@ -361,21 +366,10 @@ def test_kill_9_during_a_burst_of_webhooks_keeps_every_acknowledged_one(
     acknowledged: list[str] = []
     stop = threading.Event()
 
-    def blast(worker: int) -> None:
-        with httpx.Client(base_url=first.url, timeout=5) as client:
-            i = 0
-            while not stop.is_set():
-                resource = f"video_k9_{worker}_{i}"
-                body, headers = signed_webhook(secret, "video.completed", resource)
-                try:
-                    response = client.post("/webhooks/openai", content=body, headers=headers)
-                except httpx.HTTPError:
-                    return
-                if response.status_code == 200:
-                    acknowledged.append(resource)
-                i += 1
-
-    threads = [threading.Thread(target=blast, args=(w,)) for w in range(4)]
+    threads = [
+        threading.Thread(target=_blast, args=(first.url, secret, f"video_k9_{w}", acknowledged, stop))
+        for w in range(4)
+    ]
     for t in threads:
         t.start()
     while len(acknowledged) < 300:
