@@ -60,7 +60,7 @@ class Deliverer:
         free = self.concurrency - len(self._tasks)
         if free <= 0:
             return []
-        claimed = await self.store.claim_deliveries(free, self.lease, self._busy())
+        claimed = await self.store.claim_deliveries(free, self.lease, self._busy(), self.per_subscription)
         # The claim may hold more rows of one subscription than its cap allows: keep the rest for later.
         counts = Counter(self._in_flight)
         kept: list[ClaimedDelivery] = []

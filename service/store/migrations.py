@@ -182,6 +182,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX archives_due ON archives(next_attempt_at) WHERE status = 'pending';
         """,
     ),
+    (
+        5,
+        "per-subscription due index for the delivery claim",
+        """
+        CREATE INDEX deliveries_sub_due ON deliveries(subscription_id, next_attempt_at)
+            WHERE status IN ('pending', 'failed');
+        """,
+    ),
 ]
 
 

@@ -190,6 +190,7 @@ class _Ops:
         self.retry_schedule = retry_schedule
         self.callback_secret = callback_secret
         self._subscriptions: list[Subscription] | None = None
+        self._claim_turn = 0
         self.rng = random.Random()
         # Flags raised by operations in the current batch, turned into Signals after the commit.
         self.flag_deliveries = False
@@ -461,29 +462,55 @@ class _Ops:
 
     # -- deliveries -------------------------------------------------------------------------------
 
+    _CLAIM_SQL = (
+        "SELECT d.*, e.body AS body, s.url AS sub_url, s.secret, s.previous_secret, s.previous_secret_until,"
+        " s.ordered, s.enabled FROM deliveries d INDEXED BY deliveries_sub_due JOIN events e ON e.id = d.event_id"
+        " LEFT JOIN subscriptions s ON s.id = d.subscription_id"
+        " WHERE {target} AND d.status IN ('pending', 'failed') AND d.next_attempt_at <= ?"
+        " AND NOT EXISTS ("
+        "   SELECT 1 FROM deliveries p WHERE d.ordering_key IS NOT NULL AND p.ordering_key = d.ordering_key"
+        "   AND p.status IN ('pending', 'failed') AND (p.sequence < d.sequence"
+        "   OR (p.sequence = d.sequence AND p.id < d.id)))"
+        " ORDER BY d.next_attempt_at LIMIT ?"
+    )
+
     def claim_deliveries(
-        self, conn: sqlite3.Connection, limit: int, lease: float, busy: Iterable[str]
+        self,
+        conn: sqlite3.Connection,
+        limit: int,
+        lease: float,
+        busy: Iterable[str],
+        per_key: int | None = None,
     ) -> list[ClaimedDelivery]:
+        """Lease due deliveries, subscription by subscription (then callback URLs).
+
+        Each subscription is a short range seek on (subscription_id, next_attempt_at), taking at most
+        `per_key` rows; subscriptions in `busy` (at their in-flight cap) are not visited at all, so a hanging
+        endpoint's growing backlog costs the claim nothing, and no subscription's rows can crowd out
+        another's. The starting subscription rotates from claim to claim.
+        """
         now = self.clock.now()
-        busy_list = list(busy)
-        exclude = ""
-        if busy_list:
-            exclude = f" AND (d.subscription_id IS NULL OR d.subscription_id NOT IN ({','.join('?' * len(busy_list))}))"
-        rows = conn.execute(
-            "SELECT d.*, e.body AS body, s.url AS sub_url, s.secret, s.previous_secret, s.previous_secret_until,"
-            # INDEXED BY: without it SQLite may pick deliveries_status and sort the whole backlog on
-            # every claim (14 ms at 20,000 pending rows); the partial due index is a range scan.
-            " s.ordered, s.enabled FROM deliveries d INDEXED BY deliveries_due JOIN events e ON e.id = d.event_id"
-            " LEFT JOIN subscriptions s ON s.id = d.subscription_id"
-            " WHERE d.status IN ('pending', 'failed') AND d.next_attempt_at <= ?"
-            + exclude
-            + " AND NOT EXISTS ("
-            "   SELECT 1 FROM deliveries p WHERE d.ordering_key IS NOT NULL AND p.ordering_key = d.ordering_key"
-            "   AND p.status IN ('pending', 'failed') AND (p.sequence < d.sequence"
-            "   OR (p.sequence = d.sequence AND p.id < d.id)))"
-            " ORDER BY d.next_attempt_at LIMIT ?",
-            (now, *busy_list, limit),
-        ).fetchall()
+        skip = set(busy)
+        groups: list[str | None] = [
+            r[0] for r in conn.execute("SELECT id FROM subscriptions ORDER BY id") if r[0] not in skip
+        ]
+        if groups:
+            start = self._claim_turn % len(groups)
+            groups = groups[start:] + groups[:start]
+            self._claim_turn += 1
+        groups.append(None)  # per-job callback_url deliveries
+        rows: list[sqlite3.Row] = []
+        for group in groups:
+            remaining = limit - len(rows)
+            if remaining <= 0:
+                break
+            take = remaining if (group is None or per_key is None) else min(remaining, per_key)
+            args: tuple[Any, ...]
+            if group is None:
+                sql, args = self._CLAIM_SQL.format(target="d.subscription_id IS NULL"), (now, take)
+            else:
+                sql, args = self._CLAIM_SQL.format(target="d.subscription_id = ?"), (group, now, take)
+            rows.extend(conn.execute(sql, args).fetchall())
         claimed: list[ClaimedDelivery] = []
         for row in rows:
             if row["subscription_id"] is not None and (row["enabled"] is None or not row["enabled"]):
@@ -637,6 +664,11 @@ class _Ops:
         conn.execute(
             "UPDATE subscriptions SET enabled = 0, disabled_reason = ?, updated_at = ? WHERE id = ?",
             (reason, now, sub_id),
+        )
+        conn.execute(
+            "UPDATE deliveries SET status = 'dead', next_attempt_at = NULL, lease_until = NULL, last_error = ?,"
+            " updated_at = ? WHERE subscription_id = ? AND status IN ('pending', 'failed') AND lease_until IS NULL",
+            (f"subscription disabled: {reason}", now, sub_id),
         )
         self.forget_subscriptions()
         sub = _subscription(
@@ -1359,10 +1391,10 @@ class SqliteStore:
     # -- deliveries -------------------------------------------------------------------------------
 
     async def claim_deliveries(
-        self, limit: int, lease: float, busy: Iterable[str] = ()
+        self, limit: int, lease: float, busy: Iterable[str] = (), per_key: int | None = None
     ) -> list[ClaimedDelivery]:
         busy_list = list(busy)
-        return await self._write(lambda c: self._ops.claim_deliveries(c, limit, lease, busy_list))
+        return await self._write(lambda c: self._ops.claim_deliveries(c, limit, lease, busy_list, per_key))
 
     async def release_deliveries(self, delivery_ids: list[str]) -> None:
         """Give claimed-but-unsent deliveries back: due again now, no attempt counted."""
