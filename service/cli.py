@@ -166,7 +166,7 @@ def serve(args: argparse.Namespace) -> int:
         app,
         host=args.host,
         port=args.port,
-        log_config=uvicorn_log_config(),
+        log_config=uvicorn_log_config(settings.log_level),
         timeout_graceful_shutdown=10,
         server_header=False,
     )

@@ -51,14 +51,15 @@ def configure_logging(fmt: str, level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def uvicorn_log_config() -> dict[str, Any]:
-    """A log config that leaves uvicorn's loggers to the root handler set by configure_logging."""
+def uvicorn_log_config(level: str = "info") -> dict[str, Any]:
+    """A log config that leaves uvicorn's loggers to the root handler, at the configured level."""
+    name = level.upper()
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "loggers": {
-            "uvicorn": {"level": "INFO", "propagate": True},
-            "uvicorn.error": {"level": "INFO", "propagate": True},
-            "uvicorn.access": {"level": "INFO", "propagate": True},
+            "uvicorn": {"level": name, "propagate": True},
+            "uvicorn.error": {"level": name, "propagate": True},
+            "uvicorn.access": {"level": name, "propagate": True},
         },
     }
