@@ -1,6 +1,6 @@
 """Soak: minutes of mixed traffic against a real `sorahook serve --emulator` process, then a full audit.
 
-    python -m bench.soak [--duration 180] [--rate 100] [--job-rate 3] [--warmup 30] [--drain 60]
+    python -m bench.soak [--duration 180] [--rate 30] [--job-rate 3] [--warmup 30] [--drain 60]
 
 (what `make soak` runs; not part of `make bench`). Three processes:
 
@@ -1310,7 +1310,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m bench.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=float, default=180.0, help="seconds of traffic (180)")
-    parser.add_argument("--rate", type=float, default=100.0, help="webhooks per second (100)")
+    parser.add_argument("--rate", type=float, default=30.0, help="webhooks per second (30)")
     parser.add_argument("--job-rate", type=float, default=3.0, help="POST /v1/jobs per second (3)")
     parser.add_argument("--warmup", type=float, default=30.0, help="seconds before the start RSS (30)")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples (5)")
