@@ -164,8 +164,7 @@ def start_server(kind: Kind, tmp: Path, env: dict[str, str], workers: bool) -> S
     cmd = [sys.executable, "-m", "bench.receiver", "--serve", kind, "--port", str(port)]
     if database is not None:
         cmd += ["--db", str(database)]
-    if not workers:
-        cmd.append("--no-workers")
+    cmd.append("--workers" if workers else "--no-workers")
     if os.environ.get("BENCH_PROFILE_DIR"):
         cmd += ["--profile", str(Path(os.environ["BENCH_PROFILE_DIR"]) / f"{kind}.prof")]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
@@ -328,8 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run sorahook's workers (the refresher fetches each video from an in-process OpenAI stub)",
+        default=False,
+        help="also run sorahook's workers (default off: the issue measures the receiver itself, verify,"
+        " dedupe, durable commit, job update; with them on, the refresher fetches every video from an"
+        " in-process OpenAI stub and the archiver tries to copy it, on the same core)",
     )
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
