@@ -17,15 +17,14 @@ from service.clock import Clock
 from service.domain import Observation, observation_from_resource
 from service.errors import OpenAIError
 from service.openai_client import OpenAIClient
+from service.reconciler import CREATED_SLACK, LIST_PAGE, take_list_page
 from service.store.records import Job
 from service.store.sqlite import SqliteStore
 from service.workers import CallBudget, every
 
 log = logging.getLogger("sorahook.progress")
 
-LIST_PAGE = 100
 LIST_MIN_JOBS = 2  # with fewer, asking by id costs no more than listing
-CREATED_SLACK = 120.0  # OpenAI's created_at may trail our job row's by this much (see the reconciler)
 
 
 class ProgressPoller:
@@ -74,17 +73,9 @@ class ProgressPoller:
             except OpenAIError as exc:
                 log.info("listing videos for progress failed", extra={"code": exc.code})
                 break
-            data = [obj for obj in page.get("data") or [] if isinstance(obj, dict)]
-            for obj in data:
-                job = wanted.pop(str(obj.get("id")), None)
-                if job is not None:
-                    learned.append((job.id, observation_from_resource("video", obj)))
-            last_created = data[-1].get("created_at") if data else None
-            if not data or not page.get("has_more"):
+            after = take_list_page(page, wanted, learned, oldest)
+            if after is None:
                 break
-            if isinstance(last_created, int | float) and last_created < oldest:
-                break
-            after = str(page.get("last_id") or data[-1].get("id"))
         return list(wanted.values())
 
     async def _retrieve_each(self, jobs: list[Job], learned: list[tuple[str, Observation]]) -> None:

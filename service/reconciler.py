@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from service.clock import Clock
 from service.domain import Observation, observation_from_resource
@@ -45,6 +46,30 @@ LIST_MIN_JOBS = 3
 APPLY_CHUNK = 500
 
 NOT_FOUND = {"code": "resource_not_found"}
+
+
+def take_list_page(
+    page: dict[str, Any],
+    wanted: dict[str | None, Job],
+    learned: list[tuple[str, Observation]],
+    oldest: float | None,
+) -> str | None:
+    """Move the wanted videos one `GET /videos?order=desc` page shows into `learned`.
+
+    Returns the cursor for the next page, or None when paging should stop: no more pages, or this one
+    already reaches below `oldest` (the creation time the wanted videos cannot be older than).
+    """
+    data = [obj for obj in page.get("data") or [] if isinstance(obj, dict)]
+    for obj in data:
+        job = wanted.pop(str(obj.get("id")), None)
+        if job is not None:
+            learned.append((job.id, observation_from_resource("video", obj)))
+    if not data or not page.get("has_more"):
+        return None
+    last_created = data[-1].get("created_at")
+    if oldest is not None and isinstance(last_created, int | float) and last_created < oldest:
+        return None
+    return str(page.get("last_id") or data[-1].get("id"))
 
 
 def _halts(exc: OpenAIError) -> bool:
@@ -210,17 +235,9 @@ class Reconciler:
                     continue
                 log.warning("listing videos failed; retrieving by id", extra={"code": exc.code})
                 break
-            data = [obj for obj in page.get("data") or [] if isinstance(obj, dict)]
-            for obj in data:
-                job = wanted.pop(str(obj.get("id")), None)
-                if job is not None:
-                    p.learned.append((job.id, observation_from_resource("video", obj)))
-            if not data or not page.get("has_more"):
+            after = take_list_page(page, wanted, p.learned, oldest)
+            if after is None:
                 break
-            last_created = data[-1].get("created_at")
-            if oldest is not None and isinstance(last_created, int | float) and last_created < oldest:
-                break
-            after = str(page.get("last_id") or data[-1].get("id"))
         return list(wanted.values())
 
     async def _retrieve_each(self, jobs: list[Job], p: _Pass) -> None:

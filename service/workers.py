@@ -32,20 +32,13 @@ async def wait_for_signal(event: asyncio.Event, timeout: float) -> None:
     event.clear()
 
 
-async def every(name: str, interval: float, step: Callable[[], Awaitable[object]]) -> None:
-    """Run `step` now and then every `interval` seconds; an unexpected error is logged and the loop goes on."""
-    while True:
-        try:
-            await step()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("worker pass failed", extra={"worker": name})
-        await asyncio.sleep(interval)
+async def loop_forever(
+    name: str, step: Callable[[], Awaitable[object]], *, interval: float = 0.0, pause_on_error: float = 1.0
+) -> None:
+    """Run `step` forever, `interval` seconds apart (0: back to back, the step waits for its own work).
 
-
-async def loop_forever(name: str, step: Callable[[], Awaitable[None]], pause_on_error: float = 1.0) -> None:
-    """Run `step` forever; an unexpected error is logged and the loop goes on after a pause."""
+    An unexpected error is logged and the loop goes on after `interval`, or `pause_on_error` when 0.
+    """
     while True:
         try:
             await step()
@@ -53,7 +46,15 @@ async def loop_forever(name: str, step: Callable[[], Awaitable[None]], pause_on_
             raise
         except Exception:
             log.exception("worker step failed", extra={"worker": name})
-            await asyncio.sleep(pause_on_error)
+            await asyncio.sleep(interval or pause_on_error)
+            continue
+        if interval:
+            await asyncio.sleep(interval)
+
+
+async def every(name: str, interval: float, step: Callable[[], Awaitable[object]]) -> None:
+    """Run `step` now and then every `interval` seconds (a pass per interval: reconciler, progress, pruner)."""
+    await loop_forever(name, step, interval=interval)
 
 
 class CallBudget:
