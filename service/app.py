@@ -8,7 +8,6 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,7 +27,7 @@ from service.archive import Archiver
 from service.clock import Clock, SystemClock
 from service.config import Settings
 from service.delivery import Deliverer
-from service.errors import ApiError, error_response
+from service.errors import error_response
 from service.metrics import Metrics
 from service.openai_client import OpenAIClient
 from service.openapi import openapi_endpoint
@@ -42,7 +41,7 @@ from service.signing import Verifier
 from service.storage import Storage, storage_from_settings
 from service.store.sqlite import SqliteStore
 from service.submitter import Refresher, Submitter
-from service.workers import CallBudget
+from service.workers import CallBudget, Worker
 
 log = logging.getLogger("sorahook.app")
 
@@ -93,16 +92,6 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
-
-
-def _guard(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    async def guarded(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except ApiError as err:
-            return err.response()
-
-    return guarded
 
 
 def create_app(
@@ -223,7 +212,7 @@ def create_app(
         receiver_holder["receiver"] = receiver
         rt.storage = storage_from_settings(settings)
         await rt.store.configure_archive(settings.archive_variants if settings.archive else ())
-        workers: list[Any] = []
+        workers: list[Worker] = []
         # One ceiling on polling calls to OpenAI per reconcile interval, for the reconciler and progress.
         budget = CallBudget(RECONCILE_MAX_CALLS, settings.reconcile_interval, rt.clock.now)
         if start_workers:

@@ -97,11 +97,6 @@ _RESOURCE_PREFIX: dict[str, Kind] = {
 }
 
 
-def kind_of_event(event_type: str) -> Kind | None:
-    mapped = EVENT_TYPES.get(event_type)
-    return mapped[0] if mapped else None
-
-
 def kind_for_resource_id(resource_id: str) -> Kind | None:
     """Guess a kind from OpenAI's id prefixes (`video_…`, `batch_…`, `resp_…`, `ftjob_…`)."""
     for prefix, kind in _RESOURCE_PREFIX.items():

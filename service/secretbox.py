@@ -23,10 +23,6 @@ class SecretBox:
         self._aead = AESGCM(key)
         self.open = functools.lru_cache(maxsize=4096)(self._open)
 
-    @staticmethod
-    def new_key() -> bytes:
-        return AESGCM.generate_key(bit_length=256)
-
     def seal(self, value: str) -> str:
         nonce = os.urandom(12)
         sealed = self._aead.encrypt(nonce, value.encode(), b"sorahook-secret")

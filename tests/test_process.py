@@ -30,6 +30,18 @@ def _run(args: list[str], env: dict[str, str], timeout: float = 30) -> subproces
     )
 
 
+def _offline_env(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """A webhook secret and an environment whose OpenAI is unreachable (port 9): only webhooks move jobs."""
+    secret = new_webhook_secret()
+    env = _env(
+        tmp_path,
+        OPENAI_WEBHOOK_SECRET=secret,
+        OPENAI_API_KEY="sk-test",
+        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+    )
+    return secret, env
+
+
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {
         "SORAHOOK_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'sorahook.db'}",
@@ -79,13 +91,7 @@ def test_migrate_applies_once(tmp_path: Path) -> None:
 
 
 def test_send_test_webhook_reaches_a_running_service(tmp_path: Path, service_process: Any) -> None:
-    secret = new_webhook_secret()
-    env = _env(
-        tmp_path,
-        OPENAI_WEBHOOK_SECRET=secret,
-        OPENAI_API_KEY="sk-test",
-        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
-    )
+    secret, env = _offline_env(tmp_path)
     svc = service_process(env)
     svc.start()
     result = _run(
@@ -112,13 +118,7 @@ def test_send_test_webhook_reaches_a_running_service(tmp_path: Path, service_pro
 
 
 def test_restart_keeps_every_accepted_webhook(tmp_path: Path, service_process: Any) -> None:
-    secret = new_webhook_secret()
-    env = _env(
-        tmp_path,
-        OPENAI_WEBHOOK_SECRET=secret,
-        OPENAI_API_KEY="sk-test",
-        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
-    )
+    secret, env = _offline_env(tmp_path)
     first = service_process(env)
     first.start()
     accepted = []
@@ -235,14 +235,8 @@ class _Recorder:
 
 
 def test_kill_during_a_burst_of_deliveries_loses_no_event(tmp_path: Path, service_process: Any) -> None:
-    secret = new_webhook_secret()
+    secret, env = _offline_env(tmp_path)
     recorders = [_Recorder(), _Recorder()]
-    env = _env(
-        tmp_path,
-        OPENAI_WEBHOOK_SECRET=secret,
-        OPENAI_API_KEY="sk-test",
-        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
-    )
     first = service_process(env)
     first.start()
     try:
@@ -294,14 +288,8 @@ def _blast(url: str, secret: str, prefix: str, acknowledged: list[str], stop: An
 def test_sigterm_during_a_burst_loses_nothing_acknowledged(tmp_path: Path, service_process: Any) -> None:
     import threading
 
-    secret = new_webhook_secret()
+    secret, env = _offline_env(tmp_path)
     recorder = _Recorder()
-    env = _env(
-        tmp_path,
-        OPENAI_WEBHOOK_SECRET=secret,
-        OPENAI_API_KEY="sk-test",
-        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
-    )
     first = service_process(env)
     first.start()
     acknowledged: list[str] = []
@@ -354,13 +342,7 @@ def test_kill_9_during_a_burst_of_webhooks_keeps_every_acknowledged_one(
     import sqlite3
     import threading
 
-    secret = new_webhook_secret()
-    env = _env(
-        tmp_path,
-        OPENAI_WEBHOOK_SECRET=secret,
-        OPENAI_API_KEY="sk-test",
-        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
-    )
+    secret, env = _offline_env(tmp_path)
     first = service_process(env)
     first.start()
     acknowledged: list[str] = []

@@ -120,12 +120,6 @@ class Subscription:
     last_success_at: float | None
     failing_since: float | None
 
-    def signing_secrets(self, now: float) -> list[str]:
-        secrets = [self.secret]
-        if self.previous_secret and self.previous_secret_until and now < self.previous_secret_until:
-            secrets.append(self.previous_secret)
-        return secrets
-
     def to_api(self, *, with_secret: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
             "id": self.id,
