@@ -175,6 +175,21 @@ def _delivery(row: sqlite3.Row, attempts: list[Attempt] | None = None) -> Delive
     )
 
 
+def _with_attempts(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[Delivery]:
+    """Deliveries with their attempt logs, read in one query for the whole page (not one per delivery)."""
+    if not rows:
+        return []
+    ids = [row["id"] for row in rows]
+    log: dict[str, list[Attempt]] = {delivery_id: [] for delivery_id in ids}
+    for a in conn.execute(
+        f"SELECT * FROM delivery_attempts WHERE delivery_id IN ({','.join('?' * len(ids))}) ORDER BY id", ids
+    ):
+        log[a["delivery_id"]].append(
+            Attempt(a["attempted_at"], a["status_code"], a["latency_ms"], a["error"])
+        )
+    return [_delivery(row, log[row["id"]]) for row in rows]
+
+
 class _Ops:
     """The SQL. Every method runs on the store's thread inside a transaction the caller manages."""
 
@@ -1454,16 +1469,7 @@ class SqliteStore:
             if where:
                 sql += " WHERE " + " AND ".join(where)
             rows = c.execute(sql + " ORDER BY d.id DESC LIMIT ?", (*args, limit + 1)).fetchall()
-            out = []
-            for row in rows[:limit]:
-                attempts = [
-                    Attempt(a["attempted_at"], a["status_code"], a["latency_ms"], a["error"])
-                    for a in c.execute(
-                        "SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (row["id"],)
-                    ).fetchall()
-                ]
-                out.append(_delivery(row, attempts))
-            return out, len(rows) > limit
+            return _with_attempts(c, rows[:limit]), len(rows) > limit
 
         return await self._read(read)
 
@@ -1475,15 +1481,7 @@ class SqliteStore:
                 " ON s.id = d.subscription_id WHERE d.id = ?",
                 (delivery_id,),
             ).fetchone()
-            if row is None:
-                return None
-            attempts = [
-                Attempt(a["attempted_at"], a["status_code"], a["latency_ms"], a["error"])
-                for a in c.execute(
-                    "SELECT * FROM delivery_attempts WHERE delivery_id = ? ORDER BY id", (delivery_id,)
-                ).fetchall()
-            ]
-            return _delivery(row, attempts)
+            return _with_attempts(c, [row])[0] if row is not None else None
 
         return await self._read(read)
 
