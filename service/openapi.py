@@ -58,6 +58,19 @@ def _error(name: str) -> dict[str, str]:
 
 _BASE64 = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
 _UNIX_TIME: Schema = {"type": "integer", "description": "Unix time in seconds"}
+_SUBSCRIPTION_PROPERTIES: dict[str, Schema] = {
+    "id": {"type": "string", "pattern": "^sub_"},
+    "object": {"const": "subscription"},
+    "url": {"type": "string"},
+    "event_types": {"type": ["array", "null"], "items": {"type": "string"}},
+    "description": {"type": ["string", "null"]},
+    "enabled": {"type": "boolean"},
+    "ordered": {"type": "boolean"},
+    "disabled_reason": {"type": ["string", "null"]},
+    "created_at": _UNIX_TIME,
+    "updated_at": _UNIX_TIME,
+}
+_SUBSCRIPTION_REQUIRED = list(_SUBSCRIPTION_PROPERTIES)
 _ID: Schema = {"type": "string", "minLength": 1}
 
 # issue 9: the archived copies of a completed video's assets, by variant, and the headers they are served with.
@@ -387,59 +400,16 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
         },
         "Subscription": {
             "type": "object",
-            "required": [
-                "id",
-                "object",
-                "url",
-                "event_types",
-                "description",
-                "enabled",
-                "ordered",
-                "disabled_reason",
-                "created_at",
-                "updated_at",
-            ],
-            "properties": {
-                "id": {"type": "string", "pattern": "^sub_"},
-                "object": {"const": "subscription"},
-                "url": {"type": "string"},
-                "event_types": {"type": ["array", "null"], "items": {"type": "string"}},
-                "description": {"type": ["string", "null"]},
-                "enabled": {"type": "boolean"},
-                "ordered": {"type": "boolean"},
-                "disabled_reason": {"type": ["string", "null"]},
-                "created_at": _UNIX_TIME,
-                "updated_at": _UNIX_TIME,
-            },
+            "required": _SUBSCRIPTION_REQUIRED,
+            "properties": _SUBSCRIPTION_PROPERTIES,
             "additionalProperties": False,
             "description": "A subscription as listed: without its secret.",
         },
         "SubscriptionWithSecret": {
             "type": "object",
-            "required": [
-                "id",
-                "object",
-                "url",
-                "event_types",
-                "description",
-                "enabled",
-                "ordered",
-                "disabled_reason",
-                "created_at",
-                "updated_at",
-                "secret",
-            ],
+            "required": [*_SUBSCRIPTION_REQUIRED, "secret"],
             "properties": {
-                "id": {"type": "string", "pattern": "^sub_"},
-                "object": {"const": "subscription"},
-                "url": {"type": "string"},
-                "event_types": {"type": ["array", "null"], "items": {"type": "string"}},
-                "description": {"type": ["string", "null"]},
-                "enabled": {"type": "boolean"},
-                "ordered": {"type": "boolean"},
-                "disabled_reason": {"type": ["string", "null"]},
-                "created_at": _UNIX_TIME,
-                "updated_at": _UNIX_TIME,
+                **_SUBSCRIPTION_PROPERTIES,
                 "secret": {"type": "string", "pattern": "^whsec_", "description": "Signs deliveries."},
                 "previous_secret_expires_at": {
                     **_UNIX_TIME,
