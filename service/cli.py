@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import secrets
 import signal
 import sys
@@ -111,19 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _emulator_duration() -> float:
-    raw = os.environ.get("SORAHOOK_EMULATOR_DURATION", "").strip()
-    if not raw:
-        return 10.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"SORAHOOK_EMULATOR_DURATION must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError("SORAHOOK_EMULATOR_DURATION must be greater than 0")
-    return value
-
-
 def serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.emulator import Emulator, EmulatorConfig
@@ -147,7 +133,7 @@ def serve(args: argparse.Namespace) -> int:
             EmulatorConfig(
                 webhook_url=f"{self_url}/webhooks/openai",
                 webhook_secret=settings.webhook_secrets[0],
-                duration=_emulator_duration(),
+                duration=settings.emulator_duration,
             )
         )
         extra_routes.append(Mount("/_emulator", app=emulator.app))

@@ -42,6 +42,7 @@ class Settings:
     delivery_concurrency: int = 64
     per_subscription_concurrency: int = 8
     emulator: bool = False
+    emulator_duration: float = 10.0
     retention: float = 30 * 86400.0
     secret_key: bytes | None = None
     prices: PriceTable = DEFAULT_PRICE_TABLE
@@ -283,6 +284,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         delivery_concurrency=_int(env, "SORAHOOK_DELIVERY_CONCURRENCY", 64, minimum=1),
         per_subscription_concurrency=_int(env, "SORAHOOK_SUBSCRIPTION_CONCURRENCY", 8, minimum=1),
         emulator=_bool(env, "SORAHOOK_EMULATOR", False),
+        emulator_duration=_float(env, "SORAHOOK_EMULATOR_DURATION", 10.0, minimum=0.001),
         retention=_float(env, "SORAHOOK_RETENTION_DAYS", 30.0, minimum=0.001) * 86400.0,
         secret_key=secret_key,
         prices=prices,
