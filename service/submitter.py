@@ -12,7 +12,7 @@ from service.errors import OpenAIError, PermanentOpenAIError, TransientOpenAIErr
 from service.openai_client import OpenAIClient
 from service.store.records import Job
 from service.store.sqlite import SqliteStore
-from service.workers import backoff, loop_forever, wait_for_signal
+from service.workers import backoff, idle_until, loop_forever
 
 log = logging.getLogger("sorahook.submitter")
 
@@ -104,8 +104,7 @@ class Submitter:
         if claimed:
             return
         next_at = await self.store.next_submission_at()
-        wait = self.idle_wait if next_at is None else min(self.idle_wait, next_at - self.clock.now())
-        await wait_for_signal(self.store.signals.submissions, wait)
+        await idle_until(self.store.signals.submissions, next_at, self.clock.now(), self.idle_wait)
 
     async def run(self) -> None:
         await loop_forever(self.name, self._step)
@@ -175,8 +174,7 @@ class Refresher:
         if await self.run_once():
             return
         next_at = await self.store.next_refresh_at()
-        wait = self.idle_wait if next_at is None else min(self.idle_wait, next_at - self.clock.now())
-        await wait_for_signal(self.store.signals.refreshes, wait)
+        await idle_until(self.store.signals.refreshes, next_at, self.clock.now(), self.idle_wait)
 
     async def run(self) -> None:
         await loop_forever(self.name, self._step)

@@ -32,6 +32,11 @@ async def wait_for_signal(event: asyncio.Event, timeout: float) -> None:
     event.clear()
 
 
+async def idle_until(signal: asyncio.Event, next_due: float | None, now: float, idle_wait: float) -> None:
+    """Nothing to do now: wait for `signal` (new work), the next due time, or at most `idle_wait`."""
+    await wait_for_signal(signal, idle_wait if next_due is None else min(idle_wait, next_due - now))
+
+
 async def loop_forever(
     name: str, step: Callable[[], Awaitable[object]], *, interval: float = 0.0, pause_on_error: float = 1.0
 ) -> None:
