@@ -97,7 +97,6 @@ async def _one_pass(workdir: Path, n: int, *, use_list: bool, max_calls: int) ->
             await asyncio.gather(
                 *(
                     store.create_job(
-                        kind="video",
                         request={"prompt": f"scene {i}", "model": "sora-2"},
                         callback_url=None,
                         metadata={},

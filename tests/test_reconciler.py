@@ -291,7 +291,6 @@ class World:
         jobs = [
             (
                 await self.store.create_job(
-                    kind="video",
                     request={"prompt": f"{prompt} {i}"},
                     callback_url=None,
                     metadata={},

@@ -1003,33 +1003,18 @@ class SqliteStore:
     async def create_job(
         self,
         *,
-        kind: Kind,
         request: dict[str, Any],
         callback_url: str | None,
         metadata: dict[str, str],
         idempotency_key: str | None,
     ) -> tuple[Job, bool]:
-        """Store a new `pending` job for the submitter; the same idempotency key returns the same job."""
-
-        def op(c: sqlite3.Connection) -> tuple[Job, bool]:
-            if idempotency_key is not None:
-                row = c.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,)).fetchone()
-                if row is not None:
-                    return _job(row), False
-            row = self._ops.insert_job(
-                c,
-                kind=kind,
-                status="pending",
-                origin="api",
-                request=request,
-                callback_url=callback_url,
-                metadata=metadata,
-                idempotency_key=idempotency_key,
-                next_submit_at=self.clock.now(),
-            )
-            return _job(row), True
-
-        return await self._write(op)
+        """One `pending` video job with no quota to check, through the API's own path (`create_api_jobs`)."""
+        jobs, created = await self.create_api_jobs(
+            [NewJob(request, callback_url, metadata, client=None, estimated_cost_usd=None)],
+            quotas=Quotas(),
+            idempotency_key=idempotency_key,
+        )
+        return jobs[0], created
 
     async def apply_observation(self, job_id: str, obs: Observation, source: str) -> Job | None:
         """The shared entry point for the submitter, the refresher, the reconciler and cancellation."""
