@@ -94,6 +94,16 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class AsgiEndpoint:
+    """Wraps an ASGI callable so that Starlette's Route passes it the raw scope (not a Request)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -117,8 +127,14 @@ def create_app(
     verifier = Verifier(settings.webhook_secrets, settings.webhook_tolerance)
     receiver_holder: dict[str, Receiver] = {}
 
-    async def receive_webhook(request: Request) -> Response:
-        return await receiver_holder["receiver"](request)
+    async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
+        # A plain ASGI endpoint (Starlette routes a non-function endpoint straight to it): the receiver
+        # is the hot path and skips Starlette's request and response objects.
+        receiver = receiver_holder.get("receiver")
+        if receiver is None:
+            await error_response(503, "starting", "sorahook is starting; retry shortly")(scope, receive, send)
+            return
+        await receiver(scope, receive, send)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -159,7 +175,7 @@ def create_app(
         return Route(path, dispatch, methods=list(handlers))
 
     routes: list[BaseRoute] = [
-        Route("/webhooks/openai", receive_webhook, methods=["POST"]),
+        Route("/webhooks/openai", AsgiEndpoint(receive_webhook), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from service.clock import Clock
 from service.errors import error_response
@@ -26,9 +26,31 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_limited(request: Request, limit: int) -> bytes:
+class ClientGone(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Rejection:
+    status: int
+    code: str
+    message: str
+
+
+# The request headers the receiver reads, picked from the raw ASGI list in one pass (the first of each).
+_WANTED = (b"content-length", b"webhook-id", b"webhook-timestamp", b"webhook-signature")
+
+
+def webhook_headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
+    found: dict[bytes, str] = {}
+    for name, value in raw:
+        if name in _WANTED and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
+
+
+async def read_limited(receive: Receive, declared: str | None, limit: int) -> bytes:
     """Read the body, refusing (without reading it whole) anything longer than `limit` bytes."""
-    declared = request.headers.get("content-length")
     if declared is not None:
         try:
             if int(declared) > limit:
@@ -37,12 +59,17 @@ async def read_limited(request: Request, limit: int) -> bytes:
             pass
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_event(body: bytes) -> dict[str, Any] | None:
@@ -86,38 +113,55 @@ class Receiver:
             child = self._counters[key] = self.metrics.webhooks_received.labels(type=key[0], outcome=outcome)
         return child
 
-    def _reject(self, status: int, reason: str, message: str) -> JSONResponse:
-        self.metrics.webhook_rejections.labels(reason=reason).inc()
-        return error_response(status, reason, message)
-
-    async def __call__(self, request: Request) -> Response:
-        if not self.accepting:
-            return error_response(503, "shutting_down", "sorahook is shutting down; retry shortly")
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A plain ASGI app: this is the hot path, so it skips Starlette's request and response objects."""
         try:
-            body = await read_limited(request, self.max_body_bytes)
+            body = await self.handle(scope, receive)
+        except ClientGone:
+            return
+        if isinstance(body, Rejection):
+            if body.status != 503:
+                self.metrics.webhook_rejections.labels(reason=body.code).inc()
+            await error_response(body.status, body.code, body.message)(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def handle(self, scope: Scope, receive: Receive) -> bytes | Rejection:
+        """The 200 answer's body once the webhook is committed, or why it was refused."""
+        if not self.accepting:
+            return Rejection(503, "shutting_down", "sorahook is shutting down; retry shortly")
+        headers = webhook_headers(scope["headers"])
+        try:
+            body = await read_limited(receive, headers.get(b"content-length"), self.max_body_bytes)
         except BodyTooLarge:
-            return self._reject(
+            return Rejection(
                 413, "body_too_large", f"webhook bodies are limited to {self.max_body_bytes} bytes"
             )
-        headers = request.headers
-        msg_id = headers.get("webhook-id")
+        msg_id = headers.get(b"webhook-id")
+        timestamp = headers.get(b"webhook-timestamp")
         verification = self.verifier.verify(
-            body, msg_id, headers.get("webhook-timestamp"), headers.get("webhook-signature"), self.clock.now()
+            body, msg_id, timestamp, headers.get(b"webhook-signature"), self.clock.now()
         )
-        if verification.verdict == "missing_headers":
-            return self._reject(400, "missing_headers", verification.message)
         if verification.verdict != "ok":
-            return self._reject(401, verification.verdict, verification.message)
-        assert msg_id is not None
+            status = 400 if verification.verdict == "missing_headers" else 401
+            return Rejection(status, verification.verdict, verification.message)
+        assert msg_id is not None and timestamp is not None
         event = parse_event(body)
         if event is None:
-            return self._reject(
+            return Rejection(
                 400, "invalid_payload", "the body must be a JSON object with string id, type and data.id"
             )
         created_at = event.get("created_at")
         hook = IncomingWebhook(
             webhook_id=msg_id,
-            timestamp=int(headers["webhook-timestamp"].strip()),
+            timestamp=int(timestamp.strip()),
             event_id=event["id"],
             type=event["type"],
             resource_id=event["data"]["id"],
@@ -130,9 +174,9 @@ class Receiver:
         outcome = await self.store.record_webhook(hook)
         self._counter(hook.type, outcome.status).inc()
         if outcome.status == "duplicate":
-            return Response(_DUPLICATE, media_type="application/json")
+            return _DUPLICATE
         log.debug(
             "webhook accepted",
             extra={"event_type": hook.type, "resource_id": hook.resource_id, "job_id": outcome.job_id},
         )
-        return Response(_ACCEPTED, media_type="application/json")
+        return _ACCEPTED

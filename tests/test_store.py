@@ -1,0 +1,68 @@
+"""The store's group-commit writer: a batch commits together, and one failing operation in it undoes only
+itself (the batch first runs without savepoints, then again with one per operation)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from service.clock import ManualClock
+from service.store.records import IncomingWebhook
+from service.store.sqlite import SqliteStore
+
+pytestmark = pytest.mark.anyio
+
+
+def _hook(i: int, now: float) -> IncomingWebhook:
+    body = {"id": f"evt_{i}", "object": "event", "type": "video.completed", "data": {"id": f"video_{i}"}}
+    return IncomingWebhook(
+        f"msg_{i}",
+        int(now),
+        f"evt_{i}",
+        "video.completed",
+        f"video_{i}",
+        int(now),
+        json.dumps(body),
+        body["data"],
+    )
+
+
+class Boom(Exception):
+    pass
+
+
+async def test_a_failing_operation_undoes_only_itself(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = await SqliteStore.open(tmp_path / "s.db", clock=clock)
+    finished: list[tuple[str, str]] = []
+    store.on_job_finished = lambda kind, status, seconds: finished.append((kind, status))
+    try:
+
+        def failing(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO jobs (id, kind, status, origin, created_at, updated_at) VALUES"
+                " ('job_doomed', 'video', 'queued', 'api', 0, 0)"
+            )
+            raise Boom("after a write")
+
+        commits = store.commits
+        hooks = [store.record_webhook(_hook(i, clock.now())) for i in range(20)]
+        outcomes = await asyncio.gather(
+            *hooks[:10], store._write(failing), *hooks[10:], return_exceptions=True
+        )
+        assert isinstance(outcomes[10], Boom)
+        assert [o.status for o in outcomes if not isinstance(o, BaseException)] == ["accepted"] * 20
+        assert store.commits - commits <= 2  # grouped, not one commit per write
+        jobs, _ = await store.list_jobs(status=None, kind=None, limit=100, after=None)
+        assert sorted(j.resource_id or "" for j in jobs) == sorted(f"video_{i}" for i in range(20))
+        assert all(j.status == "completed" for j in jobs)
+        assert finished == [("video", "completed")] * 20  # counted once each, though the batch ran twice
+        assert await store.count_received() == 20
+        # A repeat is still a duplicate: the dedupe rows of the batch were committed once.
+        assert (await store.record_webhook(_hook(3, clock.now()))).status == "duplicate"
+    finally:
+        await store.aclose()
