@@ -66,3 +66,25 @@ async def test_a_failing_operation_undoes_only_itself(tmp_path: Path) -> None:
         assert (await store.record_webhook(_hook(3, clock.now()))).status == "duplicate"
     finally:
         await store.aclose()
+
+
+async def test_the_writer_leaves_checkpoints_to_the_checkpointer(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = await SqliteStore.open(tmp_path / "c.db", clock=clock)
+    try:
+        for i in range(50):
+            await store.record_webhook(_hook(i, clock.now()))
+        wal = tmp_path / "c.db-wal"
+        assert wal.stat().st_size > 0  # commits stay in the WAL until a checkpoint copies them
+        log_frames, copied = await store.checkpoint()
+        assert log_frames > 0 and copied == log_frames
+        # The next write starts the WAL over instead of growing it.
+        size = wal.stat().st_size
+        await store.record_webhook(_hook(999, clock.now()))
+        assert wal.stat().st_size == size
+        assert (await store.checkpoint())[0] < log_frames
+    finally:
+        await store.aclose()
+    reopened = sqlite3.connect(tmp_path / "c.db")
+    assert reopened.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 51
+    reopened.close()

@@ -12,8 +12,10 @@ Group commit makes the fsync per batch, not per request, which is what keeps FUL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
+import logging
 import random
 import sqlite3
 import sys
@@ -64,10 +66,14 @@ from service.store.records import (
     WebhookOutcome,
 )
 
+log = logging.getLogger("sorahook.store")
+
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], T]
 
 MAX_BATCH = 512
+# How often the checkpointer copies committed WAL frames into the database file (see `_checkpointer`).
+CHECKPOINT_INTERVAL = 0.25
 ERROR_TEXT_LIMIT = 500
 
 
@@ -717,6 +723,8 @@ class SqliteStore:
         self._ops = _Ops(clock, retry_schedule, callback_secret, box)
         self._writer_conn: aiosqlite.Connection | None = None
         self._reader_conn: aiosqlite.Connection | None = None
+        self._checkpoint_conn: aiosqlite.Connection | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[tuple[Op[Any], asyncio.Future[Any]] | None] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
         self.signals = Signals(asyncio.Event(), asyncio.Event(), asyncio.Event())
@@ -768,8 +776,15 @@ class SqliteStore:
         now = self.clock.now()
         await _in_thread(self._writer_conn, lambda c: apply_migrations(c, now))
         self._reader_conn = await self._connect()
+        self._checkpoint_conn = await self._connect()
+        # The writer never checkpoints: SQLite's automatic checkpoint runs inside whichever COMMIT pushes
+        # the WAL past 1,000 pages, copying and fsyncing the database file while that batch (and every
+        # request waiting on it) waits. A checkpoint on its own connection and thread does the same work
+        # beside the writer (PASSIVE never blocks it).
+        await self._writer_conn.execute("PRAGMA wal_autocheckpoint = 0")
         await self._write(self._release_leases)
         self._writer_task = asyncio.create_task(self._writer_loop(), name="sorahook-store-writer")
+        self._checkpoint_task = asyncio.create_task(self._checkpointer(), name="sorahook-store-checkpoint")
 
     @staticmethod
     async def migrate(path: Path, now: float) -> list[int]:
@@ -800,14 +815,43 @@ class SqliteStore:
         conn.execute("UPDATE jobs SET refresh_at = ? WHERE refresh_at > ?", (now, now))
 
     async def aclose(self) -> None:
+        if self._checkpoint_task is not None:
+            self._checkpoint_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoint_task
+            self._checkpoint_task = None
         if self._writer_task is not None:
             await self._queue.put(None)
             await self._writer_task
             self._writer_task = None
-        for conn in (self._reader_conn, self._writer_conn):
+        for conn in (self._checkpoint_conn, self._reader_conn, self._writer_conn):
             if conn is not None:
-                await conn.close()
-        self._reader_conn = self._writer_conn = None
+                await conn.close()  # the last one to close checkpoints the rest of the WAL
+        self._checkpoint_conn = self._reader_conn = self._writer_conn = None
+
+    async def checkpoint(self) -> tuple[int, int]:
+        """Copy committed WAL frames into the database file: (frames in the WAL, frames copied)."""
+        if self._checkpoint_conn is None:
+            raise StoreClosed("the store is closed")
+
+        def run(c: sqlite3.Connection) -> tuple[int, int]:
+            _busy, log, done = c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return int(log), int(done)
+
+        return await _in_thread(self._checkpoint_conn, run)
+
+    async def _checkpointer(self) -> None:
+        """Checkpoint after commits, off the writer's path; a failed checkpoint is retried next time."""
+        seen = self.commits
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            if self.commits == seen:
+                continue
+            seen = self.commits
+            try:
+                await self.checkpoint()
+            except sqlite3.Error as exc:
+                log.warning("checkpoint failed; will retry", extra={"error": str(exc)})
 
     @property
     def writer_alive(self) -> bool:
