@@ -1,9 +1,11 @@
 """Benchmark POST /webhooks/openai against a bare Starlette endpoint under the same uvicorn and the same load.
 
-Two servers run in their own processes with identical uvicorn settings (uvloop, httptools, one worker,
-no access log), pinned to core 0: the full sorahook app on a fresh SQLite file, and a bare Starlette app
-whose one route reads the body and answers 204. A load generator (`bench.loadgen`) runs in a third
-process pinned to core 1. Rounds alternate bare, full, bare, full ... so drift hits both alike; each
+Three servers run in their own processes with identical uvicorn settings (uvloop, httptools, one worker,
+no access log), pinned to core 0: the full sorahook app on a fresh SQLite file; a bare Starlette app
+whose one route reads the body and answers 204; and, for scale, the naive receiver the issue describes
+(standardwebhooks' own `verify`, then one INSERT and one COMMIT per request, same WAL and
+synchronous=FULL). A load generator (`bench.loadgen`) runs in another process pinned to core 1. Rounds
+alternate bare, naive, full, bare ... so drift hits all alike; each
 round measures closed-loop maximum throughput and open-loop latency at a fixed offered rate. Every
 request is a distinct signed `video.completed` webhook, so every one takes the receiver's whole path:
 verify, dedupe insert, event row, new job, state change, group commit. After the run the full server is
@@ -15,6 +17,7 @@ stopped and its SQLite file must hold exactly one received webhook and one job p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -32,8 +35,8 @@ from typing import Any, Literal
 
 from bench.loadgen import PATH, SECRET_ENV, pin_to_cpu, process_cpu_seconds
 
-Kind = Literal["bare", "full"]
-KINDS: tuple[Kind, ...] = ("bare", "full")
+Kind = Literal["bare", "naive", "full"]
+KINDS: tuple[Kind, ...] = ("bare", "naive", "full")
 ROOT = Path(__file__).resolve().parent.parent
 ACCEPTED = '{"status":"accepted"}'
 SERVER_CPU, GENERATOR_CPU = 0, 1
@@ -57,6 +60,54 @@ def bare_app() -> Any:
         return Response(status_code=204)
 
     return Starlette(routes=[Route(PATH, sink, methods=["POST"])])
+
+
+def naive_app(database: Path, secret: str) -> Any:
+    """Verify with the library, then one INSERT and one COMMIT per request (a lock keeps commits apart)."""
+    import asyncio
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    import aiosqlite
+    from standardwebhooks import Webhook, WebhookVerificationError
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    hook = Webhook(secret)
+    lock = asyncio.Lock()
+    state: dict[str, aiosqlite.Connection] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        conn = await aiosqlite.connect(str(database), isolation_level=None)
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = FULL")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS webhooks (webhook_id TEXT PRIMARY KEY, type TEXT, body TEXT)"
+        )
+        state["conn"] = conn
+        yield
+        await conn.close()
+
+    async def receive(request: Request) -> Response:
+        body = await request.body()
+        try:
+            event = hook.verify(body, dict(request.headers))
+        except (WebhookVerificationError, ValueError):
+            return JSONResponse({"error": "invalid_signature"}, status_code=401)
+        async with lock:
+            conn = state["conn"]
+            await conn.execute("BEGIN IMMEDIATE")
+            await conn.execute(
+                "INSERT OR IGNORE INTO webhooks VALUES (?, ?, ?)",
+                (request.headers["webhook-id"], event["type"], body.decode()),
+            )
+            await conn.execute("COMMIT")
+        return Response(ACCEPTED, media_type="application/json")
+
+    return Starlette(routes=[Route(PATH, receive, methods=["POST"])], lifespan=lifespan)
 
 
 def full_app(database: Path, secret: str, workers: bool, stats: dict[str, Any]) -> Any:
@@ -111,6 +162,9 @@ def serve(kind: Kind, port: int, database: Path | None, workers: bool, profile: 
     if kind == "full":
         assert database is not None, "--serve full needs --db"
         app = full_app(database, os.environ[SECRET_ENV], workers, stats)
+    elif kind == "naive":
+        assert database is not None, "--serve naive needs --db"
+        app = naive_app(database, os.environ[SECRET_ENV])
     else:
         app = bare_app()
     config = uvicorn.Config(
@@ -160,7 +214,7 @@ def free_port() -> int:
 
 def start_server(kind: Kind, tmp: Path, env: dict[str, str], workers: bool) -> Server:
     port = free_port()
-    database = tmp / "sorahook.db" if kind == "full" else None
+    database = tmp / f"{kind}.db" if kind != "bare" else None
     cmd = [sys.executable, "-m", "bench.receiver", "--serve", kind, "--port", str(port)]
     if database is not None:
         cmd += ["--db", str(database)]
@@ -226,7 +280,7 @@ def run_load(server: Server, mode: str, args: argparse.Namespace, env: dict[str,
         f"--server-pid={server.proc.pid}",
         f"--cpu={GENERATOR_CPU}",
     ]
-    if server.kind == "full":
+    if server.kind != "bare":
         cmd += ["--expect-status=200", f"--expect-body={ACCEPTED}"]
     else:
         cmd += ["--expect-status=204", "--expect-body="]
@@ -351,12 +405,12 @@ def run(args: argparse.Namespace) -> int:
     cores = os.cpu_count() or 1
     print(
         f"receiver bench: {cores} CPUs, servers on core {SERVER_CPU}, generator on core {GENERATOR_CPU};"
-        f" uvicorn uvloop+httptools, 1 worker; {args.rounds} rounds of bare/full,"
+        f" uvicorn uvloop+httptools, 1 worker; {args.rounds} rounds of bare/naive/full,"
         f" {args.warmup:g}+{args.duration:g} s closed loop and {args.open_duration:g} s open loop each"
     )
     if cores < 2:
         print("warning: one CPU, so the generator and the server share it; figures are pessimistic")
-    results: dict[Kind, list[tuple[dict[str, Any], dict[str, Any]]]] = {"bare": [], "full": []}
+    results: dict[Kind, list[tuple[dict[str, Any], dict[str, Any]]]] = {kind: [] for kind in KINDS}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sorahook-bench-") as tmp:
         servers: dict[Kind, Server] = {}
@@ -388,6 +442,10 @@ def run(args: argparse.Namespace) -> int:
         database = servers["full"].database
         assert database is not None
         rows = count_rows(database)
+        naive_db = servers["naive"].database
+        assert naive_db is not None
+        with contextlib.closing(sqlite3.connect(f"file:{naive_db}?mode=ro", uri=True)) as conn:
+            rows["naive"] = int(conn.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0])
     report(results, args)
     ok = check(results, rows, stats)
     summarize(results, args, time.monotonic() - started)
@@ -407,7 +465,7 @@ def check(
         expected = sum(p["expected"] for p in phases)
         errors = sum(p["errors"] for p in phases)
         others = sum(p["answered"] - p["expected"] for p in phases)
-        want = "200 accepted" if kind == "full" else "204"
+        want = "204" if kind == "bare" else "200 accepted"
         print(
             f"{kind}: {sent:,} sent, {expected:,} answered {want}, {others} other answers, "
             f"{errors} without an answer"
@@ -417,6 +475,12 @@ def check(
             for p in phases:
                 for line in p["unexpected"]:
                     print(f"  unexpected answer: {line}")
+        if kind == "naive":
+            stored = rows["naive"] == expected
+            print(
+                f"naive: its SQLite file holds {rows['naive']:,} webhooks: {'OK' if stored else 'MISMATCH'}"
+            )
+            ok = ok and stored
         if kind == "full":
             same = rows["received_webhooks"] == expected and rows["jobs"] == expected
             print(
@@ -464,6 +528,11 @@ def summarize(
             f"warning: other processes used {other * 100:.0f}% of a core (median) while we measured;"
             " with 2 cores that takes from the server or the generator: rerun on a quiet machine"
         )
+    naive = med("naive", lambda p: p[0]["throughput"])
+    print(
+        f"naive receiver (one commit per request): {naive:,.0f} req/s, {naive / bare:.2f} of bare;"
+        f" sorahook's receiver does {full / naive:.1f}x the naive one's throughput"
+    )
     bare_us = med("bare", lambda p: p[0]["us_per_req"])
     full_us = med("full", lambda p: p[0]["us_per_req"])
     print(
