@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Awaitable
+from typing import Any
+
+from prometheus_client.metrics import Counter as CounterChild
 
 from service.clock import Clock
 from service.metrics import Metrics
@@ -47,31 +51,45 @@ class Deliverer:
         # A claim lasts well beyond one attempt's timeout, so a slow attempt is never sent twice at once.
         self.lease = timeout * 2 + 30.0
         self.signer = Signer()
+        # Claimed and not yet sent to the end, per subscription (or callback URL) and in all.
         self._in_flight: Counter[str] = Counter()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._slot_freed = asyncio.Event()
+        self._outstanding = 0
+        # Claimed deliveries wait here for one of `concurrency` long-lived senders (no task per delivery);
+        # at most `concurrency` are ever outstanding, so one is always free to take the next.
+        self._ready: asyncio.Queue[ClaimedDelivery] = asyncio.Queue()
         self._outcomes: list[tuple[ClaimedDelivery, DeliveryOutcome]] = []
-        self._have_outcomes = asyncio.Event()
+        self._slot_freed = asyncio.Event()  # a send ended: a slot is free and an outcome waits to be recorded
+        self._idle = asyncio.Event()  # nothing outstanding (drain)
+        self._idle.set()
+        self._counted: dict[str, CounterChild] = {}
 
     def _busy(self) -> list[str]:
         return [sub for sub, n in self._in_flight.items() if n >= self.per_subscription]
 
     async def claim(self) -> list[ClaimedDelivery]:
-        free = self.concurrency - len(self._tasks)
+        free = self.concurrency - self._outstanding
         if free <= 0:
             return []
         claimed = await self.store.claim_deliveries(free, self.lease, self._busy(), self.per_subscription)
+        return await self._keep(claimed)
+
+    async def _keep(self, claimed: list[ClaimedDelivery]) -> list[ClaimedDelivery]:
+        """Count the claimed deliveries in flight; give back those over their subscription's cap."""
         # The claim may hold more rows of one subscription than its cap allows: keep the rest for later.
-        counts = Counter(self._in_flight)
+        in_flight = self._in_flight
         kept: list[ClaimedDelivery] = []
         released: list[ClaimedDelivery] = []
         for item in claimed:
             key = item.subscription_id or item.url
-            if counts[key] >= self.per_subscription:
+            if in_flight[key] >= self.per_subscription:
                 released.append(item)
                 continue
-            counts[key] += 1
+            # Counted before it is sent, so the very next claim already sees this subscription busy.
+            in_flight[key] += 1
             kept.append(item)
+        self._outstanding += len(kept)
+        if kept:
+            self._idle.clear()
         if released:
             await self.store.release_deliveries([r.id for r in released])
         return kept
@@ -89,16 +107,8 @@ class Deliverer:
             retry_after=result.retry_after,
         )
 
-    def _start(self, item: ClaimedDelivery) -> asyncio.Task[None]:
-        # Counted before the task first runs, so the very next claim already sees this subscription busy.
-        self._in_flight[item.subscription_id or item.url] += 1
-        task = asyncio.create_task(self._deliver(item))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     async def _deliver(self, item: ClaimedDelivery) -> None:
-        key = item.subscription_id or item.url
+        """Send one claimed delivery and leave its outcome for the next store write."""
         try:
             try:
                 outcome = await self.send(item)
@@ -106,48 +116,59 @@ class Deliverer:
                 log.exception("delivery send crashed", extra={"delivery_id": item.id})
                 outcome = DeliveryOutcome(item.id, None, f"internal error: {type(exc).__name__}", 0.0)
             # The slot is free as soon as the send ends; the row's lease keeps it from being claimed
-            # again until the recorder has written the attempt (many attempts per write).
+            # again until the attempt is recorded (many attempts per write, with the next claim).
             self._outcomes.append((item, outcome))
-            self._have_outcomes.set()
         finally:
-            self._in_flight[key] -= 1
-            if self._in_flight[key] <= 0:
+            key = item.subscription_id or item.url
+            left = self._in_flight[key] - 1
+            if left <= 0:
                 del self._in_flight[key]
+            else:
+                self._in_flight[key] = left
+            self._outstanding -= 1
+            if self._outstanding <= 0:
+                self._idle.set()
             self._slot_freed.set()
+
+    async def _sender(self) -> None:
+        ready = self._ready
+        while True:
+            item = await ready.get()
+            await self._deliver(item)
 
     async def flush(self) -> int:
         """Record every finished attempt in one store write; returns how many."""
         batch, self._outcomes = self._outcomes, []
-        self._have_outcomes.clear()
         if not batch:
             return 0
-        results = dict(await self.store.record_attempts([outcome for _, outcome in batch]))
-        for item, outcome in batch:
-            status = results.get(item.id)
-            self._observe(item, outcome, [(item.id, status)] if status else [])
-        self._slot_freed.set()  # a recorded attempt may unblock an ordered subscription's next event
+        self._observe_all(batch, await self.store.record_attempts([outcome for _, outcome in batch]))
         return len(batch)
 
-    async def _record_loop(self) -> None:
-        while True:
-            await self._have_outcomes.wait()
-            try:
-                await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The attempts stay leased; their lease runs out and they are sent again (at least once).
-                log.exception("recording delivery attempts failed")
-                await asyncio.sleep(1.0)
+    def _observe_all(
+        self,
+        batch: list[tuple[ClaimedDelivery, DeliveryOutcome]],
+        recorded: list[tuple[str, DeliveryStatus]],
+    ) -> None:
+        results = dict(recorded)
+        for item, outcome in batch:
+            self._observe(item, outcome, results.get(item.id))
+
+    def _count(self, status: DeliveryStatus) -> CounterChild:
+        child = self._counted.get(status)
+        if child is None:
+            child = self._counted[status] = self.metrics.deliveries.labels(outcome=status)
+        return child
 
     def _observe(
-        self, item: ClaimedDelivery, outcome: DeliveryOutcome, results: list[tuple[str, DeliveryStatus]]
+        self, item: ClaimedDelivery, outcome: DeliveryOutcome, status: DeliveryStatus | None
     ) -> None:
         self.metrics.delivery_attempt_duration.observe(outcome.latency)
-        for _, status in results:
-            self.metrics.deliveries.labels(outcome=status).inc()
-            if status == "succeeded":
-                self.metrics.event_to_delivery.observe(max(0.0, self.clock.now() - item.event_created_at))
+        if status is None:
+            return
+        self._count(status).inc()
+        if status == "succeeded":
+            self.metrics.event_to_delivery.observe(max(0.0, self.clock.now() - item.event_created_at))
+        if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "delivery attempt",
                 extra={
@@ -164,17 +185,53 @@ class Deliverer:
         """Claim what is due and deliver it, waiting for those sends (tests and benchmarks)."""
         items = await self.claim()
         if items:
-            await asyncio.gather(*(self._start(item) for item in items))
+            await asyncio.gather(*(self._deliver(item) for item in items))
             await self.flush()
         return len(items)
 
+    async def _record_and_claim(self) -> list[ClaimedDelivery]:
+        """Record the finished attempts and claim for the free slots, both in the store's next commit.
+
+        The two writes are queued together, record first, so the group-commit writer runs them in one
+        transaction (one fsync) and the claim already sees what was recorded (an ordered subscription's
+        next event). A failed record is logged: those attempts stay leased and are sent again when the
+        lease runs out (at least once).
+        """
+        batch, self._outcomes = self._outcomes, []
+        free = self.concurrency - self._outstanding
+        recording = self.store.record_attempts([o for _, o in batch]) if batch else None
+        claiming = (
+            self.store.claim_deliveries(free, self.lease, self._busy(), self.per_subscription)
+            if free > 0
+            else None
+        )
+        if recording is not None and claiming is not None:
+            recorded, claimed = await asyncio.gather(recording, claiming, return_exceptions=True)
+        elif recording is not None:
+            recorded, claimed = await _settle(recording), []
+        elif claiming is not None:
+            recorded, claimed = None, await claiming
+        else:
+            return []
+        if isinstance(recorded, BaseException):
+            if not isinstance(recorded, Exception):
+                raise recorded
+            log.error("recording delivery attempts failed", exc_info=recorded)
+        elif recorded is not None:
+            self._observe_all(batch, recorded)
+        if isinstance(claimed, BaseException):
+            raise claimed
+        return await self._keep(claimed)
+
     async def _step(self) -> None:
-        items = await self.claim()
+        items = await self._record_and_claim()
         for item in items:
-            self._start(item)
-        if items and len(self._tasks) < self.concurrency:
+            self._ready.put_nowait(item)
+        if self._outcomes:
+            return  # sends ended during that write: record them (and claim for their slots) at once
+        if items and self._outstanding < self.concurrency:
             return
-        if len(self._tasks) >= self.concurrency:
+        if self._outstanding >= self.concurrency:
             await wait_for_signal(self._slot_freed, self.idle_wait)
             return
         next_at = await self.store.next_delivery_at()
@@ -187,6 +244,8 @@ class Deliverer:
 
     async def _wait_either(self, timeout: float) -> None:
         """Wake on new work, on a freed slot (a busy subscription may now be claimable) or on the timeout."""
+        if self._outcomes:
+            return
         new_work = asyncio.ensure_future(self.store.signals.deliveries.wait())
         freed = asyncio.ensure_future(self._slot_freed.wait())
         try:
@@ -198,16 +257,31 @@ class Deliverer:
         self._slot_freed.clear()
 
     async def run(self) -> None:
-        recorder = asyncio.create_task(self._record_loop(), name="sorahook-delivery-recorder")
+        senders = [
+            asyncio.create_task(self._sender(), name="sorahook-delivery-sender")
+            for _ in range(self.concurrency)
+        ]
         try:
             await loop_forever(self.name, self._step)
         finally:
             await self.drain(5.0)
-            recorder.cancel()
-            await asyncio.gather(recorder, return_exceptions=True)
+            for task in senders:
+                task.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
             await self.flush()
 
     async def drain(self, timeout: float) -> None:
         """Let sends in flight finish (bounded); the rest keep their lease and are released at next start."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        if self._outstanding > 0:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                pass
+
+
+async def _settle(recording: Awaitable[list[tuple[str, DeliveryStatus]]]) -> Any:
+    """The record's result, or the exception it raised (as `gather(..., return_exceptions=True)` gives)."""
+    try:
+        return await recording
+    except Exception as exc:
+        return exc
