@@ -3,6 +3,11 @@
 Isolation: a global cap on sends in flight and a per-subscription cap; a subscription at its cap is
 left out of the next claim, so one slow or failing subscriber never holds up the others' deliveries,
 and the loop never waits for a batch to finish before claiming more (no head-of-line blocking).
+
+Pipelining: deliveries are claimed a little ahead of the senders (up to `concurrency` more in all and
+`per_subscription` more per subscription, leased and waiting in a queue with a per-subscription cap),
+so a sender that finishes starts the next delivery at once instead of waiting for a claim's commit;
+finished attempts are recorded in the same commit as the next claim.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 from prometheus_client.metrics import Counter as CounterChild
 
 from service.clock import Clock
+from service.dispatch import CappedQueue, QueueClosed
 from service.metrics import Metrics
 from service.sender import Sender
 from service.signing import Signer
@@ -26,6 +32,10 @@ from service.workers import loop_forever, wait_for_signal
 log = logging.getLogger("sorahook.delivery")
 
 USER_AGENT = "sorahook/0.1 (+https://github.com/sorahook)"
+
+# A claimed delivery that waited in the queue so long that its lease could run out before its attempt is
+# recorded is given back instead of sent (never two sends of one delivery at once).
+_LEASE_MARGIN = 10.0
 
 
 class Deliverer:
@@ -50,42 +60,46 @@ class Deliverer:
         self.idle_wait = idle_wait
         # A claim lasts well beyond one attempt's timeout, so a slow attempt is never sent twice at once.
         self.lease = timeout * 2 + 30.0
+        self.max_queued_for = self.lease - timeout - _LEASE_MARGIN
         self.signer = Signer()
-        # Claimed and not yet sent to the end, per subscription (or callback URL) and in all.
-        self._in_flight: Counter[str] = Counter()
+        # Claimed and not yet finished (waiting or sending), in all and per subscription (or callback URL).
+        self.claim_limit = concurrency * 2
+        self._claimed: Counter[str] = Counter()
         self._outstanding = 0
-        # Claimed deliveries wait here for one of `concurrency` long-lived senders (no task per delivery);
-        # at most `concurrency` are ever outstanding, so one is always free to take the next.
-        self._ready: asyncio.Queue[ClaimedDelivery] = asyncio.Queue()
+        # Claimed deliveries (with their claim time) wait here for one of `concurrency` long-lived senders.
+        self._queue: CappedQueue[tuple[float, ClaimedDelivery]] = CappedQueue(per_subscription)
         self._outcomes: list[tuple[ClaimedDelivery, DeliveryOutcome]] = []
-        self._slot_freed = asyncio.Event()  # a send ended: a slot is free and an outcome waits to be recorded
-        self._idle = asyncio.Event()  # nothing outstanding (drain)
+        self._slot_freed = asyncio.Event()  # a delivery finished: room to claim, an outcome to record
+        self._idle = asyncio.Event()  # nothing claimed is outstanding (drain)
         self._idle.set()
         self._counted: dict[str, CounterChild] = {}
 
     def _busy(self) -> list[str]:
-        return [sub for sub, n in self._in_flight.items() if n >= self.per_subscription]
+        # Left out of the claim while one more claim (up to per_subscription rows) could take it past its
+        # share: per_subscription sending and as many waiting.
+        return [key for key, n in self._claimed.items() if n > self.per_subscription]
 
-    async def claim(self) -> list[ClaimedDelivery]:
-        free = self.concurrency - self._outstanding
+    async def claim(self, limit: int | None = None) -> list[ClaimedDelivery]:
+        free = (self.claim_limit if limit is None else limit) - self._outstanding
         if free <= 0:
             return []
         claimed = await self.store.claim_deliveries(free, self.lease, self._busy(), self.per_subscription)
         return await self._keep(claimed)
 
     async def _keep(self, claimed: list[ClaimedDelivery]) -> list[ClaimedDelivery]:
-        """Count the claimed deliveries in flight; give back those over their subscription's cap."""
-        # The claim may hold more rows of one subscription than its cap allows: keep the rest for later.
-        in_flight = self._in_flight
+        """Count the claimed deliveries as outstanding; give back those past their subscription's share."""
+        # A claim may hold more rows of one callback URL than its share: keep the rest for later.
+        counts = self._claimed
+        share = 2 * self.per_subscription
         kept: list[ClaimedDelivery] = []
         released: list[ClaimedDelivery] = []
         for item in claimed:
             key = item.subscription_id or item.url
-            if in_flight[key] >= self.per_subscription:
+            if counts[key] >= share:
                 released.append(item)
                 continue
             # Counted before it is sent, so the very next claim already sees this subscription busy.
-            in_flight[key] += 1
+            counts[key] += 1
             kept.append(item)
         self._outstanding += len(kept)
         if kept:
@@ -93,6 +107,17 @@ class Deliverer:
         if released:
             await self.store.release_deliveries([r.id for r in released])
         return kept
+
+    def _finish(self, key: str) -> None:
+        left = self._claimed[key] - 1
+        if left <= 0:
+            del self._claimed[key]
+        else:
+            self._claimed[key] = left
+        self._outstanding -= 1
+        if self._outstanding <= 0:
+            self._idle.set()
+        self._slot_freed.set()
 
     async def send(self, item: ClaimedDelivery) -> DeliveryOutcome:
         timestamp = int(self.clock.now())
@@ -110,31 +135,36 @@ class Deliverer:
     async def _deliver(self, item: ClaimedDelivery) -> None:
         """Send one claimed delivery and leave its outcome for the next store write."""
         try:
-            try:
-                outcome = await self.send(item)
-            except Exception as exc:  # the sender never raises for network problems; this is a bug guard
-                log.exception("delivery send crashed", extra={"delivery_id": item.id})
-                outcome = DeliveryOutcome(item.id, None, f"internal error: {type(exc).__name__}", 0.0)
-            # The slot is free as soon as the send ends; the row's lease keeps it from being claimed
-            # again until the attempt is recorded (many attempts per write, with the next claim).
-            self._outcomes.append((item, outcome))
-        finally:
-            key = item.subscription_id or item.url
-            left = self._in_flight[key] - 1
-            if left <= 0:
-                del self._in_flight[key]
-            else:
-                self._in_flight[key] = left
-            self._outstanding -= 1
-            if self._outstanding <= 0:
-                self._idle.set()
-            self._slot_freed.set()
+            outcome = await self.send(item)
+        except Exception as exc:  # the sender never raises for network problems; this is a bug guard
+            log.exception("delivery send crashed", extra={"delivery_id": item.id})
+            outcome = DeliveryOutcome(item.id, None, f"internal error: {type(exc).__name__}", 0.0)
+        # The slot is free as soon as the send ends; the row's lease keeps it from being claimed
+        # again until the attempt is recorded (many attempts per write, with the next claim).
+        self._outcomes.append((item, outcome))
 
     async def _sender(self) -> None:
-        ready = self._ready
+        queue = self._queue
         while True:
-            item = await ready.get()
-            await self._deliver(item)
+            try:
+                key, (claimed_at, item) = await queue.get()
+            except QueueClosed:
+                return
+            try:
+                if self.clock.now() - claimed_at > self.max_queued_for:
+                    await self._give_back([item])
+                else:
+                    await self._deliver(item)
+            finally:
+                queue.done(key)
+                self._finish(key)
+
+    async def _give_back(self, items: list[ClaimedDelivery]) -> None:
+        """Release claimed deliveries that will not be sent now: due again at once, no attempt counted."""
+        try:
+            await self.store.release_deliveries([item.id for item in items])
+        except Exception:  # their lease runs out instead, and they are sent then
+            log.exception("releasing claimed deliveries failed")
 
     async def flush(self) -> int:
         """Record every finished attempt in one store write; returns how many."""
@@ -182,15 +212,22 @@ class Deliverer:
             )
 
     async def run_once(self) -> int:
-        """Claim what is due and deliver it, waiting for those sends (tests and benchmarks)."""
-        items = await self.claim()
+        """Claim what is due (up to `concurrency`) and deliver it, waiting for those sends (tests and benchmarks)."""
+        items = await self.claim(self.concurrency)
+
+        async def one(item: ClaimedDelivery) -> None:
+            try:
+                await self._deliver(item)
+            finally:
+                self._finish(item.subscription_id or item.url)
+
         if items:
-            await asyncio.gather(*(self._deliver(item) for item in items))
+            await asyncio.gather(*(one(item) for item in items))
             await self.flush()
         return len(items)
 
     async def _record_and_claim(self) -> list[ClaimedDelivery]:
-        """Record the finished attempts and claim for the free slots, both in the store's next commit.
+        """Record the finished attempts and claim for the free room, both in the store's next commit.
 
         The two writes are queued together, record first, so the group-commit writer runs them in one
         transaction (one fsync) and the claim already sees what was recorded (an ordered subscription's
@@ -198,7 +235,7 @@ class Deliverer:
         lease runs out (at least once).
         """
         batch, self._outcomes = self._outcomes, []
-        free = self.concurrency - self._outstanding
+        free = self.claim_limit - self._outstanding
         recording = self.store.record_attempts([o for _, o in batch]) if batch else None
         claiming = (
             self.store.claim_deliveries(free, self.lease, self._busy(), self.per_subscription)
@@ -225,13 +262,15 @@ class Deliverer:
 
     async def _step(self) -> None:
         items = await self._record_and_claim()
-        for item in items:
-            self._ready.put_nowait(item)
+        if items:
+            claimed_at = self.clock.now()
+            for item in items:
+                self._queue.put(item.subscription_id or item.url, (claimed_at, item))
         if self._outcomes:
-            return  # sends ended during that write: record them (and claim for their slots) at once
-        if items and self._outstanding < self.concurrency:
+            return  # sends ended during that write: record them (and claim for their room) at once
+        if items and self._outstanding < self.claim_limit:
             return
-        if self._outstanding >= self.concurrency:
+        if self._outstanding >= self.claim_limit:
             await wait_for_signal(self._slot_freed, self.idle_wait)
             return
         next_at = await self.store.next_delivery_at()
@@ -257,6 +296,7 @@ class Deliverer:
         self._slot_freed.clear()
 
     async def run(self) -> None:
+        self._queue = CappedQueue(self.per_subscription)
         senders = [
             asyncio.create_task(self._sender(), name="sorahook-delivery-sender")
             for _ in range(self.concurrency)
@@ -271,7 +311,15 @@ class Deliverer:
             await self.flush()
 
     async def drain(self, timeout: float) -> None:
-        """Let sends in flight finish (bounded); the rest keep their lease and are released at next start."""
+        """Start no more sends and give the waiting deliveries back; let sends in flight finish (bounded).
+
+        Those still unfinished keep their lease and are released at the next start.
+        """
+        waiting = [item for _, item in self._queue.close()]
+        for item in waiting:
+            self._finish(item.subscription_id or item.url)
+        if waiting:
+            await self._give_back(waiting)
         if self._outstanding > 0:
             try:
                 await asyncio.wait_for(self._idle.wait(), timeout)
