@@ -565,9 +565,11 @@ class _Ops:
             )
         if claimed:
             # The lease is the next due time: a claimed row is invisible until the lease runs out.
-            conn.executemany(
-                "UPDATE deliveries SET next_attempt_at = ?, lease_until = ? WHERE id = ?",
-                [(now + lease, now + lease, c.id) for c in claimed],
+            # One statement for the batch: each statement step also costs this thread a GIL hand-off.
+            conn.execute(
+                "UPDATE deliveries SET next_attempt_at = ?, lease_until = ?"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (now + lease, now + lease, json.dumps([c.id for c in claimed])),
             )
         return claimed
 
