@@ -3,6 +3,11 @@
 Isolation: a global cap on sends in flight and a per-subscription cap; a subscription at its cap is
 left out of the next claim, so one slow or failing subscriber never holds up the others' deliveries,
 and the loop never waits for a batch to finish before claiming more (no head-of-line blocking).
+
+Pipelining: deliveries are claimed a little ahead of the senders (up to `concurrency` more in all and
+`per_subscription` more per subscription, leased and waiting in a queue with a per-subscription cap),
+so a sender that finishes starts the next delivery at once instead of waiting for a claim's commit;
+finished attempts are recorded in the same commit as the next claim.
 """
 
 from __future__ import annotations
@@ -10,8 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Awaitable
+from typing import Any
+
+from prometheus_client.metrics import Counter as CounterChild
 
 from service.clock import Clock
+from service.dispatch import CappedQueue, QueueClosed
 from service.metrics import Metrics
 from service.sender import Sender
 from service.signing import Signer
@@ -22,6 +32,10 @@ from service.workers import loop_forever, wait_for_signal
 log = logging.getLogger("sorahook.delivery")
 
 USER_AGENT = "sorahook/0.1 (+https://github.com/sorahook)"
+
+# A claimed delivery that waited in the queue so long that its lease could run out before its attempt is
+# recorded is given back instead of sent (never two sends of one delivery at once).
+_LEASE_MARGIN = 10.0
 
 
 class Deliverer:
@@ -46,35 +60,64 @@ class Deliverer:
         self.idle_wait = idle_wait
         # A claim lasts well beyond one attempt's timeout, so a slow attempt is never sent twice at once.
         self.lease = timeout * 2 + 30.0
+        self.max_queued_for = self.lease - timeout - _LEASE_MARGIN
         self.signer = Signer()
-        self._in_flight: Counter[str] = Counter()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._slot_freed = asyncio.Event()
+        # Claimed and not yet finished (waiting or sending), in all and per subscription (or callback URL).
+        self.claim_limit = concurrency * 2
+        self._claimed: Counter[str] = Counter()
+        self._outstanding = 0
+        # Claimed deliveries (with their claim time) wait here for one of `concurrency` long-lived senders.
+        self._queue: CappedQueue[tuple[float, ClaimedDelivery]] = CappedQueue(per_subscription)
         self._outcomes: list[tuple[ClaimedDelivery, DeliveryOutcome]] = []
-        self._have_outcomes = asyncio.Event()
+        self._slot_freed = asyncio.Event()  # a delivery finished: room to claim, an outcome to record
+        self._idle = asyncio.Event()  # nothing claimed is outstanding (drain)
+        self._idle.set()
+        self._counted: dict[str, CounterChild] = {}
 
     def _busy(self) -> list[str]:
-        return [sub for sub, n in self._in_flight.items() if n >= self.per_subscription]
+        # Left out of the claim while one more claim (up to per_subscription rows) could take it past its
+        # share: per_subscription sending and as many waiting.
+        return [key for key, n in self._claimed.items() if n > self.per_subscription]
 
-    async def claim(self) -> list[ClaimedDelivery]:
-        free = self.concurrency - len(self._tasks)
+    async def claim(self, limit: int | None = None) -> list[ClaimedDelivery]:
+        free = (self.claim_limit if limit is None else limit) - self._outstanding
         if free <= 0:
             return []
         claimed = await self.store.claim_deliveries(free, self.lease, self._busy(), self.per_subscription)
-        # The claim may hold more rows of one subscription than its cap allows: keep the rest for later.
-        counts = Counter(self._in_flight)
+        return await self._keep(claimed)
+
+    async def _keep(self, claimed: list[ClaimedDelivery]) -> list[ClaimedDelivery]:
+        """Count the claimed deliveries as outstanding; give back those past their subscription's share."""
+        # A claim may hold more rows of one callback URL than its share: keep the rest for later.
+        counts = self._claimed
+        share = 2 * self.per_subscription
         kept: list[ClaimedDelivery] = []
         released: list[ClaimedDelivery] = []
         for item in claimed:
             key = item.subscription_id or item.url
-            if counts[key] >= self.per_subscription:
+            if counts[key] >= share:
                 released.append(item)
                 continue
+            # Counted before it is sent, so the very next claim already sees this subscription busy.
             counts[key] += 1
             kept.append(item)
+        self._outstanding += len(kept)
+        if kept:
+            self._idle.clear()
         if released:
             await self.store.release_deliveries([r.id for r in released])
         return kept
+
+    def _finish(self, key: str) -> None:
+        left = self._claimed[key] - 1
+        if left <= 0:
+            del self._claimed[key]
+        else:
+            self._claimed[key] = left
+        self._outstanding -= 1
+        if self._outstanding <= 0:
+            self._idle.set()
+        self._slot_freed.set()
 
     async def send(self, item: ClaimedDelivery) -> DeliveryOutcome:
         timestamp = int(self.clock.now())
@@ -89,65 +132,73 @@ class Deliverer:
             retry_after=result.retry_after,
         )
 
-    def _start(self, item: ClaimedDelivery) -> asyncio.Task[None]:
-        # Counted before the task first runs, so the very next claim already sees this subscription busy.
-        self._in_flight[item.subscription_id or item.url] += 1
-        task = asyncio.create_task(self._deliver(item))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     async def _deliver(self, item: ClaimedDelivery) -> None:
-        key = item.subscription_id or item.url
+        """Send one claimed delivery and leave its outcome for the next store write."""
         try:
+            outcome = await self.send(item)
+        except Exception as exc:  # the sender never raises for network problems; this is a bug guard
+            log.exception("delivery send crashed", extra={"delivery_id": item.id})
+            outcome = DeliveryOutcome(item.id, None, f"internal error: {type(exc).__name__}", 0.0)
+        # The slot is free as soon as the send ends; the row's lease keeps it from being claimed
+        # again until the attempt is recorded (many attempts per write, with the next claim).
+        self._outcomes.append((item, outcome))
+
+    async def _sender(self) -> None:
+        queue = self._queue
+        while True:
             try:
-                outcome = await self.send(item)
-            except Exception as exc:  # the sender never raises for network problems; this is a bug guard
-                log.exception("delivery send crashed", extra={"delivery_id": item.id})
-                outcome = DeliveryOutcome(item.id, None, f"internal error: {type(exc).__name__}", 0.0)
-            # The slot is free as soon as the send ends; the row's lease keeps it from being claimed
-            # again until the recorder has written the attempt (many attempts per write).
-            self._outcomes.append((item, outcome))
-            self._have_outcomes.set()
-        finally:
-            self._in_flight[key] -= 1
-            if self._in_flight[key] <= 0:
-                del self._in_flight[key]
-            self._slot_freed.set()
+                key, (claimed_at, item) = await queue.get()
+            except QueueClosed:
+                return
+            try:
+                if self.clock.now() - claimed_at > self.max_queued_for:
+                    await self._give_back([item])
+                else:
+                    await self._deliver(item)
+            finally:
+                queue.done(key)
+                self._finish(key)
+
+    async def _give_back(self, items: list[ClaimedDelivery]) -> None:
+        """Release claimed deliveries that will not be sent now: due again at once, no attempt counted."""
+        try:
+            await self.store.release_deliveries([item.id for item in items])
+        except Exception:  # their lease runs out instead, and they are sent then
+            log.exception("releasing claimed deliveries failed")
 
     async def flush(self) -> int:
         """Record every finished attempt in one store write; returns how many."""
         batch, self._outcomes = self._outcomes, []
-        self._have_outcomes.clear()
         if not batch:
             return 0
-        results = dict(await self.store.record_attempts([outcome for _, outcome in batch]))
-        for item, outcome in batch:
-            status = results.get(item.id)
-            self._observe(item, outcome, [(item.id, status)] if status else [])
-        self._slot_freed.set()  # a recorded attempt may unblock an ordered subscription's next event
+        self._observe_all(batch, await self.store.record_attempts([outcome for _, outcome in batch]))
         return len(batch)
 
-    async def _record_loop(self) -> None:
-        while True:
-            await self._have_outcomes.wait()
-            try:
-                await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The attempts stay leased; their lease runs out and they are sent again (at least once).
-                log.exception("recording delivery attempts failed")
-                await asyncio.sleep(1.0)
+    def _observe_all(
+        self,
+        batch: list[tuple[ClaimedDelivery, DeliveryOutcome]],
+        recorded: list[tuple[str, DeliveryStatus]],
+    ) -> None:
+        results = dict(recorded)
+        for item, outcome in batch:
+            self._observe(item, outcome, results.get(item.id))
+
+    def _count(self, status: DeliveryStatus) -> CounterChild:
+        child = self._counted.get(status)
+        if child is None:
+            child = self._counted[status] = self.metrics.deliveries.labels(outcome=status)
+        return child
 
     def _observe(
-        self, item: ClaimedDelivery, outcome: DeliveryOutcome, results: list[tuple[str, DeliveryStatus]]
+        self, item: ClaimedDelivery, outcome: DeliveryOutcome, status: DeliveryStatus | None
     ) -> None:
         self.metrics.delivery_attempt_duration.observe(outcome.latency)
-        for _, status in results:
-            self.metrics.deliveries.labels(outcome=status).inc()
-            if status == "succeeded":
-                self.metrics.event_to_delivery.observe(max(0.0, self.clock.now() - item.event_created_at))
+        if status is None:
+            return
+        self._count(status).inc()
+        if status == "succeeded":
+            self.metrics.event_to_delivery.observe(max(0.0, self.clock.now() - item.event_created_at))
+        if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "delivery attempt",
                 extra={
@@ -161,20 +212,65 @@ class Deliverer:
             )
 
     async def run_once(self) -> int:
-        """Claim what is due and deliver it, waiting for those sends (tests and benchmarks)."""
-        items = await self.claim()
+        """Claim what is due (up to `concurrency`) and deliver it, waiting for those sends (tests and benchmarks)."""
+        items = await self.claim(self.concurrency)
+
+        async def one(item: ClaimedDelivery) -> None:
+            try:
+                await self._deliver(item)
+            finally:
+                self._finish(item.subscription_id or item.url)
+
         if items:
-            await asyncio.gather(*(self._start(item) for item in items))
+            await asyncio.gather(*(one(item) for item in items))
             await self.flush()
         return len(items)
 
+    async def _record_and_claim(self) -> list[ClaimedDelivery]:
+        """Record the finished attempts and claim for the free room, both in the store's next commit.
+
+        The two writes are queued together, record first, so the group-commit writer runs them in one
+        transaction (one fsync) and the claim already sees what was recorded (an ordered subscription's
+        next event). A failed record is logged: those attempts stay leased and are sent again when the
+        lease runs out (at least once).
+        """
+        batch, self._outcomes = self._outcomes, []
+        free = self.claim_limit - self._outstanding
+        recording = self.store.record_attempts([o for _, o in batch]) if batch else None
+        claiming = (
+            self.store.claim_deliveries(free, self.lease, self._busy(), self.per_subscription)
+            if free > 0
+            else None
+        )
+        if recording is not None and claiming is not None:
+            recorded, claimed = await asyncio.gather(recording, claiming, return_exceptions=True)
+        elif recording is not None:
+            recorded, claimed = await _settle(recording), []
+        elif claiming is not None:
+            recorded, claimed = None, await claiming
+        else:
+            return []
+        if isinstance(recorded, BaseException):
+            if not isinstance(recorded, Exception):
+                raise recorded
+            log.error("recording delivery attempts failed", exc_info=recorded)
+        elif recorded is not None:
+            self._observe_all(batch, recorded)
+        if isinstance(claimed, BaseException):
+            raise claimed
+        return await self._keep(claimed)
+
     async def _step(self) -> None:
-        items = await self.claim()
-        for item in items:
-            self._start(item)
-        if items and len(self._tasks) < self.concurrency:
+        items = await self._record_and_claim()
+        if items:
+            claimed_at = self.clock.now()
+            for item in items:
+                self._queue.put(item.subscription_id or item.url, (claimed_at, item))
+        if self._outcomes:
+            return  # sends ended during that write: record them (and claim for their room) at once
+        if items and self._outstanding < self.claim_limit:
             return
-        if len(self._tasks) >= self.concurrency:
+        if self._outstanding >= self.claim_limit:
             await wait_for_signal(self._slot_freed, self.idle_wait)
             return
         next_at = await self.store.next_delivery_at()
@@ -187,6 +283,8 @@ class Deliverer:
 
     async def _wait_either(self, timeout: float) -> None:
         """Wake on new work, on a freed slot (a busy subscription may now be claimable) or on the timeout."""
+        if self._outcomes:
+            return
         new_work = asyncio.ensure_future(self.store.signals.deliveries.wait())
         freed = asyncio.ensure_future(self._slot_freed.wait())
         try:
@@ -198,16 +296,40 @@ class Deliverer:
         self._slot_freed.clear()
 
     async def run(self) -> None:
-        recorder = asyncio.create_task(self._record_loop(), name="sorahook-delivery-recorder")
+        self._queue = CappedQueue(self.per_subscription)
+        senders = [
+            asyncio.create_task(self._sender(), name="sorahook-delivery-sender")
+            for _ in range(self.concurrency)
+        ]
         try:
             await loop_forever(self.name, self._step)
         finally:
             await self.drain(5.0)
-            recorder.cancel()
-            await asyncio.gather(recorder, return_exceptions=True)
+            for task in senders:
+                task.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
             await self.flush()
 
     async def drain(self, timeout: float) -> None:
-        """Let sends in flight finish (bounded); the rest keep their lease and are released at next start."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        """Start no more sends and give the waiting deliveries back; let sends in flight finish (bounded).
+
+        Those still unfinished keep their lease and are released at the next start.
+        """
+        waiting = [item for _, item in self._queue.close()]
+        for item in waiting:
+            self._finish(item.subscription_id or item.url)
+        if waiting:
+            await self._give_back(waiting)
+        if self._outstanding > 0:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                pass
+
+
+async def _settle(recording: Awaitable[list[tuple[str, DeliveryStatus]]]) -> Any:
+    """The record's result, or the exception it raised (as `gather(..., return_exceptions=True)` gives)."""
+    try:
+        return await recording
+    except Exception as exc:
+        return exc

@@ -14,7 +14,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from service.retry_after import parse_retry_after
-from service.ssrf import ResolveError, Resolver, UnsafeTarget, literal_ip, vet
+from service.ssrf import ResolveError, Resolver, Target, UnsafeTarget, literal_ip, vet
 
 __all__ = ["MAX_RESPONSE_BYTES", "SendResult", "Sender", "parse_retry_after"]
 
@@ -23,6 +23,7 @@ __all__ = ["MAX_RESPONSE_BYTES", "SendResult", "Sender", "parse_retry_after"]
 MAX_RESPONSE_BYTES = 64 * 1024
 _MAX_ERROR_CHARS = 300
 _USER_AGENT = "sorahook"
+_URL_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class Sender:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._urls: dict[tuple[str, str], URL] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use: aiohttp binds the session to the running event loop.
@@ -115,10 +117,7 @@ class Sender:
         try:
             async with asyncio.timeout(timeout):
                 target = await vet(url, self._resolver, allow_private=self._allow_private)
-                request_url = URL(url)
-                if literal_ip(target.host) is not None:
-                    # Odd spellings such as 0x7f.1 become the address itself, as browsers do.
-                    request_url = request_url.with_host(target.ip.split("%", 1)[0])
+                request_url = self._request_url(url, target)
                 request_headers = CIMultiDict(headers)  # case-insensitive: a caller's "user-agent" wins
                 request_headers.setdefault("Content-Type", "application/json")
                 request_headers.setdefault("User-Agent", _USER_AGENT)
@@ -151,6 +150,20 @@ class Sender:
             error = error[:_MAX_ERROR_CHARS]
         return SendResult(status, retry_after, error, latency, unsafe)
 
+    def _request_url(self, url: str, target: Target) -> URL:
+        """The URL to request (parsed once per URL and address: subscription URLs repeat on every send)."""
+        key = (url, target.ip)
+        request_url = self._urls.get(key)
+        if request_url is None:
+            request_url = URL(url)
+            if literal_ip(target.host) is not None:
+                # Odd spellings such as 0x7f.1 become the address itself, as browsers do.
+                request_url = request_url.with_host(target.ip.split("%", 1)[0])
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            self._urls[key] = request_url
+        return request_url
+
     async def aclose(self) -> None:
         self._closed = True
         if self._session is not None:
@@ -160,9 +173,10 @@ class Sender:
 
 async def _read_some(response: aiohttp.ClientResponse) -> None:
     """Read up to MAX_RESPONSE_BYTES and discard it; an unfinished body makes aiohttp drop the connection."""
+    content = response.content
     remaining = MAX_RESPONSE_BYTES
-    while remaining > 0:
-        chunk = await response.content.read(remaining)
+    while remaining > 0 and not content.at_eof():
+        chunk = await content.read(remaining)
         if not chunk:
             return
         remaining -= len(chunk)

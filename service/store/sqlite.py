@@ -574,9 +574,11 @@ class _Ops:
             )
         if claimed:
             # The lease is the next due time: a claimed row is invisible until the lease runs out.
-            conn.executemany(
-                "UPDATE deliveries SET next_attempt_at = ?, lease_until = ? WHERE id = ?",
-                [(now + lease, now + lease, c.id) for c in claimed],
+            # One statement for the batch: each statement step also costs this thread a GIL hand-off.
+            conn.execute(
+                "UPDATE deliveries SET next_attempt_at = ?, lease_until = ?"
+                " WHERE id IN (SELECT value FROM json_each(?))",
+                (now + lease, now + lease, json.dumps([c.id for c in claimed])),
             )
         return claimed
 
@@ -585,28 +587,20 @@ class _Ops:
     ) -> list[tuple[str, DeliveryStatus]]:
         now = self.clock.now()
         schedule = self.retry_schedule
-        results: list[tuple[str, DeliveryStatus]] = []
         succeeded_subs: set[str] = set()
+        # The common case, a 2xx, a few statements for the whole batch: mark every one delivered that still
+        # waits (one UPDATE per status code), then log their attempts. Others go one by one below.
+        delivered = self._record_successes(
+            conn, [o for o in outcomes if o.status_code is not None and 200 <= o.status_code < 300], now
+        )
+        results: list[tuple[str, DeliveryStatus]] = []
         for out in outcomes:
             if out.status_code is not None and 200 <= out.status_code < 300:
-                # The common case, in two statements: mark it delivered if it still waits, then log the attempt.
-                cur = conn.execute(
-                    "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, next_attempt_at = NULL,"
-                    " lease_until = NULL, last_status_code = ?, last_error = NULL, updated_at = ?, delivered_at = ?"
-                    " WHERE id = ? AND status IN ('pending', 'failed') RETURNING subscription_id",
-                    (out.status_code, now, now, out.delivery_id),
-                )
-                done = cur.fetchone()
-                if done is None:
-                    continue
-                conn.execute(
-                    "INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, latency_ms, error)"
-                    " VALUES (?, ?, ?, ?, NULL)",
-                    (out.delivery_id, now - out.latency, out.status_code, out.latency * 1000.0),
-                )
-                if done[0]:
-                    succeeded_subs.add(done[0])
-                results.append((out.delivery_id, "succeeded"))
+                if out.delivery_id in delivered:
+                    sub = delivered.pop(out.delivery_id)
+                    if sub:
+                        succeeded_subs.add(sub)
+                    results.append((out.delivery_id, "succeeded"))
                 continue
             row = conn.execute("SELECT * FROM deliveries WHERE id = ?", (out.delivery_id,)).fetchone()
             if row is None or row["status"] in ("succeeded", "dead"):
@@ -668,6 +662,42 @@ class _Ops:
                 (now, sub_id, now - 60.0),
             )
         return results
+
+    @staticmethod
+    def _record_successes(
+        conn: sqlite3.Connection, outcomes: list[DeliveryOutcome], now: float
+    ) -> dict[str, str | None]:
+        """Mark 2xx outcomes succeeded where the row still waits and log their attempts.
+
+        Returns {delivery id: subscription id} of the rows this changed; an outcome for a row already
+        succeeded or dead (recorded before, or a duplicate in the batch) changes nothing and logs nothing.
+        """
+        by_code: dict[int, list[str]] = {}
+        for out in outcomes:
+            assert out.status_code is not None
+            by_code.setdefault(out.status_code, []).append(out.delivery_id)
+        delivered: dict[str, str | None] = {}
+        for code, delivery_ids in by_code.items():
+            rows = conn.execute(
+                "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, next_attempt_at = NULL,"
+                " lease_until = NULL, last_status_code = ?, last_error = NULL, updated_at = ?, delivered_at = ?"
+                " WHERE id IN (SELECT value FROM json_each(?)) AND status IN ('pending', 'failed')"
+                " RETURNING id, subscription_id",
+                (code, now, now, json.dumps(delivery_ids)),
+            ).fetchall()
+            delivered.update((row[0], row[1]) for row in rows)
+        logged: set[str] = set()
+        attempts = []
+        for out in outcomes:
+            if out.delivery_id in delivered and out.delivery_id not in logged:
+                logged.add(out.delivery_id)
+                attempts.append((out.delivery_id, now - out.latency, out.status_code, out.latency * 1000.0))
+        conn.executemany(
+            "INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, latency_ms, error)"
+            " VALUES (?, ?, ?, ?, NULL)",
+            attempts,
+        )
+        return delivered
 
     def note_failure(self, conn: sqlite3.Connection, sub_id: str, now: float, disable_after: float) -> None:
         row = conn.execute(
