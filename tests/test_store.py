@@ -88,3 +88,21 @@ async def test_the_writer_leaves_checkpoints_to_the_checkpointer(tmp_path: Path)
     reopened = sqlite3.connect(tmp_path / "c.db")
     assert reopened.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 51
     reopened.close()
+
+
+async def test_a_wal_past_its_limit_is_emptied(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = await SqliteStore.open(tmp_path / "w.db", clock=clock)
+    store.wal_limit_bytes = 1
+    try:
+        for i in range(20):
+            await store.record_webhook(_hook(i, clock.now()))
+        wal = tmp_path / "w.db-wal"
+        assert wal.stat().st_size > 0
+        await store.checkpoint()
+        assert wal.stat().st_size == 0
+        await store.record_webhook(_hook(20, clock.now()))  # writing goes on in a fresh WAL
+        jobs, _ = await store.list_jobs(status=None, kind=None, limit=100, after=None)
+        assert len(jobs) == 21
+    finally:
+        await store.aclose()
