@@ -19,7 +19,7 @@ from service.clock import ManualClock
 from service.config import ConfigError, load_settings
 from service.pricing import DEFAULT_PRICE_TABLE, load_price_file
 from tests.subscriber import Subscriber
-from tests.support import auth, emulated_service, live_server, make_settings, wait_until
+from tests.support import auth, emulated_service, live_server, make_settings, signed_webhook, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -582,3 +582,18 @@ async def test_progress_polling_is_off_by_default(tmp_path: Path) -> None:
         events = (await client.get(f"/v1/jobs/{job['id']}/events")).json()["data"]
         assert "video.progress" not in {e["type"] for e in events}
         assert ("GET", "/v1/videos") not in emulator.calls
+
+
+async def test_jobs_heard_of_only_by_webhook_count_toward_no_clients_quota(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, quota_per_hour=2)
+    app = create_app(settings, start_workers=False)
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url, headers=auth()) as client:
+        for i in range(3):
+            body, headers = signed_webhook(
+                settings.webhook_secrets[0], "video.completed", f"video_elsewhere{i}"
+            )
+            assert (await client.post("/webhooks/openai", content=body, headers=headers)).status_code == 200
+        # No client key on these requests: the three webhook jobs must not use up the anonymous quota.
+        assert (await _create(client)).status_code == 202
+        assert (await _create(client)).status_code == 202
+        _quota_error(await _create(client), "jobs_per_hour")

@@ -1761,7 +1761,11 @@ class SqliteStore:
         return [_job(r) for r in rows if r is not None]
 
     def _check_quotas(self, c: sqlite3.Connection, jobs: list[NewJob], quotas: Quotas, now: float) -> None:
-        """Raise QuotaExceeded for the first limit the jobs would break, client by client."""
+        """Raise QuotaExceeded for the first limit the jobs would break, client by client.
+
+        Jobs first heard of by webhook belong to no client (they have no metadata), so they never count
+        toward the limits of the clients that send no client key.
+        """
         wanted: dict[str | None, tuple[int, float]] = {}
         for spec in jobs:
             n, usd = wanted.get(spec.client, (0, 0.0))
@@ -1771,7 +1775,7 @@ class SqliteStore:
             if quotas.concurrent is not None:
                 active = c.execute(
                     "SELECT COUNT(*) FROM jobs INDEXED BY jobs_client_active WHERE client IS ?"
-                    " AND status IN ('pending', 'queued', 'in_progress')",
+                    " AND status IN ('pending', 'queued', 'in_progress') AND origin != 'webhook'",
                     (client,),
                 ).fetchone()[0]
                 if active + n > quotas.concurrent:
@@ -1784,13 +1788,15 @@ class SqliteStore:
             if quotas.per_hour is not None:
                 window = (client, now - HOUR)
                 recent = c.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE client IS ? AND created_at > ?", window
+                    "SELECT COUNT(*) FROM jobs WHERE client IS ? AND created_at > ? AND origin != 'webhook'",
+                    window,
                 ).fetchone()[0]
                 if recent + n > quotas.per_hour:
                     created = [
                         r[0]
                         for r in c.execute(
-                            "SELECT created_at FROM jobs WHERE client IS ? AND created_at > ? ORDER BY created_at",
+                            "SELECT created_at FROM jobs WHERE client IS ? AND created_at > ?"
+                            " AND origin != 'webhook' ORDER BY created_at",
                             window,
                         ).fetchall()
                     ]
