@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of bare then full (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of bare, naive, full (default 3)")
     parser.add_argument("--duration", type=float, default=4.0, help="closed-loop measured seconds (4)")
     parser.add_argument("--warmup", type=float, default=1.0, help="closed-loop warm-up seconds (1)")
     parser.add_argument("--connections", type=int, default=64, help="closed-loop connections (64)")

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp
 
 from service.config import Settings, new_webhook_secret
 from service.signing import Signer
+from service.store.records import IncomingWebhook
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,6 +107,34 @@ async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+async def get_job(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    """GET /v1/jobs/{id}, which must answer 200."""
+    response = await client.get(f"/v1/jobs/{job_id}", headers=auth())
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def wait_for_status(
+    client: httpx.AsyncClient, job_id: str, *statuses: str, timeout: float = 20.0
+) -> dict[str, Any]:
+    """The job once its status is one of `statuses`."""
+
+    async def check() -> dict[str, Any] | None:
+        job = await get_job(client, job_id)
+        return job if job["status"] in statuses else None
+
+    return dict(await wait_until(check, timeout=timeout))
+
+
+def incoming_webhook(i: int, now: float) -> IncomingWebhook:
+    """The i-th `video.completed` webhook for `video_{i}`, as the receiver hands it to the store."""
+    data: dict[str, Any] = {"id": f"video_{i}"}
+    body = {"id": f"evt_{i}", "object": "event", "type": "video.completed", "data": data}
+    return IncomingWebhook(
+        f"wh_{i}", int(now), f"evt_{i}", "video.completed", f"video_{i}", int(now), json.dumps(body), data
+    )
 
 
 class ServiceProcess:

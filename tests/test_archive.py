@@ -27,7 +27,7 @@ from service.openai_client import OpenAIClient
 from service.storage import LocalStorage
 from service.store.sqlite import SqliteStore
 from tests.subscriber import Subscriber
-from tests.support import auth, emulated_service, free_port, live_server, wait_until
+from tests.support import auth, emulated_service, free_port, get_job, live_server, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -36,15 +36,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-async def _job(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/jobs/{job_id}", headers=auth())
-    assert response.status_code == 200
-    return dict(response.json())
-
-
 async def _wait_assets(client: httpx.AsyncClient, job_id: str, *variants: str, timeout: float = 20) -> Any:
     async def check() -> dict[str, Any] | None:
-        job = await _job(client, job_id)
+        job = await get_job(client, job_id)
         assets = (job["result"] or {}).get("assets") or {}
         return job if all(v in assets for v in variants) else None
 
@@ -248,12 +242,12 @@ async def test_archiving_can_be_turned_off(tmp_path: Path) -> None:
         job = (await client.post("/v1/jobs", json={"prompt": "no copy"}, headers=auth())).json()
 
         async def enriched() -> Any:
-            current = await _job(client, job["id"])
+            current = await get_job(client, job["id"])
             return current if current["status"] == "completed" and current["result"] else None
 
         done = await wait_until(enriched, timeout=15)
         await asyncio.sleep(0.3)
-        assert "assets" not in (await _job(client, done["id"]))["result"]
+        assert "assets" not in (await get_job(client, done["id"]))["result"]
         assert not (tmp_path / "archive").exists()
 
 

@@ -19,7 +19,16 @@ from service.clock import ManualClock
 from service.config import ConfigError, load_settings
 from service.pricing import DEFAULT_PRICE_TABLE, load_price_file
 from tests.subscriber import Subscriber
-from tests.support import auth, emulated_service, live_server, make_settings, signed_webhook, wait_until
+from tests.support import (
+    auth,
+    emulated_service,
+    get_job,
+    live_server,
+    make_settings,
+    signed_webhook,
+    wait_for_status,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -49,20 +58,6 @@ async def _create(client: httpx.AsyncClient, **body: Any) -> httpx.Response:
     return await client.post("/v1/jobs", json={"prompt": "a fox", **body})
 
 
-async def _job(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/jobs/{job_id}")
-    assert response.status_code == 200
-    return dict(response.json())
-
-
-async def _wait_status(client: httpx.AsyncClient, job_id: str, *statuses: str) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        job = await _job(client, job_id)
-        return job if job["status"] in statuses else None
-
-    return dict(await wait_until(check, timeout=20))
-
-
 def _quota_error(response: httpx.Response, param: str) -> dict[str, Any]:
     assert response.status_code == 429, response.text
     error = dict(response.json()["error"])
@@ -82,7 +77,7 @@ async def test_every_model_size_and_length_is_priced_per_second(tmp_path: Path) 
                 assert response.status_code == 202
                 job = response.json()
                 assert job["estimated_cost_usd"] == round(per_second * seconds, 4), (model, size, seconds)
-                assert (await _job(client, job["id"]))["estimated_cost_usd"] == job["estimated_cost_usd"]
+                assert (await get_job(client, job["id"]))["estimated_cost_usd"] == job["estimated_cost_usd"]
         # Spot values, written out: no float noise (0.1 × 12 is 1.2, not 1.2000000000000002).
         assert (await _create(client, model="sora-2", seconds=12)).json()["estimated_cost_usd"] == 1.2
         pro = await _create(client, model="sora-2-pro", size="1792x1024", seconds=12)
@@ -383,7 +378,7 @@ async def test_a_batch_is_created_whole_submitted_and_replayed_by_its_idempotenc
         single = await client.post("/v1/jobs", json={"prompt": "alone"}, headers=headers)
         assert single.status_code == 202 and single.json()["id"] not in {j["id"] for j in created}
         for job in created:
-            await _wait_status(client, job["id"], "completed")
+            await wait_for_status(client, job["id"], "completed")
         creates = [c for c in emulator.calls if c == ("POST", "/v1/videos")]
         assert len(creates) == 6
         assert (await client.get("/v1/usage")).json()["by_client"]["b"]["jobs"] == 5
@@ -411,7 +406,7 @@ async def test_a_flagged_prompt_fails_with_its_categories_and_never_reaches_the_
         httpx.AsyncClient(base_url=url, headers=auth()) as client,
     ):
         flagged = (await _create(client, prompt="a [flag] scene")).json()
-        job = await _wait_status(client, flagged["id"], "failed")
+        job = await wait_for_status(client, flagged["id"], "failed")
         assert job["error"]["code"] == "moderation_flagged"
         assert job["error"]["categories"] == ["violence"] and "violence" in job["error"]["message"]
         assert job["resource_id"] is None
@@ -421,7 +416,7 @@ async def test_a_flagged_prompt_fails_with_its_categories_and_never_reaches_the_
         assert [e["type"] for e in events] == ["video.failed"]
 
         clean = (await _create(client, prompt="a calm lake")).json()
-        await _wait_status(client, clean["id"], "completed")
+        await wait_for_status(client, clean["id"], "completed")
         assert emulator.calls.count(("POST", "/v1/moderations")) == 2
         assert emulator.calls.count(("POST", "/v1/videos")) == 1
         metrics = (await client.get("/metrics")).text
@@ -434,7 +429,7 @@ async def test_moderation_is_off_by_default(tmp_path: Path) -> None:
         httpx.AsyncClient(base_url=url, headers=auth()) as client,
     ):
         job = (await _create(client, prompt="a [flag] scene")).json()
-        await _wait_status(client, job["id"], "completed")
+        await wait_for_status(client, job["id"], "completed")
         assert ("POST", "/v1/moderations") not in emulator.calls
 
 
@@ -467,9 +462,9 @@ async def test_a_401_moves_to_the_next_key_counts_it_and_logs_only_the_last_4_ch
         httpx.AsyncClient(base_url=url, headers=auth()) as client,
     ):
         first = (await _create(client, prompt="one")).json()
-        await _wait_status(client, first["id"], "completed")
+        await wait_for_status(client, first["id"], "completed")
         second = (await _create(client, prompt="two")).json()
-        await _wait_status(client, second["id"], "completed")
+        await wait_for_status(client, second["id"], "completed")
         metrics = (await client.get("/metrics")).text
         assert 'sorahook_openai_key_rotations_total{reason="unauthorized"} 1.0' in metrics
         # One refused create, then every call on the second key: the rotation sticks.
@@ -493,7 +488,7 @@ async def test_an_insufficient_quota_429_moves_to_the_next_key(tmp_path: Path) -
     ):
         emulator.inject_fault(429, code="insufficient_quota", path_prefix="/v1/videos")
         job = (await _create(client)).json()
-        await _wait_status(client, job["id"], "completed")
+        await wait_for_status(client, job["id"], "completed")
         metrics = (await client.get("/metrics")).text
         assert 'sorahook_openai_key_rotations_total{reason="insufficient_quota"} 1.0' in metrics
         assert "unauthorized" not in metrics.split("key_rotations_total")[-1].split("\n")[0]
@@ -509,7 +504,7 @@ async def test_when_every_key_is_refused_the_job_fails_with_openais_error(tmp_pa
         httpx.AsyncClient(base_url=url, headers=auth()) as client,
     ):
         job = (await _create(client)).json()
-        failed = await _wait_status(client, job["id"], "failed")
+        failed = await wait_for_status(client, job["id"], "failed")
         assert failed["error"]["code"] == "invalid_api_key"
         assert emulator.calls.count(("POST", "/v1/videos")) == 2  # once per key, no more
 
@@ -565,7 +560,7 @@ async def test_progress_events_arrive_in_order_throttled_by_the_step(tmp_path: P
             state_events = [e for e in timeline if e["type"] != "video.progress"]
             assert [e["data"]["sequence"] for e in state_events] == list(range(1, len(state_events) + 1))
             assert {p["sequence"] for p in progress} == {2}  # after video.in_progress
-            assert (await _job(client, job_id))["sequence"] == len(state_events)
+            assert (await get_job(client, job_id))["sequence"] == len(state_events)
         # The poller listed the three videos (one call each time) far more often than it announced progress.
         lists = emulator.calls.count(("GET", "/v1/videos"))
         assert lists > max(len([e for e in events(i) if e["type"] == "video.progress"]) for i in ids)
@@ -578,7 +573,7 @@ async def test_progress_polling_is_off_by_default(tmp_path: Path) -> None:
         httpx.AsyncClient(base_url=url, headers=auth()) as client,
     ):
         job = (await _create(client)).json()
-        await _wait_status(client, job["id"], "completed")
+        await wait_for_status(client, job["id"], "completed")
         events = (await client.get(f"/v1/jobs/{job['id']}/events")).json()["data"]
         assert "video.progress" not in {e["type"] for e in events}
         assert ("GET", "/v1/videos") not in emulator.calls

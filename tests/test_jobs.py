@@ -9,23 +9,17 @@ import httpx
 import pytest
 
 from service.app import create_app
-from tests.support import auth, emulated_service, live_server, make_settings, wait_until
+from tests.support import (
+    auth,
+    emulated_service,
+    get_job,
+    live_server,
+    make_settings,
+    wait_for_status,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-async def _job(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/jobs/{job_id}", headers=auth())
-    assert response.status_code == 200
-    return dict(response.json())
-
-
-async def _wait_status(client: httpx.AsyncClient, job_id: str, *statuses: str) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        job = await _job(client, job_id)
-        return job if job["status"] in statuses else None
-
-    return dict(await wait_until(check, timeout=15))
 
 
 async def test_a_job_goes_from_pending_to_completed_through_the_emulator_webhook(tmp_path: Path) -> None:
@@ -46,7 +40,7 @@ async def test_a_job_goes_from_pending_to_completed_through_the_emulator_webhook
         }
 
         async def enriched() -> dict[str, Any] | None:
-            job = await _job(client, created["id"])
+            job = await get_job(client, created["id"])
             return job if job["status"] == "completed" and job["result"] else None
 
         job = await wait_until(enriched, timeout=15)
@@ -149,7 +143,7 @@ async def test_transient_openai_errors_are_retried_and_create_one_video(tmp_path
     async with emulated_service(tmp_path) as (url, emulator, _), httpx.AsyncClient(base_url=url) as client:
         emulator.inject_fault(500, count=2)
         job = (await client.post("/v1/jobs", json={"prompt": "retry me"}, headers=auth())).json()
-        done = await _wait_status(client, job["id"], "queued", "in_progress", "completed")
+        done = await wait_for_status(client, job["id"], "queued", "in_progress", "completed")
         assert done["resource_id"] in emulator.videos
         assert len(emulator.videos) == 1
         assert sum(1 for c in emulator.calls if c == ("POST", "/v1/videos")) == 3
@@ -159,14 +153,14 @@ async def test_rate_limit_with_retry_after_is_honoured(tmp_path: Path) -> None:
     async with emulated_service(tmp_path) as (url, emulator, _), httpx.AsyncClient(base_url=url) as client:
         emulator.inject_fault(429, count=1, retry_after=0.2)
         job = (await client.post("/v1/jobs", json={"prompt": "slow down"}, headers=auth())).json()
-        done = await _wait_status(client, job["id"], "queued", "in_progress", "completed")
+        done = await wait_for_status(client, job["id"], "queued", "in_progress", "completed")
         assert len(emulator.videos) == 1 and done["resource_id"]
 
 
 async def test_moderation_rejection_fails_the_job_with_openai_code(tmp_path: Path) -> None:
     async with emulated_service(tmp_path) as (url, emulator, _), httpx.AsyncClient(base_url=url) as client:
         job = (await client.post("/v1/jobs", json={"prompt": "[moderation] nope"}, headers=auth())).json()
-        failed = await _wait_status(client, job["id"], "failed")
+        failed = await wait_for_status(client, job["id"], "failed")
         assert failed["error"]["code"] == "moderation_blocked" and failed["error"]["message"]
         assert failed["resource_id"] is None and len(emulator.videos) == 0
         assert sum(1 for c in emulator.calls if c == ("POST", "/v1/videos")) == 1
@@ -177,7 +171,7 @@ async def test_failed_video_carries_openai_error(tmp_path: Path) -> None:
         job = (await client.post("/v1/jobs", json={"prompt": "[fail] this"}, headers=auth())).json()
 
         async def failed_with_detail() -> dict[str, Any] | None:
-            current = await _job(client, job["id"])
+            current = await get_job(client, job["id"])
             return current if current["status"] == "failed" and current["error"] else None
 
         failed = await wait_until(failed_with_detail, timeout=15)
@@ -198,8 +192,8 @@ async def test_cancel_pending_job_is_never_submitted(tmp_path: Path) -> None:
     async with emulated_service(tmp_path) as (url, emulator, _), httpx.AsyncClient(base_url=url) as client:
         # Same database file, now with workers and OpenAI: the cancelled job stays unsubmitted.
         other = (await client.post("/v1/jobs", json={"prompt": "fresh"}, headers=auth())).json()
-        await _wait_status(client, other["id"], "queued", "in_progress", "completed")
-        assert (await _job(client, job["id"]))["status"] == "cancelled"
+        await wait_for_status(client, other["id"], "queued", "in_progress", "completed")
+        assert (await get_job(client, job["id"]))["status"] == "cancelled"
         assert len(emulator.videos) == 1
 
 
@@ -210,7 +204,7 @@ async def test_cancel_submitted_video_deletes_it_at_openai(tmp_path: Path) -> No
         httpx.AsyncClient(base_url=url) as client,
     ):
         job = (await client.post("/v1/jobs", json={"prompt": "long one"}, headers=auth())).json()
-        queued = await _wait_status(client, job["id"], "queued", "in_progress")
+        queued = await wait_for_status(client, job["id"], "queued", "in_progress")
         response = await client.delete(f"/v1/jobs/{job['id']}", headers=auth())
         assert response.status_code == 200 and response.json()["status"] == "cancelled"
         assert ("DELETE", f"/v1/videos/{queued['resource_id']}") in emulator.calls
@@ -231,7 +225,7 @@ async def test_content_streams_the_asset_and_is_gone_after_expiry(tmp_path: Path
         assert early.status_code == 409
 
         async def enriched() -> dict[str, Any] | None:
-            current = await _job(client, job["id"])
+            current = await get_job(client, job["id"])
             return current if current["status"] == "completed" and current["result"] else None
 
         await wait_until(enriched, timeout=15)
@@ -258,7 +252,7 @@ async def test_track_a_video_made_elsewhere(tmp_path: Path) -> None:
         assert tracked.status_code == 201 and tracked.json()["origin"] == "track"
         again = await client.post("/v1/jobs/track", json={"resource_id": video_id}, headers=auth())
         assert again.status_code == 200 and again.json()["id"] == tracked.json()["id"]
-        done = await _wait_status(client, video_id, "completed")
+        done = await wait_for_status(client, video_id, "completed")
         assert done["id"] == tracked.json()["id"]
         bad = await client.post("/v1/jobs/track", json={"resource_id": "thing_1"}, headers=auth())
         assert bad.status_code == 422 and bad.json()["error"]["param"] == "kind"

@@ -23,7 +23,15 @@ from service.openai_client import Operation
 from service.signing import Signer
 from service.store.records import DeliveryStatus
 from tests.subscriber import Subscriber
-from tests.support import auth, emulated_service, live_server, make_settings, signed_webhook, wait_until
+from tests.support import (
+    auth,
+    emulated_service,
+    get_job,
+    live_server,
+    make_settings,
+    signed_webhook,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -136,12 +144,6 @@ async def _deliveries(client: httpx.AsyncClient, **query: str) -> list[dict[str,
     return list(response.json()["data"])
 
 
-async def _job(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/jobs/{job_id}", headers=auth())
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
 async def _post_webhook(client: httpx.AsyncClient, body: bytes, headers: dict[str, str]) -> httpx.Response:
     return await client.post("/webhooks/openai", content=body, headers=headers)
 
@@ -197,7 +199,7 @@ async def test_every_contract_metric_moves_with_real_traffic(tmp_path: Path) -> 
         job_id = created.json()["id"]
 
         async def completed() -> dict[str, Any] | None:
-            job = await _job(client, job_id)
+            job = await get_job(client, job_id)
             return job if job["status"] == "completed" and job["result"] else None
 
         job = await wait_until(completed, timeout=20)
@@ -330,7 +332,7 @@ async def test_reconciler_catching_a_missed_webhook_counts_updated(tmp_path: Pat
         job_id = created.json()["id"]
 
         async def completed() -> bool:
-            return (await _job(client, job_id))["status"] == "completed"
+            return (await get_job(client, job_id))["status"] == "completed"
 
         await wait_until(completed, timeout=20)
 
@@ -356,7 +358,7 @@ async def test_job_duration_is_observed_when_a_job_reaches_a_terminal_state(tmp_
         job_id = created.json()["id"]
 
         async def completed() -> bool:
-            return (await _job(client, job_id))["status"] == "completed"
+            return (await get_job(client, job_id))["status"] == "completed"
 
         await wait_until(completed, timeout=20)
         scraped = await scrape(client)

@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from service.clock import ManualClock
 from service.retention import Pruner
-from service.store.records import IncomingWebhook
 from service.store.sqlite import DeliveryOutcome, SqliteStore
+from tests.support import incoming_webhook
 
 pytestmark = pytest.mark.anyio
-
-
-def _hook(i: int, now: float) -> IncomingWebhook:
-    body = {"id": f"evt_{i}", "object": "event", "type": "video.completed", "data": {"id": f"video_{i}"}}
-    return IncomingWebhook(
-        f"wh_{i}",
-        int(now),
-        f"evt_{i}",
-        "video.completed",
-        f"video_{i}",
-        int(now),
-        json.dumps(body),
-        body["data"],
-    )
 
 
 async def test_old_history_goes_jobs_stay_and_pending_deliveries_are_kept(tmp_path: Path) -> None:
@@ -37,7 +22,7 @@ async def test_old_history_goes_jobs_stay_and_pending_deliveries_are_kept(tmp_pa
             url="http://127.0.0.1:9/x", event_types=None, description=None, secret="whsec_AAAA", ordered=False
         )
         for i in range(30):
-            await store.record_webhook(_hook(i, clock.now()))
+            await store.record_webhook(incoming_webhook(i, clock.now()))
         # Deliver all but the last five; those stay pending.
         claimed = await store.claim_deliveries(100, 30.0)
         done = claimed[:25]

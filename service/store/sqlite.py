@@ -1,9 +1,10 @@
 """The SQLite store: all SQL lives here; one writer task commits waiting writes together (group commit).
 
-aiosqlite runs sqlite3 on its own thread and every call is a thread hop. The store pays that hop once
-per batch: each operation is a plain function over a sqlite3 connection, and the writer runs a whole
-batch of them in one hop, one transaction (a savepoint per operation, so one failing operation does
-not undo its neighbours) and one commit.
+Each operation is a plain function over a sqlite3 connection. The writer task takes every waiting
+operation as one batch: BEGIN on the connection's aiosqlite thread, the operations on the event loop
+(one savepoint around them all; one per operation only if one fails, so a failing operation does not
+undo its neighbours), COMMIT back on the thread. Reads run on a second connection's thread and WAL
+checkpoints on a third, beside the writer.
 
 Durability: WAL with `synchronous=FULL`, so a commit survives power loss, not only a process crash.
 Group commit makes the fsync per batch, not per request, which is what keeps FULL affordable.
@@ -809,9 +810,9 @@ class SqliteStore:
         return conn
 
     async def _start(self) -> None:
-        # The store's thread and the event loop share the GIL. With the default 5 ms switch interval,
-        # every socket write on the loop (which releases the GIL) can cost a wait of up to 5 ms behind a
-        # batch running on the store's thread; 0.5 ms keeps request latency and delivery rate up.
+        # The store's threads (reads, BEGIN/COMMIT, checkpoints) and the event loop share the GIL. With
+        # the default 5 ms switch interval, the loop can wait up to 5 ms for it each time it hands it over;
+        # 0.5 ms keeps request latency and delivery rate up.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer_conn = await self._connect()
