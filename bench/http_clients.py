@@ -132,6 +132,23 @@ async def _httpx_aiohttp(url: str, concurrency: int) -> Any:
 
 
 @asynccontextmanager
+async def _httpx_sorahook_transport(url: str, concurrency: int) -> Any:
+    """httpx over sorahook's own aiohttp transport: the OpenAI client's path (service/http_transport.py)."""
+    import httpx
+
+    from service.http_transport import AiohttpTransport
+
+    transport = AiohttpTransport(max_connections=concurrency)
+    async with httpx.AsyncClient(transport=transport) as client:
+
+        async def post() -> None:
+            response = await client.post(url, content=BODY, headers=HEADERS)
+            response.raise_for_status()
+
+        yield post
+
+
+@asynccontextmanager
 async def _sorahook_sender(url: str, concurrency: int) -> Any:
     from service.sender import Sender
     from service.ssrf import StaticResolver
@@ -157,6 +174,7 @@ def _clients() -> dict[str, ClientFactory]:
         clients["httpx-aiohttp"] = _httpx_aiohttp
     except ImportError:
         print("httpx-aiohttp is not installed; skipping it (pip install httpx-aiohttp)", file=sys.stderr)
+    clients["httpx+transport"] = _httpx_sorahook_transport  # the OpenAI client
     clients["sorahook Sender"] = _sorahook_sender
     return clients
 
