@@ -16,7 +16,7 @@ class Pruner:
     name = "pruner"
 
     def __init__(
-        self, *, store: SqliteStore, clock: Clock, keep: float, interval: float = 3600.0, batch: int = 500
+        self, *, store: SqliteStore, clock: Clock, keep: float, interval: float = 3600.0, batch: int = 200
     ) -> None:
         self.store, self.clock = store, clock
         self.keep, self.interval, self.batch = keep, interval, batch

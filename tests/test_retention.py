@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -41,5 +42,42 @@ async def test_old_history_goes_jobs_stay_and_pending_deliveries_are_kept(tmp_pa
         assert remaining_events == 5  # the emitted events whose deliveries still wait
         assert await store.count_received() == 0
         assert await Pruner(store=store, clock=clock, keep=30 * 86400).run_once() == 0
+    finally:
+        await store.aclose()
+
+
+async def test_every_prune_query_seeks_an_index_and_scans_no_table(tmp_path: Path) -> None:
+    """A scan here once cost a full pass over deliveries per old event: minutes holding the writer."""
+    store = await SqliteStore.open(tmp_path / "p.db", clock=ManualClock(), retry_schedule=(0.0,))
+    await store.aclose()
+    conn = sqlite3.connect(tmp_path / "p.db")
+    try:
+        for sql in (
+            SqliteStore.PRUNE_DELIVERIES_SQL,
+            SqliteStore.PRUNE_RECEIVED_SQL,
+            SqliteStore.PRUNE_EMITTED_SQL,
+        ):
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, (0.0, 10))]
+            assert plan and all(not step.startswith("SCAN") for step in plan), (sql, plan)
+            assert any("USING INDEX" in step for step in plan), plan
+    finally:
+        conn.close()
+
+
+async def test_dedupe_rows_go_with_their_received_events_and_a_replay_after_that_is_new(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    store = await SqliteStore.open(tmp_path / "d.db", clock=clock, retry_schedule=(0.0,))
+    try:
+        old = incoming_webhook(1, clock.now())
+        await store.record_webhook(old)
+        clock.advance(10 * 86400)
+        young = incoming_webhook(2, clock.now())
+        await store.record_webhook(young)
+        assert await store.count_received() == 2
+        await Pruner(store=store, clock=clock, keep=5 * 86400).run_once()
+        assert await store.count_received() == 1
+        assert (await store.record_webhook(young)).status == "duplicate"  # the young one still dedupes
     finally:
         await store.aclose()

@@ -190,6 +190,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             WHERE status IN ('pending', 'failed');
         """,
     ),
+    (
+        6,
+        "retention by index: old finished deliveries, old received events, deliveries by event",
+        # Without these, each prune batch scanned the deliveries table once per old event (NOT EXISTS on
+        # an unindexed event_id) and scanned events and received_webhooks whole when little was old: a
+        # few thousand webhooks' history took minutes to prune, holding the single writer. Dedupe rows
+        # now go with their received event (same webhook id, same age); orphans are cleared here once.
+        """
+        CREATE INDEX deliveries_event ON deliveries(event_id);
+        CREATE INDEX deliveries_finished ON deliveries(updated_at) WHERE status IN ('succeeded', 'dead');
+        CREATE INDEX events_received ON events(created_at) WHERE direction = 'received';
+        DELETE FROM received_webhooks WHERE webhook_id NOT IN
+            (SELECT webhook_id FROM events WHERE direction = 'received' AND webhook_id IS NOT NULL);
+        """,
+    ),
 ]
 
 
