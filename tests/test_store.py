@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.clock import ManualClock
+from service.domain import Observation
 from service.store.sqlite import SqliteStore
 from tests.support import incoming_webhook
 
@@ -93,5 +94,61 @@ async def test_a_long_wal_is_caught_up_by_the_writer_and_starts_over(tmp_path: P
         assert wal.stat().st_size <= size
         jobs, _ = await store.list_jobs(status=None, kind=None, limit=100, after=None)
         assert len(jobs) == 40
+    finally:
+        await store.aclose()
+
+
+def _counted(path: Path) -> list[tuple[str, str, int]]:
+    conn = sqlite3.connect(path)
+    try:
+        return sorted(
+            conn.execute("SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status").fetchall()
+        )
+    finally:
+        conn.close()
+
+
+async def test_job_counts_follow_every_insert_and_status_change(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = await SqliteStore.open(tmp_path / "c.db", clock=clock, retry_schedule=(0.0,))
+    try:
+        for i in range(3):  # untracked: three completed webhook jobs
+            await store.record_webhook(incoming_webhook(i, clock.now()))
+        tracked = []
+        for i in range(10, 14):
+            job, _ = await store.track_job(
+                kind="video", resource_id=f"video_{i}", callback_url=None, metadata={}
+            )
+            tracked.append(job)
+        await store.track_job(kind="batch", resource_id="batch_1", callback_url=None, metadata={})
+        await store.record_webhook(incoming_webhook(10, clock.now()))  # queued -> completed
+        await store.record_webhook(incoming_webhook(10, clock.now()))  # a duplicate moves nothing
+        await store.refresh_done(tracked[1].id, Observation(status="in_progress", progress=40))
+        await store.refresh_done(
+            tracked[2].id, Observation(status="failed", error={"code": "x", "message": "y"})
+        )
+        await store.refresh_done(tracked[2].id, Observation(status="in_progress"))  # terminal stays terminal
+        counts = sorted(await store.job_counts())
+    finally:
+        await store.aclose()
+    assert counts == _counted(tmp_path / "c.db")
+    assert ("video", "completed", 4) in counts and ("batch", tracked[0].status, 1) in counts
+
+
+async def test_the_counts_migration_counts_the_jobs_already_there(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = await SqliteStore.open(path, clock=ManualClock(), retry_schedule=(0.0,))
+    for i in range(5):
+        await store.record_webhook(incoming_webhook(i, 1000.0))
+    await store.aclose()
+    conn = sqlite3.connect(path, isolation_level=None)  # back to the schema before migration 7
+    for name in ("job_counts_insert", "job_counts_update", "job_counts_delete"):
+        conn.execute(f"DROP TRIGGER {name}")
+    conn.execute("DROP TABLE job_counts")
+    conn.execute("DELETE FROM schema_migrations WHERE version = 7")
+    conn.close()
+    store = await SqliteStore.open(path, clock=ManualClock(), retry_schedule=(0.0,))
+    try:
+        assert sorted(await store.job_counts()) == _counted(path) == [("video", "completed", 5)]
     finally:
         await store.aclose()

@@ -205,6 +205,35 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             (SELECT webhook_id FROM events WHERE direction = 'received' AND webhook_id IS NOT NULL);
         """,
     ),
+    (
+        7,
+        "job counts kept by triggers, so /metrics does not count every job on each scrape",
+        # Jobs are never pruned: a GROUP BY over them took ~0.5 s per scrape at 300,000 jobs, holding the
+        # reader connection every API read waits on. The triggers run in the transaction that inserts a
+        # job or moves its status, so the counts are exactly as committed, crash or no crash.
+        """
+        CREATE TABLE job_counts (
+            kind TEXT NOT NULL,
+            status TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            PRIMARY KEY (kind, status)
+        ) WITHOUT ROWID;
+        INSERT INTO job_counts (kind, status, n) SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status;
+        CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs BEGIN
+            INSERT INTO job_counts (kind, status, n) VALUES (NEW.kind, NEW.status, 1)
+                ON CONFLICT (kind, status) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER job_counts_update AFTER UPDATE OF kind, status ON jobs
+            WHEN OLD.status IS NOT NEW.status OR OLD.kind IS NOT NEW.kind BEGIN
+            UPDATE job_counts SET n = n - 1 WHERE kind = OLD.kind AND status = OLD.status;
+            INSERT INTO job_counts (kind, status, n) VALUES (NEW.kind, NEW.status, 1)
+                ON CONFLICT (kind, status) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs BEGIN
+            UPDATE job_counts SET n = n - 1 WHERE kind = OLD.kind AND status = OLD.status;
+        END;
+        """,
+    ),
 ]
 
 
@@ -221,9 +250,8 @@ def apply_migrations(conn: sqlite3.Connection, now: float) -> list[int]:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in sql.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in _statements(sql):
+                conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
                 (version, description, now),
@@ -234,3 +262,18 @@ def apply_migrations(conn: sqlite3.Connection, now: float) -> list[int]:
             raise
         applied.append(version)
     return applied
+
+
+def _statements(script: str) -> list[str]:
+    """The script's statements, one by one: a trigger's body holds semicolons of its own."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending)
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending)
+    return statements
