@@ -152,3 +152,25 @@ async def test_the_counts_migration_counts_the_jobs_already_there(tmp_path: Path
         assert sorted(await store.job_counts()) == _counted(path) == [("video", "completed", 5)]
     finally:
         await store.aclose()
+
+
+async def test_a_replay_runs_in_chunks_and_enqueues_each_event_once_in_order(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = await SqliteStore.open(tmp_path / "r.db", clock=clock, retry_schedule=(0.0,))
+    try:
+        for i in range(7):
+            await store.record_webhook(incoming_webhook(i, clock.now()))
+            clock.advance(1.0 if i != 3 else 0.0)  # two events share a created_at: the id breaks the tie
+        sub = await store.create_subscription(
+            url="http://127.0.0.1:9/x", event_types=None, description=None, secret="whsec_AAAA", ordered=False
+        )
+        commits = store.commits
+        assert await store.replay(sub.id, 0.0, chunk=3) == 7
+        assert store.commits - commits >= 3  # 3 + 3 + 1 events, one transaction each
+        deliveries, _ = await store.list_deliveries(
+            subscription_id=sub.id, job_id=None, status=None, limit=100, after=None
+        )
+        assert len({d.event_id for d in deliveries}) == 7
+        assert await store.replay("sub_missing", 0.0) is None
+    finally:
+        await store.aclose()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -1497,53 +1498,73 @@ class SqliteStore:
 
         return await self._write(op)
 
-    async def replay(self, sub_id: str, since: float) -> int | None:
-        """Enqueue again, for this subscription, every emitted event since `since` that matches its filter."""
+    async def replay(self, sub_id: str, since: float, chunk: int = 1000) -> int | None:
+        """Enqueue again, for this subscription, every emitted event since `since` that matches its filter.
 
-        def op(c: sqlite3.Connection) -> int | None:
-            row = c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
-            if row is None:
-                return None
-            sub = _subscription(row, self._ops.box)
-            now = self.clock.now()
-            events = c.execute(
-                "SELECT e.id, e.type, e.job_id, e.created_at, j.sequence FROM events e"
-                " LEFT JOIN jobs j ON j.id = e.job_id"
-                " WHERE e.direction = 'emitted' AND e.created_at >= ? AND e.type != 'sorahook.test'"
-                " ORDER BY e.created_at, e.id",
-                (since,),
-            ).fetchall()
-            rows = []
-            for ev in events:
-                if not matches_filter(ev["type"], sub.event_types):
-                    continue
-                ordering = f"{sub.id}:{ev['job_id']}" if (sub.ordered and ev["job_id"]) else None
-                rows.append(
-                    (
-                        ids.delivery_id(),
-                        ev["id"],
-                        ev["type"],
-                        sub.id,
-                        ev["job_id"],
-                        now,
-                        ordering,
-                        ev["sequence"],
-                        ev["created_at"],
-                        now,
-                        now,
-                    )
-                )
-            c.executemany(
-                "INSERT INTO deliveries (id, event_id, event_type, subscription_id, job_id, status,"
-                " next_attempt_at, ordering_key, sequence, event_created_at, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
-                rows,
+        In chunks of `chunk` events, each its own transaction, oldest first: a replay of months of events
+        never holds the single writer (and every webhook waiting on it) for more than one chunk. None if
+        the subscription does not exist.
+        """
+        total = 0
+        cursor: tuple[float, str] = (since, "")
+        while True:
+            step = await self._write(
+                functools.partial(self._replay_chunk, sub_id=sub_id, after=cursor, chunk=chunk)
             )
-            if rows:
-                self._ops.flag_deliveries = True
-            return len(rows)
+            if step is None:
+                return None if total == 0 else total  # deleted mid-replay: what was enqueued stays
+            enqueued, last = step
+            total += enqueued
+            if last is None:
+                return total
+            cursor = last
 
-        return await self._write(op)
+    def _replay_chunk(
+        self, c: sqlite3.Connection, sub_id: str, after: tuple[float, str], chunk: int
+    ) -> tuple[int, tuple[float, str] | None] | None:
+        """One chunk of a replay: (deliveries enqueued, the last event's (created_at, id) or None at the end)."""
+        row = c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
+        if row is None:
+            return None
+        sub = _subscription(row, self._ops.box)
+        now = self.clock.now()
+        events = c.execute(
+            "SELECT e.id, e.type, e.job_id, e.created_at, j.sequence FROM events e"
+            " LEFT JOIN jobs j ON j.id = e.job_id"
+            " WHERE e.direction = 'emitted' AND e.created_at >= ? AND (e.created_at, e.id) > (?, ?)"
+            " AND e.type != 'sorahook.test' ORDER BY e.created_at, e.id LIMIT ?",
+            (after[0], after[0], after[1], chunk),
+        ).fetchall()
+        rows = []
+        for ev in events:
+            if not matches_filter(ev["type"], sub.event_types):
+                continue
+            ordering = f"{sub.id}:{ev['job_id']}" if (sub.ordered and ev["job_id"]) else None
+            rows.append(
+                (
+                    ids.delivery_id(),
+                    ev["id"],
+                    ev["type"],
+                    sub.id,
+                    ev["job_id"],
+                    now,
+                    ordering,
+                    ev["sequence"],
+                    ev["created_at"],
+                    now,
+                    now,
+                )
+            )
+        c.executemany(
+            "INSERT INTO deliveries (id, event_id, event_type, subscription_id, job_id, status,"
+            " next_attempt_at, ordering_key, sequence, event_created_at, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        if rows:
+            self._ops.flag_deliveries = True
+        last = (events[-1]["created_at"], events[-1]["id"]) if len(events) == chunk else None
+        return len(rows), last
 
     # -- deliveries -------------------------------------------------------------------------------
 
