@@ -234,6 +234,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         END;
         """,
     ),
+    (
+        8,
+        "quota index without webhook jobs",
+        # Quotas count only jobs a client made (origin other than webhook): jobs first heard of by webhook,
+        # most of the jobs of a team that creates videos elsewhere, no longer write this index at all.
+        """
+        DROP INDEX jobs_client_created;
+        CREATE INDEX jobs_client_created ON jobs(client, created_at) WHERE origin != 'webhook';
+        """,
+    ),
 ]
 
 

@@ -1824,14 +1824,16 @@ class SqliteStore:
             if quotas.per_hour is not None:
                 window = (client, now - HOUR)
                 recent = c.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE client IS ? AND created_at > ? AND origin != 'webhook'",
+                    "SELECT COUNT(*) FROM jobs INDEXED BY jobs_client_created"
+                    " WHERE client IS ? AND created_at > ? AND origin != 'webhook'",
                     window,
                 ).fetchone()[0]
                 if recent + n > quotas.per_hour:
                     created = [
                         r[0]
                         for r in c.execute(
-                            "SELECT created_at FROM jobs WHERE client IS ? AND created_at > ?"
+                            "SELECT created_at FROM jobs INDEXED BY jobs_client_created"
+                            " WHERE client IS ? AND created_at > ?"
                             " AND origin != 'webhook' ORDER BY created_at",
                             window,
                         ).fetchall()
@@ -1845,7 +1847,8 @@ class SqliteStore:
             if quotas.daily_usd is not None:
                 # Jobs that failed or were cancelled before reaching OpenAI never cost anything.
                 spending = (
-                    " FROM jobs WHERE client IS ? AND created_at > ? AND estimated_cost_usd IS NOT NULL"
+                    " FROM jobs INDEXED BY jobs_client_created WHERE client IS ? AND created_at > ?"
+                    " AND origin != 'webhook' AND estimated_cost_usd IS NOT NULL"
                     " AND NOT (status IN ('failed', 'cancelled') AND resource_id IS NULL)"
                 )
                 window = (client, now - DAY)
