@@ -94,7 +94,7 @@ class Deliverer:
         kept: list[ClaimedDelivery] = []
         released: list[ClaimedDelivery] = []
         for item in claimed:
-            key = item.subscription_id or item.url
+            key = item.cap_key
             if counts[key] >= share:
                 released.append(item)
                 continue
@@ -219,7 +219,7 @@ class Deliverer:
             try:
                 await self._deliver(item)
             finally:
-                self._finish(item.subscription_id or item.url)
+                self._finish(item.cap_key)
 
         if items:
             await asyncio.gather(*(one(item) for item in items))
@@ -265,7 +265,7 @@ class Deliverer:
         if items:
             claimed_at = self.clock.now()
             for item in items:
-                self._queue.put(item.subscription_id or item.url, (claimed_at, item))
+                self._queue.put(item.cap_key, (claimed_at, item))
         if self._outcomes:
             return  # sends ended during that write: record them (and claim for their room) at once
         if items and self._outstanding < self.claim_limit:
@@ -317,7 +317,7 @@ class Deliverer:
         """
         waiting = [item for _, item in self._queue.close()]
         for item in waiting:
-            self._finish(item.subscription_id or item.url)
+            self._finish(item.cap_key)
         if waiting:
             await self._give_back(waiting)
         if self._outstanding > 0:

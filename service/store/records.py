@@ -210,6 +210,11 @@ class ClaimedDelivery:
     event_created_at: float
     ordered: bool
 
+    @property
+    def cap_key(self) -> str:
+        """What the per-subscription cap counts against: the subscription, or the callback URL."""
+        return self.subscription_id or self.url
+
 
 # -- issue 9: archive
 

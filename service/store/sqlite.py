@@ -394,6 +394,11 @@ class _Ops:
     def forget_subscriptions(self) -> None:
         self._subscriptions = None
 
+    def rolled_back(self, finished: int = 0) -> None:
+        """The transaction went back to a point where `finished` jobs had finished: forget what came after."""
+        self.forget_subscriptions()
+        del self.finished[finished:]
+
     def emit(
         self,
         conn: sqlite3.Connection,
@@ -1013,8 +1018,7 @@ class SqliteStore:
                 results = [op(conn) for op in ops]
             except Exception:
                 conn.execute("ROLLBACK TO batch")
-                self._ops.forget_subscriptions()
-                del self._ops.finished[finished:]
+                self._ops.rolled_back(finished)
             else:
                 conn.execute("RELEASE batch")
                 return results
@@ -1027,8 +1031,7 @@ class SqliteStore:
                 results.append(op(conn))
             except Exception as exc:
                 conn.execute("ROLLBACK TO op")
-                self._ops.forget_subscriptions()
-                del self._ops.finished[finished:]
+                self._ops.rolled_back(finished)
                 results.append(exc)
             conn.execute("RELEASE op")
         return results
@@ -1036,8 +1039,7 @@ class SqliteStore:
     def _rollback(self, conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        self._ops.forget_subscriptions()
-        self._ops.finished.clear()  # nothing of this batch happened
+        self._ops.rolled_back()  # nothing of this batch happened
 
     def _commit(self, conn: sqlite3.Connection) -> None:
         try:
