@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -65,6 +68,89 @@ class _VettedAddressResolver(AbstractResolver):
         return None
 
 
+class Deadlines:
+    """Per-attempt deadlines for the tasks sending, kept by one timer instead of one per attempt.
+
+    `asyncio.timeout` schedules and cancels a loop timer on every attempt, a measurable part of a
+    delivery's CPU. Attempts share one timeout, so their deadlines come in order: one timer at the
+    earliest deadline does. When it fires, every task past its deadline is cancelled (as
+    `asyncio.timeout` does) and the timer moves to the next deadline. `attempt()` turns the
+    cancellation into TimeoutError at the end of its block, and leaves any other cancellation alone.
+    """
+
+    def __init__(self) -> None:
+        self._armed: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    def attempt(self, timeout: float) -> _Attempt:
+        """A `with` block that raises TimeoutError if it runs longer than `timeout` seconds."""
+        return _Attempt(self, timeout)
+
+    def _arm(self, task: asyncio.Task[Any], timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first use, or a new event loop (tests): forget the old timer
+            self._loop, self._timer, self._timer_at = loop, None, math.inf
+        deadline = loop.time() + timeout
+        self._armed[task] = deadline
+        if deadline < self._timer_at:
+            self._schedule(deadline)
+
+    def _disarm(self, task: asyncio.Task[Any]) -> bool:
+        """Forget the task's deadline; True if it was cancelled for passing it."""
+        self._armed.pop(task, None)
+        if task in self._expired:
+            self._expired.discard(task)
+            return True
+        return False
+
+    def _schedule(self, at: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = self._loop.call_at(at, self._fire), at
+
+    def _fire(self) -> None:
+        assert self._loop is not None
+        self._timer, self._timer_at = None, math.inf
+        now = self._loop.time()
+        earliest = math.inf
+        for task, deadline in list(self._armed.items()):
+            if deadline <= now:
+                del self._armed[task]
+                self._expired.add(task)
+                task.cancel()
+            elif deadline < earliest:
+                earliest = deadline
+        if earliest < math.inf:
+            self._schedule(earliest)
+
+
+class _Attempt:
+    __slots__ = ("_cancelling", "_deadlines", "_task", "_timeout")
+
+    def __init__(self, deadlines: Deadlines, timeout: float) -> None:
+        self._deadlines, self._timeout = deadlines, timeout
+
+    def __enter__(self) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a deadline needs a running task")
+        self._task, self._cancelling = task, task.cancelling()
+        self._deadlines._arm(task, self._timeout)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._deadlines._disarm(self._task):
+            return
+        # Ours: take the cancellation back; if nobody else cancelled the task too, it is a timeout.
+        if self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
+
+
 class Sender:
     """POSTs deliveries over pooled keep-alive connections (aiohttp; see bench/http_clients.py).
 
@@ -79,6 +165,9 @@ class Sender:
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._urls: dict[tuple[str, str], URL] = {}
+        self._deadlines = Deadlines()
+        # Vetting a URL whose host is an address (no lookup) always gives the same answer: kept per URL.
+        self._literal_targets: dict[str, Target] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         # Created on first use: aiohttp binds the session to the running event loop.
@@ -115,8 +204,8 @@ class Sender:
         if self._closed:
             return SendResult(None, None, "sender is closed", 0.0)
         try:
-            async with asyncio.timeout(timeout):
-                target = await vet(url, self._resolver, allow_private=self._allow_private)
+            with self._deadlines.attempt(timeout):
+                target = self._literal_targets.get(url) or await self._vet(url)
                 request_url = self._request_url(url, target)
                 request_headers = CIMultiDict(headers)  # case-insensitive: a caller's "user-agent" wins
                 request_headers.setdefault("Content-Type", "application/json")
@@ -149,6 +238,14 @@ class Sender:
         if error is not None:
             error = error[:_MAX_ERROR_CHARS]
         return SendResult(status, retry_after, error, latency, unsafe)
+
+    async def _vet(self, url: str) -> Target:
+        target = await vet(url, self._resolver, allow_private=self._allow_private)
+        if literal_ip(target.host) is not None:
+            if len(self._literal_targets) >= _URL_CACHE_SIZE:
+                self._literal_targets.clear()
+            self._literal_targets[url] = target
+        return target
 
     def _request_url(self, url: str, target: Target) -> URL:
         """The URL to request (parsed once per URL and address: subscription URLs repeat on every send)."""

@@ -33,6 +33,7 @@ class Subscriber:
     bodies: list[bytes] = field(default_factory=list)
     peers: list[object] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -49,6 +50,7 @@ async def subscriber() -> AsyncIterator[Subscriber]:
         sub.hits.append(request)
         sub.bodies.append(await request.read())
         sub.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        sub.arrived.set()
 
     async def ok(request: web.Request) -> web.Response:
         await record(request)
@@ -328,3 +330,38 @@ async def test_a_closed_sender_reports_instead_of_raising(subscriber: Subscriber
     result = await s.send(subscriber.url("/ok"), HEADERS, BODY, timeout=5)
     assert result.status_code is None and result.error == "sender is closed"
     assert subscriber.hits == []
+
+
+# --- deadlines: one timer for every attempt in flight ---
+
+
+@pytest.mark.anyio
+async def test_concurrent_attempts_each_time_out_at_their_own_deadline(
+    subscriber: Subscriber, sender: Sender
+) -> None:
+    # A long deadline armed first must not hold back a short one armed after it, nor be cut short by it.
+    async def timed(path: str, timeout: float) -> tuple[str | None, float]:
+        started = time.monotonic()
+        result = await sender.send(subscriber.url(path), HEADERS, BODY, timeout=timeout)
+        return result.error, time.monotonic() - started
+
+    long, short, fine = await asyncio.gather(timed("/hang", 0.6), timed("/hang", 0.1), timed("/ok", 0.3))
+    assert long[0] == "timeout after 0.6s" and long[1] >= 0.6
+    assert short[0] == "timeout after 0.1s" and 0.1 <= short[1] < 0.6
+    assert fine[0] is None
+    # The keeper holds nothing once the attempts are over, and times out the next attempt as well.
+    assert sender._deadlines._armed == {} and sender._deadlines._expired == set()
+    again = await sender.send(subscriber.url("/hang"), HEADERS, BODY, timeout=0.1)
+    assert again.error == "timeout after 0.1s"
+
+
+@pytest.mark.anyio
+async def test_cancelling_a_sending_task_is_a_cancellation_not_a_timeout(
+    subscriber: Subscriber, sender: Sender
+) -> None:
+    task = asyncio.create_task(sender.send(subscriber.url("/hang"), HEADERS, BODY, timeout=5))
+    await asyncio.wait_for(subscriber.arrived.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sender._deadlines._armed == {}
