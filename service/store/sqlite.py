@@ -92,7 +92,7 @@ class Signals:
     refreshes: asyncio.Event
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one per delivery attempt, and a frozen __init__ costs 5x
 class DeliveryOutcome:
     """What a delivery attempt did, as the delivery worker reports it to the store."""
 
@@ -499,9 +499,11 @@ class _Ops:
 
     # -- deliveries -------------------------------------------------------------------------------
 
+    # Columns picked by position (plain tuples: no sqlite3.Row built and looked up by name per row).
     _CLAIM_SQL = (
-        "SELECT d.*, e.body AS body, s.url AS sub_url, s.secret, s.previous_secret, s.previous_secret_until,"
-        " s.ordered, s.enabled FROM deliveries d INDEXED BY deliveries_sub_due JOIN events e ON e.id = d.event_id"
+        "SELECT d.id, d.event_id, d.event_type, d.subscription_id, d.job_id, d.url, d.attempts,"
+        " d.event_created_at, e.body, s.url, s.secret, s.previous_secret, s.previous_secret_until, s.ordered,"
+        " s.enabled FROM deliveries d INDEXED BY deliveries_sub_due JOIN events e ON e.id = d.event_id"
         " LEFT JOIN subscriptions s ON s.id = d.subscription_id"
         " WHERE {target} AND d.status IN ('pending', 'failed') AND d.next_attempt_at <= ?"
         " AND NOT EXISTS ("
@@ -536,7 +538,9 @@ class _Ops:
             groups = groups[start:] + groups[:start]
             self._claim_turn += 1
         groups.append(None)  # per-job callback_url deliveries
-        rows: list[sqlite3.Row] = []
+        cursor = conn.cursor()
+        cursor.row_factory = None
+        rows: list[tuple[Any, ...]] = []
         for group in groups:
             remaining = limit - len(rows)
             if remaining <= 0:
@@ -547,42 +551,54 @@ class _Ops:
                 sql, args = self._CLAIM_SQL.format(target="d.subscription_id IS NULL"), (now, take)
             else:
                 sql, args = self._CLAIM_SQL.format(target="d.subscription_id = ?"), (group, now, take)
-            rows.extend(conn.execute(sql, args).fetchall())
+            rows.extend(cursor.execute(sql, args).fetchall())
         claimed: list[ClaimedDelivery] = []
-        for row in rows:
-            if row["subscription_id"] is not None and (row["enabled"] is None or not row["enabled"]):
-                # The subscription was disabled or removed after the event was enqueued.
+        opened: dict[str, str] = {}  # sealed secret -> secret, once per claim
+        for (
+            delivery_id,
+            event_id,
+            event_type,
+            sub_id,
+            job_id,
+            own_url,
+            attempts,
+            event_created_at,
+            body,
+            sub_url,
+            secret,
+            previous,
+            previous_until,
+            ordered,
+            enabled,
+        ) in rows:
+            if sub_id is None:
+                url = own_url
+                secrets = [self.callback_secret] if self.callback_secret else []
+            elif not enabled:  # the subscription was disabled or removed after the event was enqueued
                 conn.execute(
                     "UPDATE deliveries SET status = 'dead', next_attempt_at = NULL, lease_until = NULL,"
                     " last_error = ?, updated_at = ? WHERE id = ?",
-                    ("subscription disabled or deleted", now, row["id"]),
+                    ("subscription disabled or deleted", now, delivery_id),
                 )
                 continue
-            if row["subscription_id"] is not None:
-                url = row["sub_url"]
-                secrets = [self.open_secret(row["secret"])]
-                if (
-                    row["previous_secret"]
-                    and row["previous_secret_until"]
-                    and now < row["previous_secret_until"]
-                ):
-                    secrets.append(self.open_secret(row["previous_secret"]))
             else:
-                url = row["url"]
-                secrets = [self.callback_secret] if self.callback_secret else []
+                url = sub_url
+                secrets = [opened.get(secret) or opened.setdefault(secret, self.open_secret(secret))]
+                if previous and previous_until and now < previous_until:
+                    secrets.append(self.open_secret(previous))
             claimed.append(
                 ClaimedDelivery(
-                    id=row["id"],
-                    event_id=row["event_id"],
-                    event_type=row["event_type"],
-                    subscription_id=row["subscription_id"],
-                    job_id=row["job_id"],
-                    url=url,
-                    body=row["body"],
-                    secrets=secrets,
-                    attempts=row["attempts"],
-                    event_created_at=row["event_created_at"],
-                    ordered=bool(row["ordered"]),
+                    delivery_id,
+                    event_id,
+                    event_type,
+                    sub_id,
+                    job_id,
+                    url,
+                    body,
+                    secrets,
+                    attempts,
+                    event_created_at,
+                    bool(ordered),
                 )
             )
         if claimed:
@@ -690,15 +706,17 @@ class _Ops:
             assert out.status_code is not None
             by_code.setdefault(out.status_code, []).append(out.delivery_id)
         delivered: dict[str, str | None] = {}
+        cursor = conn.cursor()
+        cursor.row_factory = None  # (id, subscription_id) tuples
         for code, delivery_ids in by_code.items():
-            rows = conn.execute(
+            rows = cursor.execute(
                 "UPDATE deliveries SET status = 'succeeded', attempts = attempts + 1, next_attempt_at = NULL,"
                 " lease_until = NULL, last_status_code = ?, last_error = NULL, updated_at = ?, delivered_at = ?"
                 " WHERE id IN (SELECT value FROM json_each(?)) AND status IN ('pending', 'failed')"
                 " RETURNING id, subscription_id",
                 (code, now, now, json.dumps(delivery_ids)),
             ).fetchall()
-            delivered.update((row[0], row[1]) for row in rows)
+            delivered.update(rows)
         logged: set[str] = set()
         attempts = []
         for out in outcomes:
