@@ -395,6 +395,7 @@ async def _raw_run(urls: list[str], bodies: list[str], concurrency: int) -> tupl
 async def _throughput_round(
     subs: Subscribers, webhooks: int, concurrency: int, per_subscription: int
 ) -> Throughput:
+    from service.app import settle_gc
     from service.clock import SystemClock
     from service.config import new_webhook_secret
     from service.store.sqlite import SqliteStore
@@ -422,6 +423,7 @@ async def _throughput_round(
                 raise RuntimeError(
                     f"preload left {backlog} deliveries for {len(bodies)} events, not {expected}"
                 )
+            settle_gc()  # as the service does once started; the raw loop below runs under it too
             async with aiohttp.ClientSession() as control:
                 await subs.take_arrivals(control)
                 seconds, cpu, commits, ops = await _outbox_run(store, expected, concurrency, per_subscription)
