@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import re
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ class Verifier:
     """
 
     def __init__(self, secrets: tuple[str, ...] | list[str], tolerance: int) -> None:
-        # The keys as the library decodes them; signatures are computed as its `sign` does, one-shot.
-        self._keys = [Webhook(secret)._whsecret for secret in secrets]
+        # Keyed with the secrets as the library decodes them; signatures computed as its `sign` does.
+        self._keyed = [_keyed(Webhook(secret)._whsecret) for secret in secrets]
         self._tolerance = tolerance
 
     def verify(
@@ -59,8 +60,10 @@ class Verifier:
             )
         signed = f"{msg_id}.{ts}.{text}".encode()
         matched = False
-        for key in self._keys:
-            expected = hmac.digest(key, signed, "sha256")
+        for keyed in self._keyed:
+            mac = keyed.copy()
+            mac.update(signed)
+            expected = mac.digest()
             if any(hmac.compare_digest(expected, candidate) for candidate in candidates):
                 matched = True
                 break
@@ -71,6 +74,12 @@ class Verifier:
                 "timestamp_out_of_tolerance", f"webhook-timestamp is more than {self._tolerance}s from now"
             )
         return Verification("ok")
+
+
+def _keyed(key: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 keyed once; `.copy()` per message. (OpenSSL 3's one-shot `hmac.digest` looks the
+    digest up on every call: 1.6 us against 1.3 for a copy, for a 700-byte body.)"""
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def _parse_signatures(header: str) -> list[bytes]:
@@ -91,24 +100,25 @@ class Signer:
 
     The signature is the one `standardwebhooks.Webhook.sign` makes (HMAC-SHA256 over
     "{id}.{timestamp}.{body}" with the key the library decodes from the secret), computed without
-    building a datetime per call, with the key decoded once per secret and OpenSSL's one-shot HMAC.
+    building a datetime per call, from an HMAC keyed once per secret (a copy per message).
     tests/test_signing.py holds it equal to the library's own `sign` and checks it with its `verify`.
     """
 
     def __init__(self) -> None:
-        self._keys: dict[str, bytes] = {}
+        self._keyed: dict[str, hmac.HMAC] = {}
 
-    def _key(self, secret: str) -> bytes:
-        key = self._keys.get(secret)
-        if key is None:
+    def _key(self, secret: str) -> hmac.HMAC:
+        keyed = self._keyed.get(secret)
+        if keyed is None:
             # The library decodes the secret (prefix, padding, empty check), so the key is exactly its key.
-            key = self._keys[secret] = Webhook(secret)._whsecret
-        return key
+            keyed = self._keyed[secret] = _keyed(Webhook(secret)._whsecret)
+        return keyed
 
     def sign(self, msg_id: str, timestamp: int, body: str, secret: str) -> str:
         """One `v1,<base64>` entry, as `Webhook(secret).sign(msg_id, <timestamp as datetime>, body)`."""
-        mac = hmac.digest(self._key(secret), f"{msg_id}.{timestamp}.{body}".encode(), "sha256")
-        return "v1," + base64.b64encode(mac).decode("ascii")
+        mac = self._key(secret).copy()
+        mac.update(f"{msg_id}.{timestamp}.{body}".encode())
+        return "v1," + base64.b64encode(mac.digest()).decode("ascii")
 
     def headers(self, msg_id: str, timestamp: int, body: str, secrets: list[str]) -> dict[str, str]:
         signature = " ".join(self.sign(msg_id, timestamp, body, secret) for secret in secrets)
