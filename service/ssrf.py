@@ -7,13 +7,14 @@ import functools
 import ipaddress
 import re
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from yarl import URL
 
 __all__ = [
+    "CachingResolver",
     "ResolveError",
     "Resolver",
     "StaticResolver",
@@ -62,6 +63,52 @@ class SystemResolver:
         if not addresses:
             raise ResolveError(f"cannot resolve {host}: no addresses")
         return addresses
+
+
+class CachingResolver:
+    """Another resolver's answers, remembered for `ttl` seconds (successful lookups only).
+
+    The sender resolves the host of every delivery: through the system resolver that is a thread-pool
+    getaddrinfo, often a DNS query, per delivery, thousands a second for a busy subscriber. Remembered
+    answers are vetted like fresh ones on every send, and the connection still goes to the address that
+    was vetted; a name that moves takes effect within `ttl`. Concurrent lookups of one name share one
+    call; a failed lookup is not remembered (the next send asks again).
+    """
+
+    def __init__(
+        self, inner: Resolver, *, ttl: float, now: Callable[[], float], max_names: int = 4096
+    ) -> None:
+        self._inner, self._ttl, self._now, self._max_names = inner, ttl, now, max_names
+        self._answers: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._pending: dict[tuple[str, int], asyncio.Future[list[str]]] = {}
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        key = (host, port)
+        known = self._answers.get(key)
+        if known is not None and known[0] > self._now():
+            return list(known[1])
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._lookup(key))
+            pending.add_done_callback(_retrieved)  # no "exception never retrieved" if every waiter left
+            self._pending[key] = pending
+        # shield: one waiter giving up (its send timed out) must not cancel the lookup the others share
+        return list(await asyncio.shield(pending))
+
+    async def _lookup(self, key: tuple[str, int]) -> list[str]:
+        try:
+            addresses = await self._inner.resolve(*key)
+        finally:
+            del self._pending[key]
+        if len(self._answers) >= self._max_names:
+            self._answers.clear()
+        self._answers[key] = (self._now() + self._ttl, list(addresses))
+        return addresses
+
+
+def _retrieved(future: asyncio.Future[list[str]]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class StaticResolver:

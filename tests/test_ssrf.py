@@ -10,7 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from service.clock import ManualClock
 from service.ssrf import (
+    CachingResolver,
     ResolveError,
     StaticResolver,
     SystemResolver,
@@ -285,3 +287,71 @@ def test_ipv6_classification_never_lets_a_non_global_address_through(number: int
             embedded = ipaddress.IPv4Address(number & 0xFFFFFFFF)
         assert address.is_global or (embedded is not None and embedded.is_global)
         assert not address.is_multicast
+
+
+# --- the sender's resolver cache ---
+
+
+class _Scripted:
+    """Answers from a script, one entry per call (an exception entry is raised); counts calls; can be held."""
+
+    def __init__(self, *answers: list[str] | Exception) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        self.calls += 1
+        await self.gate.wait()
+        answer = self.answers[min(self.calls, len(self.answers)) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_cached_answers_last_ttl_seconds_and_are_vetted_on_every_use() -> None:
+    async def go() -> None:
+        clock = ManualClock()
+        inner = _Scripted([PUBLIC_V4], ["10.0.0.5"])
+        cached = CachingResolver(inner, ttl=10, now=clock.now)
+        url = "http://hooks.example:8080/hook"
+        for _ in range(3):
+            target = await vet(url, cached, allow_private=False)
+            assert target.ip == PUBLIC_V4
+        assert inner.calls == 1
+        clock.advance(10.5)  # expired: asked again, and the new private answer is refused
+        with pytest.raises(UnsafeTarget):
+            await vet(url, cached, allow_private=False)
+        assert inner.calls == 2
+
+    asyncio.run(go())
+
+
+def test_a_failed_lookup_is_not_remembered() -> None:
+    async def go() -> None:
+        inner = _Scripted(ResolveError("temporary failure"), [PUBLIC_V4])
+        cached = CachingResolver(inner, ttl=10, now=ManualClock().now)
+        with pytest.raises(ResolveError):
+            await cached.resolve("hooks.example", 443)
+        assert await cached.resolve("hooks.example", 443) == [PUBLIC_V4]
+        assert inner.calls == 2
+
+    asyncio.run(go())
+
+
+def test_concurrent_lookups_of_one_name_share_one_call_and_survive_a_waiter_leaving() -> None:
+    async def go() -> None:
+        inner = _Scripted([PUBLIC_V4])
+        inner.gate.clear()
+        cached = CachingResolver(inner, ttl=10, now=ManualClock().now)
+        waiters = [asyncio.create_task(cached.resolve("hooks.example", 443)) for _ in range(5)]
+        await asyncio.sleep(0)
+        waiters[0].cancel()  # one send timed out: the others still get the shared answer
+        inner.gate.set()
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert results[1:] == [[PUBLIC_V4]] * 4
+        assert inner.calls == 1
+
+    asyncio.run(go())
