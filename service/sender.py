@@ -91,8 +91,10 @@ class Deadlines:
 
     def _arm(self, task: asyncio.Task[Any], timeout: float) -> None:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # first use, or a new event loop (tests): forget the old timer
+        if loop is not self._loop:  # first use, or a new event loop (tests): forget the old loop's tasks
             self._loop, self._timer, self._timer_at = loop, None, math.inf
+            self._armed.clear()
+            self._expired.clear()
         deadline = loop.time() + timeout
         self._armed[task] = deadline
         if deadline < self._timer_at:

@@ -85,7 +85,8 @@ class CachingResolver:
     async def resolve(self, host: str, port: int) -> list[str]:
         key = (host, port)
         known = self._answers.get(key)
-        if known is not None and known[0] > self._now():
+        # (an expiry more than `ttl` ahead means the clock was set back: ask again rather than trust it)
+        if known is not None and 0 < known[0] - self._now() <= self._ttl:
             return list(known[1])
         pending = self._pending.get(key)
         if pending is None:
