@@ -37,10 +37,13 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{encode_130(((ms << 80) | rand) << 2)}"
 
 
+_SHIFTS = tuple(range(120, -1, -10))
+
+
 def encode_130(value: int) -> str:
     """26 base32hex characters for a 130-bit value (128 bits of id shifted left by 2, as RFC 4648 pads)."""
     pairs = _PAIRS
-    return "".join(pairs[(value >> shift) & 0x3FF] for shift in range(120, -1, -10))
+    return "".join([pairs[(value >> shift) & 0x3FF] for shift in _SHIFTS])  # a list: 0.9 us, a generator 1.2
 
 
 def job_id() -> str:

@@ -124,8 +124,12 @@ def _loads(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
+# One compact encoder for every write: json.dumps with `separators` builds a new encoder on each call.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+    return None if value is None else _compact(value)
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -413,9 +417,8 @@ class _Ops:
         """Write an emitted event and its delivery rows (the transactional outbox)."""
         now = self.clock.now()
         event_id = ids.event_id()
-        body = json.dumps(
-            {"id": event_id, "object": "event", "type": event_type, "created_at": int(now), "data": data},
-            separators=(",", ":"),
+        body = _compact(
+            {"id": event_id, "object": "event", "type": event_type, "created_at": int(now), "data": data}
         )
         job_id = job.id if job else None
         conn.execute(
