@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
@@ -86,10 +86,16 @@ class Runtime:
 
 
 class RequestIdMiddleware:
-    """Give every response an `x-request-id`, honouring the caller's own when it sends one."""
+    """Give every response an `x-request-id`, honouring the caller's own when it sends one.
 
-    def __init__(self, app: ASGIApp) -> None:
+    `direct` maps (method, path) to an ASGI endpoint that gets the request without the router, the
+    route and the exception middleware in between: the webhook receiver, the hot path. Anything it
+    raises still reaches Starlette's server-error middleware outside this one (a JSON 500).
+    """
+
+    def __init__(self, app: ASGIApp, direct: Mapping[tuple[str, str], ASGIApp] | None = None) -> None:
         self.app = app
+        self.direct = direct or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,7 +117,8 @@ class RequestIdMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        endpoint = self.direct.get((scope["method"], scope["path"]), self.app)
+        await endpoint(scope, receive, send_with_id)
 
 
 class AsgiEndpoint:
@@ -320,7 +327,10 @@ def create_app(
             await rt.store.aclose()
             log.info("sorahook stopped; store closed")
 
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)])
+    direct = {("POST", "/webhooks/openai"): receive_webhook}
+    app = Starlette(
+        routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware, direct=direct)]
+    )
     app.state.runtime = rt
 
     async def not_found(request: Request, exc: Exception) -> Response:

@@ -281,3 +281,17 @@ def _close_fuzz_client():
     client = _FUZZ.pop("client", None)
     if client is not None:
         client.__exit__(None, None, None)
+
+
+async def test_the_direct_route_keeps_the_routers_answers_and_the_json_500(tmp_path: Path) -> None:
+    # POST /webhooks/openai skips the router; other methods on it still get the router's 405, and a
+    # receiver that fails (here: its store closed under it) still answers with sorahook's JSON 500.
+    s = make_settings(tmp_path)
+    app = create_app(s, start_workers=False)
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as client:
+        wrong = await client.get("/webhooks/openai")
+        assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+        await app.state.runtime.store.aclose()
+        body, headers = signed_webhook(s.webhook_secrets[0], "video.completed", "video_closed")
+        failed = await client.post("/webhooks/openai", content=body, headers=headers)
+        assert failed.status_code == 500 and failed.json()["error"]["code"] == "internal_error"
