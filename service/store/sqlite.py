@@ -124,6 +124,8 @@ def _loads(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
+_OPENED_CACHE_SIZE = 4096  # opened subscription secrets kept by _Ops.open_secret
+
 # One compact encoder for every write: json.dumps with `separators` builds a new encoder on each call.
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -235,9 +237,18 @@ class _Ops:
         # Jobs that reached a terminal state in the current batch: (kind, status, seconds since creation).
         self.finished: list[tuple[str, str, float]] = []
         self.archive_variants: tuple[str, ...] = ()  # issue 9: set by SqliteStore.configure_archive
+        self._opened: dict[str, str] = {}  # sealed secret -> secret (see open_secret)
 
     def open_secret(self, value: str) -> str:
-        return self.box.open(value) if self.box is not None else value
+        """The secret sealed in `value`, opened once per sealed value (the claim opens one per delivery)."""
+        if self.box is None:
+            return value
+        opened = self._opened.get(value)
+        if opened is None:
+            if len(self._opened) >= _OPENED_CACHE_SIZE:
+                self._opened.clear()
+            opened = self._opened[value] = self.box.open(value)
+        return opened
 
     def seal_secret(self, value: str) -> str:
         return self.box.seal(value) if self.box is not None else value
@@ -556,7 +567,6 @@ class _Ops:
                 sql, args = self._CLAIM_SQL.format(target="d.subscription_id = ?"), (group, now, take)
             rows.extend(cursor.execute(sql, args).fetchall())
         claimed: list[ClaimedDelivery] = []
-        opened: dict[str, str] = {}  # sealed secret -> secret, once per claim
         for (
             delivery_id,
             event_id,
@@ -586,7 +596,7 @@ class _Ops:
                 continue
             else:
                 url = sub_url
-                secrets = [opened.get(secret) or opened.setdefault(secret, self.open_secret(secret))]
+                secrets = [self.open_secret(secret)]
                 if previous and previous_until and now < previous_until:
                     secrets.append(self.open_secret(previous))
             claimed.append(
