@@ -5,13 +5,18 @@ checkpointed beside the writer without growing for ever."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from service.clock import ManualClock
 from service.domain import Observation
+from service.store.records import IncomingWebhook
 from service.store.sqlite import SqliteStore
 from tests.support import incoming_webhook
 
@@ -53,6 +58,106 @@ async def test_a_failing_operation_undoes_only_itself(tmp_path: Path) -> None:
         assert (await store.record_webhook(incoming_webhook(3, clock.now()))).status == "duplicate"
     finally:
         await store.aclose()
+
+
+# A few webhook ids (so some repeat), resources (so some share a job) and types (one we do not model).
+_HOOK = st.tuples(
+    st.sampled_from(["wh_1", "wh_2", "wh_3", "wh_4", "wh_5"]),
+    st.sampled_from(["video_a", "video_b", "batch_c"]),
+    st.sampled_from(
+        [
+            "video.completed",
+            "video.failed",
+            "batch.completed",
+            "response.incomplete",
+            "realtime.call.incoming",
+        ]
+    ),
+)
+
+
+def _hook(webhook_id: str, resource_id: str, event_type: str, now: float) -> IncomingWebhook:
+    data: dict[str, Any] = {"id": resource_id}
+    body = {"id": f"evt_{webhook_id}", "object": "event", "type": event_type, "data": data}
+    return IncomingWebhook(
+        webhook_id, int(now), f"evt_{webhook_id}", event_type, resource_id, int(now), json.dumps(body), data
+    )
+
+
+async def _store_webhooks(
+    path: Path, hooks: list[tuple[str, str, str]], tracked: bool, together: bool
+) -> dict[str, Any]:
+    """Store `hooks` one at a time or all in one batch; what the file then holds, without our random ids."""
+    clock = ManualClock()
+    store = await SqliteStore.open(path, clock=clock, retry_schedule=(1.0,))
+    try:
+        await store.configure_archive(("video", "thumbnail"))
+        await store.create_subscription(
+            url="http://sub.example/hook",
+            event_types=None,
+            description=None,
+            secret="whsec_AAAA",
+            ordered=True,
+        )
+        if tracked:
+            await store.track_job(
+                kind="video", resource_id="video_a", callback_url="http://cb.example/x", metadata={}
+            )
+        incoming = [_hook(*h, clock.now()) for h in hooks]
+        if together:
+            commits = store.commits
+            outcomes = await asyncio.gather(*(store.record_webhook(h) for h in incoming))
+            assert store.commits - commits == 1  # one batch: the set-based path ran
+        else:
+            outcomes = [await store.record_webhook(h) for h in incoming]
+    finally:
+        await store.aclose()
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        resource = dict(conn.execute("SELECT id, resource_id FROM jobs").fetchall())
+
+        def rows(sql: str) -> list[tuple[Any, ...]]:
+            return [tuple(resource.get(v, v) for v in row) for row in conn.execute(sql).fetchall()]
+
+        return {
+            "outcomes": [(o.status, resource.get(o.job_id)) for o in outcomes],
+            "jobs": sorted(
+                rows(
+                    "SELECT resource_id, kind, status, progress, origin, sequence, completed_at, refresh_at,"
+                    " callback_url FROM jobs"
+                )
+            ),
+            "events": rows(
+                "SELECT direction, type, job_id, source, webhook_id, openai_event_id, body IS NOT NULL, headers"
+                " FROM events ORDER BY id"
+            ),
+            "deliveries": rows(
+                "SELECT event_type, subscription_id IS NOT NULL, job_id, url, ordering_key IS NOT NULL, sequence,"
+                " status FROM deliveries ORDER BY id"
+            ),
+            "archives": sorted(rows("SELECT job_id, variant, status FROM archives")),
+            "received": sorted(rows("SELECT webhook_id FROM received_webhooks")),
+            "counts": sorted(rows("SELECT kind, status, n FROM job_counts WHERE n > 0")),
+        }
+    finally:
+        conn.close()
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(hooks=st.lists(_HOOK, min_size=1, max_size=12), tracked=st.booleans())
+def test_a_batch_of_webhooks_is_stored_as_one_at_a_time(
+    tmp_path_factory: pytest.TempPathFactory, hooks: list[tuple[str, str, str]], tracked: bool
+) -> None:
+    """The writer stores a run of webhooks set-based; the file must hold what storing each alone gives:
+    repeats, several webhooks about one job (made in the same batch or tracked before), types we do not
+    model, outbox rows with ordering and a callback, archive rows, the job counts."""
+    one = asyncio.run(
+        _store_webhooks(tmp_path_factory.mktemp("one") / "s.db", hooks, tracked, together=False)
+    )
+    batched = asyncio.run(
+        _store_webhooks(tmp_path_factory.mktemp("all") / "s.db", hooks, tracked, together=True)
+    )
+    assert batched == one
 
 
 async def test_the_writer_leaves_checkpoints_to_the_checkpointer(tmp_path: Path) -> None:

@@ -73,6 +73,7 @@ T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], T]
 
 MAX_BATCH = 512
+GATHER_TURNS = 4  # loop turns the writer waits for a growing queue before taking a batch (`_gather`)
 # How often the checkpointer copies committed WAL frames into the database file (see `_checkpointer`).
 CHECKPOINT_INTERVAL = 0.25
 WAL_CATCH_UP_FRAMES = 4096  # 16 MiB of 4 KiB pages
@@ -132,6 +133,63 @@ _compact = json.JSONEncoder(separators=(",", ":")).encode
 
 def _dumps(value: Any) -> str | None:
     return None if value is None else _compact(value)
+
+
+_DEDUPE_INSERT = "INSERT INTO received_webhooks (webhook_id, event_id, received_at) VALUES (?, ?, ?)"
+_WEBHOOK_JOB_INSERT = (
+    "INSERT INTO jobs (id, kind, resource_id, status, progress, origin, metadata, created_at, updated_at,"
+    " completed_at, sequence, refresh_at) VALUES (?, ?, ?, ?, ?, 'webhook', '{}', ?, ?, ?, ?, ?)"
+)
+_EVENT_INSERT = (
+    "INSERT INTO events (id, direction, type, job_id, source, created_at, webhook_id, openai_event_id, body,"
+    " headers) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_DELIVERY_INSERT = (
+    "INSERT INTO deliveries (id, event_id, event_type, subscription_id, job_id, url, status, next_attempt_at,"
+    " ordering_key, sequence, event_created_at, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)"
+)
+_ARCHIVE_INSERT = (
+    "INSERT OR IGNORE INTO archives (job_id, variant, status, next_attempt_at, created_at, updated_at)"
+    " VALUES (?, ?, 'pending', ?, ?, ?)"
+)
+
+
+def _marks(n: int) -> str:
+    """`?, ?, ...`: n parameters for an IN list (a batch is at most MAX_BATCH, far below SQLite's limit)."""
+    return ", ".join("?" * n)
+
+
+_DUPLICATE = WebhookOutcome("duplicate")
+
+
+class _Rows:
+    """Rows to insert, gathered so each table takes one executemany.
+
+    The webhook path gathers a whole run of webhooks' rows here and writes them at the end (or before a
+    step that reads them back); everything else hands a fresh one that is written at once.
+    """
+
+    __slots__ = ("archives", "deliveries", "events", "jobs", "webhooks")
+
+    def __init__(self) -> None:
+        self.webhooks: list[tuple[Any, ...]] = []
+        self.jobs: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
+        self.deliveries: list[tuple[Any, ...]] = []
+        self.archives: list[tuple[Any, ...]] = []
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        for sql, rows in (
+            (_DEDUPE_INSERT, self.webhooks),
+            (_WEBHOOK_JOB_INSERT, self.jobs),
+            (_EVENT_INSERT, self.events),
+            (_DELIVERY_INSERT, self.deliveries),
+            (_ARCHIVE_INSERT, self.archives),
+        ):
+            if rows:
+                conn.executemany(sql, rows)
+                rows.clear()
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -355,21 +413,31 @@ class _Ops:
         return job
 
     def on_status_change(
-        self, conn: sqlite3.Connection, job: Job, obs: Observation, source: str, now: float
+        self,
+        conn: sqlite3.Connection,
+        job: Job,
+        obs: Observation,
+        source: str,
+        now: float,
+        rows: _Rows | None = None,
     ) -> None:
-        """What follows every status change, in the same transaction: metrics, archive work, the event."""
+        """What follows every status change, in the same transaction: metrics, archive work, the event.
+
+        The rows go into `rows` when given (the caller writes them), else they are written here.
+        """
+        pending = _Rows() if rows is None else rows
         if is_terminal(job.status):
             self.finished.append((job.kind, job.status, max(0.0, now - job.created_at)))
-        if self.archive_variants and job.status == "completed":
-            SqliteStore.enqueue_archives(conn, job, self.archive_variants, now)  # issue 9: video jobs only
+        if self.archive_variants and job.status == "completed" and job.kind == "video":  # issue 9
+            pending.archives.extend((job.id, variant, now, now, now) for variant in self.archive_variants)
         event_type = emitted_type(job.kind, job.status)
         if obs.event_type and EVENT_TYPES.get(obs.event_type, (None, None))[1] == job.status:
             event_type = obs.event_type  # OpenAI's own name (`response.incomplete`)
-        self.emit(conn, event_type, job.to_api(), source=source, job=job)
+        self.emit(conn, event_type, job.to_api(), source=source, job=job, rows=pending)
+        if rows is None:
+            pending.write(conn)
 
-    def insert_webhook_job(
-        self, conn: sqlite3.Connection, kind: Kind, resource_id: str, obs: Observation, now: float
-    ) -> Job:
+    def webhook_job(self, kind: Kind, resource_id: str, obs: Observation, now: float, rows: _Rows) -> Job:
         """A job first heard of by webhook, written once in its final state (the receiver's hot path)."""
         change = decide("queued", 0, 0, obs)
         completed_at = (obs.completed_at or int(now)) if is_terminal(change.status) else None
@@ -390,10 +458,8 @@ class _Ops:
             completed_at=completed_at,
             sequence=change.sequence,
         )
-        conn.execute(
-            "INSERT INTO jobs (id, kind, resource_id, status, progress, origin, metadata, created_at, updated_at,"
-            " completed_at, sequence, refresh_at) VALUES (?, ?, ?, ?, ?, 'webhook', '{}', ?, ?, ?, ?, ?)",
-            (job.id, kind, resource_id, job.status, job.progress, now, now, completed_at, job.sequence, now),
+        rows.jobs.append(
+            (job.id, kind, resource_id, job.status, job.progress, now, now, completed_at, job.sequence, now)
         )
         self.flag_refreshes = True
         return job
@@ -424,21 +490,20 @@ class _Ops:
         job: Job | None = None,
         only_subscription: str | None = None,
         exclude_subscription: str | None = None,
+        rows: _Rows | None = None,
     ) -> str:
-        """Write an emitted event and its delivery rows (the transactional outbox)."""
+        """An emitted event and its delivery rows (the transactional outbox): into `rows`, or written now."""
         now = self.clock.now()
         event_id = ids.event_id()
         body = _compact(
             {"id": event_id, "object": "event", "type": event_type, "created_at": int(now), "data": data}
         )
         job_id = job.id if job else None
-        conn.execute(
-            "INSERT INTO events (id, direction, type, job_id, source, created_at, body)"
-            " VALUES (?, 'emitted', ?, ?, ?, ?, ?)",
-            (event_id, event_type, job_id, source, now, body),
-        )
-        rows: list[tuple[str, str, str, str | None, str | None, str | None, str | None, int | None]] = []
+        pending = _Rows() if rows is None else rows
+        pending.events.append((event_id, "emitted", event_type, job_id, source, now, None, None, body, None))
         first_at = now + self.retry_schedule[0]
+        seq = job.sequence if job else None
+        queued = len(pending.deliveries)
         for sub in self.subscriptions(conn):
             if only_subscription is not None and sub.id != only_subscription:
                 continue
@@ -447,69 +512,126 @@ class _Ops:
             if only_subscription is None and not matches_filter(event_type, sub.event_types):
                 continue
             ordering = f"{sub.id}:{job_id}" if (sub.ordered and job_id) else None
-            seq = job.sequence if job else None
-            rows.append((ids.delivery_id(), event_id, event_type, sub.id, job_id, None, ordering, seq))
-        if job is not None and job.callback_url and only_subscription is None:
-            rows.append((ids.delivery_id(), event_id, event_type, None, job_id, job.callback_url, None, None))
-        if rows:
-            conn.executemany(
-                "INSERT INTO deliveries (id, event_id, event_type, subscription_id, job_id, url, status,"
-                " next_attempt_at, ordering_key, sequence, event_created_at, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
-                [(r[0], r[1], r[2], r[3], r[4], r[5], first_at, r[6], r[7], now, now, now) for r in rows],
+            pending.deliveries.append(
+                (
+                    ids.delivery_id(),
+                    event_id,
+                    event_type,
+                    sub.id,
+                    job_id,
+                    None,
+                    first_at,
+                    ordering,
+                    seq,
+                    now,
+                    now,
+                    now,
+                )
             )
+        if job is not None and job.callback_url and only_subscription is None:
+            pending.deliveries.append(
+                (
+                    ids.delivery_id(),
+                    event_id,
+                    event_type,
+                    None,
+                    job_id,
+                    job.callback_url,
+                    first_at,
+                    None,
+                    None,
+                    now,
+                    now,
+                    now,
+                )
+            )
+        if len(pending.deliveries) > queued:
             self.flag_deliveries = True
+        if rows is None:
+            pending.write(conn)
         return event_id
 
     # -- webhooks ---------------------------------------------------------------------------------
 
-    def record_webhook(self, conn: sqlite3.Connection, hook: IncomingWebhook) -> WebhookOutcome:
+    def record_webhooks(self, conn: sqlite3.Connection, hooks: list[IncomingWebhook]) -> list[WebhookOutcome]:
+        """Store verified webhooks in arrival order: dedupe, event rows, job changes and outbox rows.
+
+        Set-based, because the writer hands over every webhook waiting in a batch at once: one dedupe
+        lookup, one job lookup, and the rows gathered into one executemany per table (a statement per
+        row cost more Python than SQL). A webhook about a job we already have goes through
+        the state machine on the row as stored, after the rows gathered so far are written: the job may
+        be one this run made, or one an earlier webhook of the run moved.
+        """
         now = self.clock.now()
-        our_id = ids.event_id()
-        cur = conn.execute(
-            "INSERT OR IGNORE INTO received_webhooks (webhook_id, event_id, received_at) VALUES (?, ?, ?)",
-            (hook.webhook_id, our_id, now),
-        )
-        if cur.rowcount == 0:
-            return WebhookOutcome("duplicate")
-        mapped = EVENT_TYPES.get(hook.type)
-        row = conn.execute("SELECT * FROM jobs WHERE resource_id = ?", (hook.resource_id,)).fetchone()
-        job_id: str | None = row["id"] if row is not None else None
-        obs: Observation | None = None
-        new_job: Job | None = None
-        if mapped is not None:
-            obs = Observation(
-                status=mapped[1],
-                completed_at=hook.created_at if is_terminal(mapped[1]) else None,
-                event_type=hook.type,
+        marks = _marks(len(hooks))
+        seen = {
+            row[0]
+            for row in conn.execute(
+                f"SELECT webhook_id FROM received_webhooks WHERE webhook_id IN ({marks})",
+                [hook.webhook_id for hook in hooks],
             )
-            if row is None:
-                new_job = self.insert_webhook_job(conn, mapped[0], hook.resource_id, obs, now)
-                job_id = new_job.id
-        conn.execute(
-            "INSERT INTO events (id, direction, type, job_id, source, created_at, webhook_id, openai_event_id,"
-            " body, headers) VALUES (?, 'received', ?, ?, 'webhook', ?, ?, ?, ?, ?)",
-            (
-                our_id,
-                hook.type,
-                job_id,
-                now,
-                hook.webhook_id,
-                hook.event_id,
-                hook.body,
-                json.dumps({"webhook-id": hook.webhook_id, "webhook-timestamp": str(hook.timestamp)}),
-            ),
-        )
-        # The envelope holds only the id: the job is marked for a background fetch of the full object.
-        if new_job is not None and obs is not None:
-            self.on_status_change(conn, new_job, obs, "webhook", now)
-        elif row is not None and obs is not None:
-            self.apply(conn, row, obs, source="webhook", extra={"refresh_at": now, "refresh_attempts": 0})
-            self.flag_refreshes = True
-        elif mapped is None:
-            # Not a type we model: pass it through to the subscribers of that type, with OpenAI's data.
-            self.emit(conn, hook.type, hook.data, source="webhook")
-        return WebhookOutcome("accepted", job_id)
+        }
+        wanted = list({hook.resource_id for hook in hooks if hook.webhook_id not in seen})
+        known: dict[str, sqlite3.Row] = {}  # resource id -> its job's row, as stored before this run
+        if wanted:
+            sql = f"SELECT * FROM jobs WHERE resource_id IN ({_marks(len(wanted))})"
+            known = {row["resource_id"]: row for row in conn.execute(sql, wanted)}
+        job_ids = {resource: row["id"] for resource, row in known.items()}  # and the jobs this run makes
+        rows = _Rows()
+        outcomes: list[WebhookOutcome] = []
+        for hook in hooks:
+            if hook.webhook_id in seen:  # before, or earlier in this run
+                outcomes.append(_DUPLICATE)
+                continue
+            seen.add(hook.webhook_id)
+            our = ids.event_id()  # made in turn, so a job's timeline reads in arrival order
+            rows.webhooks.append((hook.webhook_id, our, now))
+            job_id = job_ids.get(hook.resource_id)
+            mapped = EVENT_TYPES.get(hook.type)
+            obs: Observation | None = None
+            job: Job | None = None
+            if mapped is not None:
+                obs = Observation(
+                    status=mapped[1],
+                    completed_at=hook.created_at if is_terminal(mapped[1]) else None,
+                    event_type=hook.type,
+                )
+                if job_id is None:
+                    job = self.webhook_job(mapped[0], hook.resource_id, obs, now, rows)
+                    job_id = job_ids[hook.resource_id] = job.id
+            rows.events.append(
+                (
+                    our,
+                    "received",
+                    hook.type,
+                    job_id,
+                    "webhook",
+                    now,
+                    hook.webhook_id,
+                    hook.event_id,
+                    hook.body,
+                    _compact({"webhook-id": hook.webhook_id, "webhook-timestamp": str(hook.timestamp)}),
+                )
+            )
+            # The envelope holds only the id: the job is marked for a background fetch of the full object.
+            if job is not None and obs is not None:
+                self.on_status_change(conn, job, obs, "webhook", now, rows)
+            elif job_id is not None and obs is not None:
+                rows.write(conn)
+                current = known.pop(hook.resource_id, None)  # as looked up, for its first webhook only
+                if current is None:
+                    current = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                    assert current is not None
+                self.apply(
+                    conn, current, obs, source="webhook", extra={"refresh_at": now, "refresh_attempts": 0}
+                )
+                self.flag_refreshes = True
+            elif mapped is None:
+                # Not a type we model: pass it through to the subscribers of that type, with OpenAI's data.
+                self.emit(conn, hook.type, hook.data, source="webhook", rows=rows)
+            outcomes.append(WebhookOutcome("accepted", job_id))
+        rows.write(conn)
+        return outcomes
 
     # -- deliveries -------------------------------------------------------------------------------
 
@@ -781,6 +903,19 @@ class _Ops:
         )
 
 
+class _WebhookOp:
+    """The write of one webhook: an op like any other, which the writer can store with its neighbours."""
+
+    __slots__ = ("hook", "ops")
+
+    def __init__(self, ops: _Ops, hook: IncomingWebhook) -> None:
+        self.ops = ops
+        self.hook = hook
+
+    def __call__(self, conn: sqlite3.Connection) -> WebhookOutcome:
+        return self.ops.record_webhooks(conn, [self.hook])[0]
+
+
 class SqliteStore:
     """The job store on one SQLite file. Open with `await SqliteStore.open(...)`; close with `aclose()`."""
 
@@ -964,6 +1099,7 @@ class SqliteStore:
         stopping = False
         while not stopping:
             item = await self._queue.get()
+            await self._gather()
             batch: list[tuple[Op[Any], asyncio.Future[Any]]] = []
             if item is None:
                 stopping = True
@@ -1001,6 +1137,19 @@ class SqliteStore:
                 self._catch_up = False
                 with contextlib.suppress(sqlite3.Error):  # the checkpointer tries again later
                     await _in_thread(conn, _passive_checkpoint)
+
+    async def _gather(self) -> None:
+        """Let writes on their way join the batch: give the loop a turn while the queue keeps growing.
+
+        Under load the loop is busy parsing and verifying the next requests when a commit returns; a
+        batch taken at once held about half of them. Each turn costs microseconds, and a queue that did
+        not grow in a turn (a quiet moment) ends the wait: the batch is larger only when writes arrive.
+        """
+        for _ in range(GATHER_TURNS):
+            size = self._queue.qsize()
+            await asyncio.sleep(0)
+            if self._queue.qsize() == size:
+                return
 
     async def _run_batch_here(self, conn: aiosqlite.Connection, ops: list[Op[Any]]) -> list[Any]:
         """One batch: BEGIN and COMMIT on the store's thread, the operations on the event loop's.
@@ -1046,7 +1195,7 @@ class SqliteStore:
             finished = len(self._ops.finished)
             conn.execute("SAVEPOINT batch")
             try:
-                results = [op(conn) for op in ops]
+                results = self._run_grouped(conn, ops)
             except Exception:
                 conn.execute("ROLLBACK TO batch")
                 self._ops.rolled_back(finished)
@@ -1065,6 +1214,24 @@ class SqliteStore:
                 self._ops.rolled_back(finished)
                 results.append(exc)
             conn.execute("RELEASE op")
+        return results
+
+    def _run_grouped(self, conn: sqlite3.Connection, ops: list[Op[Any]]) -> list[Any]:
+        """Each op's result in order; a run of webhooks next to each other is stored in one call."""
+        results: list[Any] = []
+        i = 0
+        while i < len(ops):
+            op = ops[i]
+            if not isinstance(op, _WebhookOp):
+                results.append(op(conn))
+                i += 1
+                continue
+            j = i + 1
+            while j < len(ops) and isinstance(ops[j], _WebhookOp):
+                j += 1
+            run = cast("list[_WebhookOp]", ops[i:j])
+            results.extend(self._ops.record_webhooks(conn, [w.hook for w in run]))
+            i = j
         return results
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
@@ -1111,7 +1278,7 @@ class SqliteStore:
 
     async def record_webhook(self, hook: IncomingWebhook) -> WebhookOutcome:
         """Store a verified webhook: dedupe, event row, job change and outbox rows in one transaction."""
-        return await self._write(lambda c: self._ops.record_webhook(c, hook))
+        return await self._write(_WebhookOp(self._ops, hook))
 
     async def count_received(self) -> int:
         return await self._read(
@@ -1988,17 +2155,6 @@ class SqliteStore:
             )
 
         await self._write(op)
-
-    @staticmethod
-    def enqueue_archives(conn: sqlite3.Connection, job: Job, variants: tuple[str, ...], now: float) -> None:
-        """Called from `_Ops.apply` in the transaction that completes a video: one pending row per variant."""
-        if job.kind != "video":
-            return
-        conn.executemany(
-            "INSERT OR IGNORE INTO archives (job_id, variant, status, next_attempt_at, created_at, updated_at)"
-            " VALUES (?, ?, 'pending', ?, ?, ?)",
-            [(job.id, variant, now, now, now) for variant in variants],
-        )
 
     async def claim_archives(
         self, limit: int, lease: float, busy: Iterable[tuple[str, str]] = ()
