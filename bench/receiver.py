@@ -446,10 +446,21 @@ def run(args: argparse.Namespace) -> int:
         assert naive_db is not None
         with contextlib.closing(sqlite3.connect(f"file:{naive_db}?mode=ro", uri=True)) as conn:
             rows["naive"] = int(conn.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0])
+    floor = store_floor(args, env)
     report(results, args)
     ok = check(results, rows, stats)
-    summarize(results, args, time.monotonic() - started)
+    summarize(results, args, time.monotonic() - started, floor)
     return 0 if ok else 1
+
+
+def store_floor(args: argparse.Namespace, env: dict[str, str]) -> dict[str, float]:
+    """The store's CPU per webhook without HTTP, on the server's core (see bench.store_floor)."""
+    cmd = [sys.executable, "-m", "bench.store_floor", f"--batch={args.connections}", f"--cpu={SERVER_CPU}"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise SystemExit(f"bench: bench.store_floor failed ({done.returncode}):\n{done.stderr}")
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def check(
@@ -498,7 +509,10 @@ def check(
 
 
 def summarize(
-    results: dict[Kind, list[tuple[dict[str, Any], dict[str, Any]]]], args: argparse.Namespace, took: float
+    results: dict[Kind, list[tuple[dict[str, Any], dict[str, Any]]]],
+    args: argparse.Namespace,
+    took: float,
+    floor: dict[str, float],
 ) -> None:
     def med(kind: Kind, pick: Callable[[tuple[dict[str, Any], dict[str, Any]]], float]) -> float:
         return statistics.median(pick(pair) for pair in results[kind])
@@ -538,6 +552,20 @@ def summarize(
     print(
         f"server CPU per request (closed loop): bare {bare_us:.0f} us, full {full_us:.0f} us, so by CPU cost"
         f" alone the receiver reaches {bare_us / full_us:.2f} of bare (a figure other load barely moves)"
+    )
+    store_us, sql_us = floor["store_us"], floor["sql_us"]
+    print(
+        f"the store without HTTP (batches of {floor['batch']:.0f}, synchronous=FULL, the server's core):"
+        f" its write path {store_us:.0f} us per webhook, that path's SQL replayed alone {sql_us:.0f} us"
+    )
+    full_cpu = med("full", lambda p: p[0]["server_cpu"] or 0.0)
+    ceiling = full_cpu / ((bare_us + sql_us) * 1e-6)
+    print(
+        f"ceiling: bare's {bare_us:.0f} us + the SQL alone {sql_us:.0f} us = {bare_us + sql_us:.0f} us per"
+        f" webhook with nothing for verifying, parsing or the store's Python; at the {full_cpu * 100:.0f}% of"
+        f" its core the full server gets, {ceiling:,.0f} req/s, {ceiling / bare:.2f} of bare. sorahook:"
+        f" {full_us:.0f} us = bare {bare_us:.0f} + store {store_us:.0f} + {full_us - bare_us - store_us:.0f}"
+        " (verify, parse, hand-off to the writer)"
     )
     print(f"took {took:.0f} s")
     ratio = full / bare
