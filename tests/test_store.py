@@ -138,6 +138,7 @@ async def _store_webhooks(
             "archives": sorted(rows("SELECT job_id, variant, status FROM archives")),
             "received": sorted(rows("SELECT webhook_id FROM received_webhooks")),
             "counts": sorted(rows("SELECT kind, status, n FROM job_counts WHERE n > 0")),
+            "counted": sorted(rows("SELECT kind, status, COUNT(*) FROM jobs GROUP BY kind, status")),
         }
     finally:
         conn.close()
@@ -158,6 +159,7 @@ def test_a_batch_of_webhooks_is_stored_as_one_at_a_time(
         _store_webhooks(tmp_path_factory.mktemp("all") / "s.db", hooks, tracked, together=True)
     )
     assert batched == one
+    assert batched["counts"] == batched["counted"]
 
 
 async def test_the_writer_leaves_checkpoints_to_the_checkpointer(tmp_path: Path) -> None:
@@ -247,14 +249,16 @@ async def test_the_counts_migration_counts_the_jobs_already_there(tmp_path: Path
         await store.record_webhook(incoming_webhook(i, 1000.0))
     await store.aclose()
     conn = sqlite3.connect(path, isolation_level=None)  # back to the schema before migration 7
-    for name in ("job_counts_insert", "job_counts_update", "job_counts_delete"):
+    for name in ("job_counts_update", "job_counts_delete"):  # (migration 9 dropped the insert trigger)
         conn.execute(f"DROP TRIGGER {name}")
     conn.execute("DROP TABLE job_counts")
-    conn.execute("DELETE FROM schema_migrations WHERE version = 7")
+    conn.execute("DELETE FROM schema_migrations WHERE version IN (7, 9)")
     conn.close()
     store = await SqliteStore.open(path, clock=ManualClock(), retry_schedule=(0.0,))
     try:
         assert sorted(await store.job_counts()) == _counted(path) == [("video", "completed", 5)]
+        await store.record_webhook(incoming_webhook(5, 1000.0))  # and counted on from there
+        assert sorted(await store.job_counts()) == _counted(path) == [("video", "completed", 6)]
     finally:
         await store.aclose()
 

@@ -20,6 +20,7 @@ import logging
 import random
 import sqlite3
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -155,6 +156,15 @@ _ARCHIVE_INSERT = (
 )
 
 
+def _count_new_jobs(conn: sqlite3.Connection, jobs: list[tuple[str, str]]) -> None:
+    """Add new jobs, as (kind, status), to job_counts (migration 9: no insert trigger does it)."""
+    conn.executemany(
+        "INSERT INTO job_counts (kind, status, n) VALUES (?, ?, ?)"
+        " ON CONFLICT (kind, status) DO UPDATE SET n = n + excluded.n",
+        [(kind, status, n) for (kind, status), n in Counter(jobs).items()],
+    )
+
+
 def _marks(n: int) -> str:
     """`?, ?, ...`: n parameters for an IN list (a batch is at most MAX_BATCH, far below SQLite's limit)."""
     return ", ".join("?" * n)
@@ -180,6 +190,8 @@ class _Rows:
         self.archives: list[tuple[Any, ...]] = []
 
     def write(self, conn: sqlite3.Connection) -> None:
+        if self.jobs:
+            _count_new_jobs(conn, [(job[1], job[3]) for job in self.jobs])  # (kind, status)
         for sql, rows in (
             (_DEDUPE_INSERT, self.webhooks),
             (_WEBHOOK_JOB_INSERT, self.jobs),
@@ -356,6 +368,7 @@ class _Ops:
                 refresh_at,
             ),
         )
+        _count_new_jobs(conn, [(kind, status)])
         if next_submit_at is not None:
             self.flag_submissions = True
         if refresh_at is not None:
