@@ -64,8 +64,9 @@ class Verifier:
             mac = keyed.copy()
             mac.update(signed)
             expected = mac.digest()
-            if any(hmac.compare_digest(expected, candidate) for candidate in candidates):
-                matched = True
+            for candidate in candidates:
+                matched = matched or hmac.compare_digest(expected, candidate)
+            if matched:
                 break
         if not matched:
             return Verification("invalid_signature", "no signature matches any configured secret")
@@ -88,8 +89,8 @@ def _parse_signatures(header: str) -> list[bytes]:
         version, sep, value = entry.partition(",")
         if not sep or version != "v1" or not value or "," in value:
             continue
-        try:
-            found.append(base64.b64decode(value, validate=True))
+        try:  # strict: only the base64 alphabet and proper padding (b64decode's validate, in C)
+            found.append(binascii.a2b_base64(value, strict_mode=True))
         except (binascii.Error, ValueError):
             continue
     return found

@@ -132,6 +132,9 @@ _OPENED_CACHE_SIZE = 4096  # opened subscription secrets kept by _Ops.open_secre
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
+_json_string = json.encoder.encode_basestring_ascii  # a str as JSON, the way _compact writes one
+
+
 def _dumps(value: Any) -> str | None:
     return None if value is None else _compact(value)
 
@@ -623,7 +626,7 @@ class _Ops:
                     hook.webhook_id,
                     hook.event_id,
                     hook.body,
-                    _compact({"webhook-id": hook.webhook_id, "webhook-timestamp": str(hook.timestamp)}),
+                    f'{{"webhook-id":{_json_string(hook.webhook_id)},"webhook-timestamp":"{hook.timestamp}"}}',
                 )
             )
             # The envelope holds only the id: the job is marked for a background fetch of the full object.
@@ -1103,7 +1106,7 @@ class SqliteStore:
                 raise outcome
             return cast(T, outcome)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put((op, future))
+        self._queue.put_nowait((op, future))  # unbounded: never waits (and builds no coroutine)
         return await future
 
     async def _writer_loop(self) -> None:
