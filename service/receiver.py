@@ -175,8 +175,9 @@ class Receiver:
         self._counter(hook.type, outcome.status).inc()
         if outcome.status == "duplicate":
             return _DUPLICATE
-        log.debug(
-            "webhook accepted",
-            extra={"event_type": hook.type, "resource_id": hook.resource_id, "job_id": outcome.job_id},
-        )
+        if log.isEnabledFor(logging.DEBUG):  # the extra dict is built per request otherwise
+            log.debug(
+                "webhook accepted",
+                extra={"event_type": hook.type, "resource_id": hook.resource_id, "job_id": outcome.job_id},
+            )
         return _ACCEPTED

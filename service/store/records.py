@@ -53,9 +53,13 @@ class Job:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class IncomingWebhook:
-    """A verified webhook, parsed enough to route it; `body` is the raw text as received."""
+    """A verified webhook, parsed enough to route it; `body` is the raw text as received.
+
+    Slotted rather than frozen: one is built per request, and a frozen 8-field dataclass costs ~1 us
+    more to build. Nothing changes one after the receiver hands it to the store.
+    """
 
     webhook_id: str
     timestamp: int
