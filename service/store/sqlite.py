@@ -193,8 +193,7 @@ class _Rows:
         self.archives: list[tuple[Any, ...]] = []
 
     def write(self, conn: sqlite3.Connection) -> None:
-        if self.jobs:
-            _count_new_jobs(conn, [(job[1], job[3]) for job in self.jobs])  # (kind, status)
+        new_jobs = [(job[1], job[3]) for job in self.jobs]  # (kind, status)
         for sql, rows in (
             (_DEDUPE_INSERT, self.webhooks),
             (_WEBHOOK_JOB_INSERT, self.jobs),
@@ -205,6 +204,8 @@ class _Rows:
             if rows:
                 conn.executemany(sql, rows)
                 rows.clear()
+        if new_jobs:
+            _count_new_jobs(conn, new_jobs)
 
 
 def _job(row: sqlite3.Row) -> Job:
