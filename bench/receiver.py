@@ -559,13 +559,13 @@ def summarize(
         f" its write path {store_us:.0f} us per webhook, that path's SQL replayed alone {sql_us:.0f} us"
     )
     full_cpu = med("full", lambda p: p[0]["server_cpu"] or 0.0)
-    ceiling = full_cpu / ((bare_us + sql_us) * 1e-6)
+    budget_us = full_cpu / (THROUGHPUT_GOAL * bare) * 1e6
     print(
-        f"ceiling: bare's {bare_us:.0f} us + the SQL alone {sql_us:.0f} us = {bare_us + sql_us:.0f} us per"
-        f" webhook with nothing for verifying, parsing or the store's Python; at the {full_cpu * 100:.0f}% of"
-        f" its core the full server gets, {ceiling:,.0f} req/s, {ceiling / bare:.2f} of bare. sorahook:"
-        f" {full_us:.0f} us = bare {bare_us:.0f} + store {store_us:.0f} + {full_us - bare_us - store_us:.0f}"
-        " (verify, parse, hand-off to the writer)"
+        f"budget: a ratio of {THROUGHPUT_GOAL:.2f} is {THROUGHPUT_GOAL * bare:,.0f} req/s, {budget_us:.0f} us per"
+        f" webhook at the {full_cpu * 100:.0f}% of its core the full server gets; bare's {bare_us:.0f} us + the"
+        f" SQL alone {sql_us:.0f} us leave {budget_us - bare_us - sql_us:.0f} us for verifying, parsing, the"
+        f" store's Python and the JSON answer. sorahook: {full_us:.0f} us = bare {bare_us:.0f} + store"
+        f" {store_us:.0f} + {full_us - bare_us - store_us:.0f} (the rest)"
     )
     print(f"took {took:.0f} s")
     ratio = full / bare

@@ -10,8 +10,8 @@ connection count (the largest batch a closed loop of that many connections can h
   on a first file, replayed on a fresh file of the same schema: no Python but the loop that replays them.
 
 `sql_us` is a floor for the SQL the receiver must run per webhook (dedupe, job, its timeline, outbox and
-archive rows, with the indexes and the job-count trigger the other issues need); bench.receiver adds the
-bare endpoint's own CPU per request to it to show the best ratio any receiver writing these rows could reach.
+archive rows, with the indexes and job counts the other issues need); bench.receiver adds the bare
+endpoint's own CPU per request to it, to show what is left of the budget a throughput ratio allows.
 
     python -m bench.store_floor [--batch 64] [--webhooks 24000] [--cpu 0]
 """
