@@ -111,6 +111,10 @@ class RequestIdMiddleware:
             # and taking it back behind the store's writer thread cost more than the rest of this middleware.
             request_id = f"{random.getrandbits(96):024x}"
 
+        # Starlette's server-error middleware sits outside this one and answers a 500 with the original
+        # `send`; its handler (`server_error` below) finds the id here, in the request's state.
+        scope.setdefault("state", {})["request_id"] = request_id
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message.setdefault("headers", [])
@@ -343,8 +347,10 @@ def create_app(
         )
 
     async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", exc_info=exc)
-        return error_response(500, "internal_error", "sorahook hit an unexpected error")
+        request_id = getattr(request.state, "request_id", None)
+        log.exception("unhandled error", exc_info=exc, extra={"request_id": request_id})
+        headers = {"x-request-id": request_id} if request_id else None
+        return error_response(500, "internal_error", "sorahook hit an unexpected error", headers=headers)
 
     app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, method_not_allowed)

@@ -295,3 +295,8 @@ async def test_the_direct_route_keeps_the_routers_answers_and_the_json_500(tmp_p
         body, headers = signed_webhook(s.webhook_secrets[0], "video.completed", "video_closed")
         failed = await client.post("/webhooks/openai", content=body, headers=headers)
         assert failed.status_code == 500 and failed.json()["error"]["code"] == "internal_error"
+        assert len(failed.headers["x-request-id"]) == 24  # the 500 carries the request id too
+        named = await client.post(
+            "/webhooks/openai", content=body, headers={**headers, "x-request-id": "trace-me-1"}
+        )
+        assert named.status_code == 500 and named.headers["x-request-id"] == "trace-me-1"
