@@ -331,7 +331,9 @@ def create_app(
             await rt.store.aclose()
             log.info("sorahook stopped; store closed")
 
-    direct = {("POST", "/webhooks/openai"): receive_webhook}
+    # With a trailing slash too: the router would answer 307, and a webhook sender that does not follow
+    # redirects (most do not, for POST) would only see its deliveries fail.
+    direct = {("POST", "/webhooks/openai"): receive_webhook, ("POST", "/webhooks/openai/"): receive_webhook}
     app = Starlette(
         routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware, direct=direct)]
     )

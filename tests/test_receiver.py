@@ -291,6 +291,9 @@ async def test_the_direct_route_keeps_the_routers_answers_and_the_json_500(tmp_p
     async with live_server(app) as url, httpx.AsyncClient(base_url=url) as client:
         wrong = await client.get("/webhooks/openai")
         assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+        body, headers = signed_webhook(s.webhook_secrets[0], "video.completed", "video_slash")
+        slash = await client.post("/webhooks/openai/", content=body, headers=headers)  # no 307
+        assert slash.status_code == 200 and slash.json() == {"status": "accepted"}
         await app.state.runtime.store.aclose()
         body, headers = signed_webhook(s.webhook_secrets[0], "video.completed", "video_closed")
         failed = await client.post("/webhooks/openai", content=body, headers=headers)
