@@ -162,6 +162,28 @@ def test_a_batch_of_webhooks_is_stored_as_one_at_a_time(
     assert batched["counts"] == batched["counted"]
 
 
+async def test_writes_still_on_their_way_join_the_batch(tmp_path: Path) -> None:
+    """The writer gives the loop a few turns while its queue grows: writes that arrive a turn or two
+    apart (requests still being parsed) commit together, not one commit each."""
+    clock = ManualClock()
+    store = await SqliteStore.open(tmp_path / "g.db", clock=clock)
+    try:
+
+        async def arriving(i: int) -> str:
+            for _ in range(i % 3):  # 0, 1 or 2 loop turns late
+                await asyncio.sleep(0)
+            return (await store.record_webhook(incoming_webhook(i, clock.now()))).status
+
+        commits = store.commits
+        assert await asyncio.gather(*(arriving(i) for i in range(12))) == ["accepted"] * 12
+        assert store.commits - commits == 1
+        commits = store.commits  # and a lone write is not held back waiting for company
+        assert (await store.record_webhook(incoming_webhook(99, clock.now()))).status == "accepted"
+        assert store.commits - commits == 1
+    finally:
+        await store.aclose()
+
+
 async def test_the_writer_leaves_checkpoints_to_the_checkpointer(tmp_path: Path) -> None:
     clock = ManualClock()
     store = await SqliteStore.open(tmp_path / "c.db", clock=clock)
