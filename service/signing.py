@@ -58,12 +58,9 @@ class Verifier:
             return Verification(
                 "invalid_signature", "body is not UTF-8, so it cannot carry a valid signature"
             )
-        signed = f"{msg_id}.{ts}.{text}".encode()
         matched = False
         for keyed in self._keyed:
-            mac = keyed.copy()
-            mac.update(signed)
-            expected = mac.digest()
+            expected = _digest(keyed, msg_id, ts, text)
             for candidate in candidates:
                 matched = matched or hmac.compare_digest(expected, candidate)
             if matched:
@@ -81,6 +78,13 @@ def _keyed(key: bytes) -> hmac.HMAC:
     """HMAC-SHA256 keyed once; `.copy()` per message. (OpenSSL 3's one-shot `hmac.digest` looks the
     digest up on every call: 1.6 us against 1.3 for a copy, for a 700-byte body.)"""
     return hmac.new(key, digestmod=hashlib.sha256)
+
+
+def _digest(keyed: hmac.HMAC, msg_id: str, timestamp: int, body: str) -> bytes:
+    """The Standard Webhooks signature bytes: HMAC-SHA256 over "{id}.{timestamp}.{body}"."""
+    mac = keyed.copy()
+    mac.update(f"{msg_id}.{timestamp}.{body}".encode())
+    return mac.digest()
 
 
 def _parse_signatures(header: str) -> list[bytes]:
@@ -117,9 +121,7 @@ class Signer:
 
     def sign(self, msg_id: str, timestamp: int, body: str, secret: str) -> str:
         """One `v1,<base64>` entry, as `Webhook(secret).sign(msg_id, <timestamp as datetime>, body)`."""
-        mac = self._key(secret).copy()
-        mac.update(f"{msg_id}.{timestamp}.{body}".encode())
-        return "v1," + base64.b64encode(mac.digest()).decode("ascii")
+        return "v1," + base64.b64encode(_digest(self._key(secret), msg_id, timestamp, body)).decode("ascii")
 
     def headers(self, msg_id: str, timestamp: int, body: str, secrets: list[str]) -> dict[str, str]:
         signature = " ".join(self.sign(msg_id, timestamp, body, secret) for secret in secrets)

@@ -168,11 +168,6 @@ def _count_new_jobs(conn: sqlite3.Connection, jobs: list[tuple[str, str]]) -> No
     )
 
 
-def _marks(n: int) -> str:
-    """`?, ?, ...`: n parameters for an IN list (a batch is at most MAX_BATCH, far below SQLite's limit)."""
-    return ", ".join("?" * n)
-
-
 _DUPLICATE = WebhookOutcome("duplicate")
 
 
@@ -518,9 +513,8 @@ class _Ops:
         job_id = job.id if job else None
         pending = _Rows() if rows is None else rows
         pending.events.append((event_id, "emitted", event_type, job_id, source, now, None, None, body, None))
-        first_at = now + self.retry_schedule[0]
-        seq = job.sequence if job else None
-        queued = len(pending.deliveries)
+        # (subscription, callback url, ordering key, sequence) of each delivery to make
+        targets: list[tuple[str | None, str | None, str | None, int | None]] = []
         for sub in self.subscriptions(conn):
             if only_subscription is not None and sub.id != only_subscription:
                 continue
@@ -529,40 +523,28 @@ class _Ops:
             if only_subscription is None and not matches_filter(event_type, sub.event_types):
                 continue
             ordering = f"{sub.id}:{job_id}" if (sub.ordered and job_id) else None
-            pending.deliveries.append(
-                (
-                    ids.delivery_id(),
-                    event_id,
-                    event_type,
-                    sub.id,
-                    job_id,
-                    None,
-                    first_at,
-                    ordering,
-                    seq,
-                    now,
-                    now,
-                    now,
-                )
-            )
+            targets.append((sub.id, None, ordering, job.sequence if job else None))
         if job is not None and job.callback_url and only_subscription is None:
-            pending.deliveries.append(
-                (
-                    ids.delivery_id(),
-                    event_id,
-                    event_type,
-                    None,
-                    job_id,
-                    job.callback_url,
-                    first_at,
-                    None,
-                    None,
-                    now,
-                    now,
-                    now,
-                )
+            targets.append((None, job.callback_url, None, None))
+        first_at = now + self.retry_schedule[0]
+        pending.deliveries.extend(
+            (
+                ids.delivery_id(),
+                event_id,
+                event_type,
+                sub_id,
+                job_id,
+                url,
+                first_at,
+                ordering,
+                seq,
+                now,
+                now,
+                now,
             )
-        if len(pending.deliveries) > queued:
+            for sub_id, url, ordering, seq in targets
+        )
+        if targets:
             self.flag_deliveries = True
         if rows is None:
             pending.write(conn)
@@ -580,19 +562,23 @@ class _Ops:
         be one this run made, or one an earlier webhook of the run moved.
         """
         now = self.clock.now()
-        marks = _marks(len(hooks))
         seen = {
             row[0]
             for row in conn.execute(
-                f"SELECT webhook_id FROM received_webhooks WHERE webhook_id IN ({marks})",
-                [hook.webhook_id for hook in hooks],
+                "SELECT webhook_id FROM received_webhooks WHERE webhook_id IN (SELECT value FROM json_each(?))",
+                (json.dumps([hook.webhook_id for hook in hooks]),),
             )
         }
         wanted = list({hook.resource_id for hook in hooks if hook.webhook_id not in seen})
         known: dict[str, sqlite3.Row] = {}  # resource id -> its job's row, as stored before this run
         if wanted:
-            sql = f"SELECT * FROM jobs WHERE resource_id IN ({_marks(len(wanted))})"
-            known = {row["resource_id"]: row for row in conn.execute(sql, wanted)}
+            known = {
+                row["resource_id"]: row
+                for row in conn.execute(
+                    "SELECT * FROM jobs WHERE resource_id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(wanted),),
+                )
+            }
         job_ids = {resource: row["id"] for resource, row in known.items()}  # and the jobs this run makes
         rows = _Rows()
         outcomes: list[WebhookOutcome] = []
