@@ -307,7 +307,7 @@ def _stored(path: Path, make: str) -> str:
     """Read a generated value from the data dir, or write `make` there (owner-only) and return it."""
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data dir: owner-only when made here
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(make + "\n")
@@ -336,9 +336,13 @@ def with_generated_secrets(settings: Settings) -> tuple[Settings, list[str]]:
     secret_key = settings.secret_key
     if secret_key is None:
         path = data_dir / "secret_key"
-        secret_key = base64.urlsafe_b64decode(
-            _stored(path, base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
-        )
+        stored = _stored(path, base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+        try:
+            secret_key = base64.urlsafe_b64decode(stored + "=" * (-len(stored) % 4))
+        except (binascii.Error, ValueError):
+            secret_key = b""
+        if len(secret_key) != 32:
+            raise ConfigError(f"{path} must hold 32 bytes in URL-safe base64 (SORAHOOK_SECRET_KEY's form)")
     webhook_secrets = settings.webhook_secrets
     if not webhook_secrets and settings.emulator:
         path = data_dir / "emulator_webhook_secret"
@@ -351,6 +355,7 @@ def with_generated_secrets(settings: Settings) -> tuple[Settings, list[str]]:
             admin_token=admin_token,
             callback_secret=callback_secret,
             webhook_secrets=webhook_secrets,
+            secret_key=secret_key,  # subscription secrets are sealed in every mode, never plaintext
         ),
         generated,
     )

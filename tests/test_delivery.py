@@ -414,4 +414,4 @@ async def test_subscription_secrets_are_sealed_at_rest(tmp_path: Path) -> None:
     )
     dump = "\n".join(sqlite3.connect(s.database_path).iterdump())
     assert sub["secret"] not in dump and rotated["secret"] not in dump
-    assert raw[0].startswith("sealed:v1:") and raw[1].startswith("sealed:v1:")
+    assert raw[0].startswith("sealed:v2:") and raw[1].startswith("sealed:v2:")

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import random
 import sqlite3
 import sys
@@ -52,7 +53,7 @@ from service.quotas import (
     daily_retry_after,
     per_hour_retry_after,
 )
-from service.secretbox import SecretBox
+from service.secretbox import SealError, SecretBox
 from service.store.migrations import apply_migrations
 from service.store.records import (
     Archive,
@@ -79,6 +80,27 @@ GATHER_TURNS = 4  # loop turns the writer waits for a growing queue before takin
 CHECKPOINT_INTERVAL = 0.25
 WAL_CATCH_UP_FRAMES = 4096  # 16 MiB of 4 KiB pages
 ERROR_TEXT_LIMIT = 500
+
+
+def owner_only(path: Path) -> None:
+    """Create the database file (and its folder) readable by this user only, before SQLite opens it.
+
+    SQLite gives the -wal and -shm files the database file's mode, so they follow. A file that already
+    exists is narrowed to 0600 too: it holds the sealed secrets and every event body.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            side = path.with_name(path.name + suffix)
+            if side.stat().st_mode & 0o077:
+                side.chmod(0o600)
 
 
 class StoreClosed(Exception):
@@ -227,7 +249,12 @@ def _job(row: sqlite3.Row) -> Job:
 
 def _subscription(row: sqlite3.Row, box: SecretBox | None) -> Subscription:
     def opened(value: str | None) -> str | None:
-        return box.open(value) if (box is not None and value) else value
+        if box is None or not value:
+            return value
+        try:
+            return box.open(value, row["id"])
+        except SealError:  # wrong key or a row edited by hand: shown empty; its deliveries die (claim)
+            return None
 
     return Subscription(
         id=row["id"],
@@ -306,21 +333,23 @@ class _Ops:
         # Jobs that reached a terminal state in the current batch: (kind, status, seconds since creation).
         self.finished: list[tuple[str, str, float]] = []
         self.archive_variants: tuple[str, ...] = ()  # issue 9: set by SqliteStore.configure_archive
-        self._opened: dict[str, str] = {}  # sealed secret -> secret (see open_secret)
+        self._opened: dict[tuple[str, str], str] = {}  # (sealed secret, owner) -> secret (open_secret)
 
-    def open_secret(self, value: str) -> str:
-        """The secret sealed in `value`, opened once per sealed value (the claim opens one per delivery)."""
+    def open_secret(self, value: str, owner: str) -> str:
+        """The secret sealed in `value` for subscription `owner`, opened once per sealed value (the claim
+        opens one per delivery). SealError when it does not open there."""
         if self.box is None:
             return value
-        opened = self._opened.get(value)
+        key = (value, owner)  # a sealed value opens only for its own subscription: the cache keeps both
+        opened = self._opened.get(key)
         if opened is None:
             if len(self._opened) >= _OPENED_CACHE_SIZE:
                 self._opened.clear()
-            opened = self._opened[value] = self.box.open(value)
+            opened = self._opened[key] = self.box.open(value, owner)
         return opened
 
-    def seal_secret(self, value: str) -> str:
-        return self.box.seal(value) if self.box is not None else value
+    def seal_secret(self, value: str, owner: str) -> str:
+        return self.box.seal(value, owner) if self.box is not None else value
 
     # -- jobs -------------------------------------------------------------------------------------
 
@@ -721,9 +750,17 @@ class _Ops:
                 continue
             else:
                 url = sub_url
-                secrets = [self.open_secret(secret)]
-                if previous and previous_until and now < previous_until:
-                    secrets.append(self.open_secret(previous))
+                try:
+                    secrets = [self.open_secret(secret, sub_id)]
+                    if previous and previous_until and now < previous_until:
+                        secrets.append(self.open_secret(previous, sub_id))
+                except SealError:  # never sent unsigned or signed with a secret from another row
+                    conn.execute(
+                        "UPDATE deliveries SET status = 'dead', next_attempt_at = NULL, lease_until = NULL,"
+                        " last_error = ?, updated_at = ? WHERE id = ?",
+                        ("the subscription's secret does not open (SORAHOOK_SECRET_KEY)", now, delivery_id),
+                    )
+                    continue
             claimed.append(
                 ClaimedDelivery(
                     delivery_id,
@@ -989,10 +1026,12 @@ class SqliteStore:
         # the default 5 ms switch interval, the loop can wait up to 5 ms for it each time it hands it over;
         # 0.5 ms keeps request latency and delivery rate up.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        owner_only(self.path)
         self._writer_conn = await self._connect()
         now = self.clock.now()
         await _in_thread(self._writer_conn, lambda c: apply_migrations(c, now))
+        if self._ops.box is not None:
+            await self._write(self._seal_stored_secrets)
         self._reader_conn = await self._connect()
         self._checkpoint_conn = await self._connect()
         # The writer never checkpoints: SQLite's automatic checkpoint runs inside whichever COMMIT pushes
@@ -1009,7 +1048,7 @@ class SqliteStore:
     @staticmethod
     async def migrate(path: Path, now: float) -> list[int]:
         """Apply migrations to the file and return the versions applied (for `sorahook migrate`)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        owner_only(path)
         conn = await aiosqlite.connect(str(path), isolation_level=None)
         try:
 
@@ -1020,6 +1059,40 @@ class SqliteStore:
             return await _in_thread(conn, run)
         finally:
             await conn.close()
+
+    def _seal_stored_secrets(self, conn: sqlite3.Connection) -> None:
+        """Seal, bound to their row, the secrets stored in plaintext or sealed before that binding.
+
+        A Python step rather than a migration: SQL has no key. It runs at every start and finds nothing
+        to do once every row is sealed.
+        """
+        box = self._ops.box
+        assert box is not None
+        rows = conn.execute(
+            "SELECT id, secret, previous_secret FROM subscriptions WHERE secret NOT LIKE 'sealed:v2:%'"
+            " OR (previous_secret IS NOT NULL AND previous_secret NOT LIKE 'sealed:v2:%')"
+        ).fetchall()
+        unopened = 0
+        for sub_id, secret, previous in rows:
+            try:
+                sealed = box.reseal(secret, sub_id)
+                sealed_previous = box.reseal(previous, sub_id) if previous else previous
+            except SealError:
+                unopened += 1
+                continue
+            conn.execute(
+                "UPDATE subscriptions SET secret = ?, previous_secret = ? WHERE id = ?",
+                (sealed, sealed_previous, sub_id),
+            )
+        if rows:
+            log.info("sealed stored subscription secrets", extra={"sealed": len(rows) - unopened})
+        if unopened:
+            log.warning(
+                "subscription secrets that do not open with SORAHOOK_SECRET_KEY were left as they are;"
+                " their deliveries will fail until the right key is set or the secret is rotated",
+                extra={"subscriptions": unopened},
+            )
+        self._ops.forget_subscriptions()
 
     def _release_leases(self, conn: sqlite3.Connection) -> None:
         """At start this process owns the file: claims left by a dead process are free again at once."""
@@ -1599,7 +1672,7 @@ class SqliteStore:
                     url,
                     _dumps(event_types),
                     description,
-                    self._ops.seal_secret(secret),
+                    self._ops.seal_secret(secret, sub_id),
                     int(ordered),
                     now,
                     now,
@@ -1677,7 +1750,7 @@ class SqliteStore:
             cur = c.execute(
                 "UPDATE subscriptions SET previous_secret = secret, previous_secret_until = ?, secret = ?,"
                 " updated_at = ? WHERE id = ?",
-                (now + overlap, self._ops.seal_secret(new_secret), now, sub_id),
+                (now + overlap, self._ops.seal_secret(new_secret, sub_id), now, sub_id),
             )
             if cur.rowcount == 0:
                 return None
