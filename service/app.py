@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import ssrf
@@ -123,6 +123,29 @@ class RequestIdMiddleware:
 
         endpoint = self.direct.get((scope["method"], scope["path"]), self.app)
         await endpoint(scope, receive, send_with_id)
+
+
+def _slash_twin(routes: list[BaseRoute], scope: Scope) -> str | None:
+    """Where to redirect a path that only its trailing-slash twin serves: that twin, as a path (and query)
+    on this server. Never built from the Host header, never "//…" (another host to a browser), and only
+    printable ASCII without spaces, so nothing decoded from the path can end up in the header."""
+    path: str = scope.get("path", "")
+    if scope.get("type") != "http" or not path.startswith("/") or path == "/":
+        return None
+    twin = path[:-1] if path.endswith("/") else path + "/"
+    candidate = {**scope, "path": twin}
+    if not any(route.matches(candidate)[0] != Match.NONE for route in routes):
+        return None
+    raw = (scope.get("raw_path") or path.encode()).decode("latin-1")
+    location = raw[:-1] if raw.endswith("/") else raw + "/"
+    query = scope.get("query_string", b"").decode("latin-1")
+    if query:
+        location = f"{location}?{query}"
+    if not location.startswith("/") or location.startswith("//") or "\\" in location:
+        return None
+    if not (location.isascii() and location.isprintable()) or " " in location:
+        return None
+    return location
 
 
 class AsgiEndpoint:
@@ -338,8 +361,15 @@ def create_app(
         routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware, direct=direct)]
     )
     app.state.runtime = rt
+    # Starlette's own trailing-slash redirect builds an absolute URL from the Host header, so any client
+    # could have it point elsewhere (`GET /v1/jobs/` with `Host: evil.example`). not_found redirects
+    # with a path only instead.
+    app.router.redirect_slashes = False
 
     async def not_found(request: Request, exc: Exception) -> Response:
+        location = _slash_twin(app.router.routes, request.scope)
+        if location is not None:
+            return Response(status_code=307, headers={"location": location})
         return error_response(404, "not_found", f"no route for {request.url.path}")
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:

@@ -143,9 +143,9 @@ def serve(args: argparse.Namespace) -> int:
             extra={"openai_base_url": settings.openai_base_url},
         )
         log.info("webhook secret for the emulator: %s", settings.webhook_secrets[0])
-    if emulator_mode or "SORAHOOK_ADMIN_TOKEN" in generated:
-        log.info("admin token (Authorization: Bearer …): %s", settings.admin_token)
+    # Printed once, on the start that generated it: never a token the operator supplied, never every start.
     if "SORAHOOK_ADMIN_TOKEN" in generated:
+        log.info("admin token (Authorization: Bearer …): %s", settings.admin_token)
         log.info("the admin token was generated and saved in %s", settings.data_dir / "admin_token")
     app = create_app(settings, extra_routes=extra_routes, background=background)
     config = uvicorn.Config(

@@ -60,3 +60,12 @@ def subscription_id() -> str:
 
 def delivery_id() -> str:
     return new_id("dlv")
+
+
+MAX_ID_LENGTH = 256
+
+
+def wellformed(value: str) -> bool:
+    """An id from outside (an event's id, a resource id) fit to store and to put in a URL path segment:
+    1 to 256 printable characters (no control characters, no lone surrogates), and not "." or ".."."""
+    return 0 < len(value) <= MAX_ID_LENGTH and value.isprintable() and value not in (".", "..")

@@ -38,6 +38,7 @@ from urllib.parse import quote
 
 import httpx
 
+from service import ids
 from service.errors import OpenAIError, PermanentOpenAIError, TransientOpenAIError
 from service.http_transport import AiohttpTransport
 from service.metrics import Metrics
@@ -378,9 +379,19 @@ def _new_idempotency_key() -> str:
 
 
 def _segment(value: str, param: str) -> str:
-    """One path segment, escaped so an id can never reach another route ("/", "?", "..")."""
-    if value in ("", ".", ".."):
-        raise PermanentOpenAIError(f"Invalid '{param}': {value!r}.", code="invalid_value", param=param)
+    """One path segment, escaped so an id can never reach another route ("/", "?", "..").
+
+    An id that is not well-formed (empty, "..", control characters, longer than 256) is refused before any
+    request, as a 404: OpenAI cannot know it, and every worker treats that as final rather than retrying.
+    """
+    if not ids.wellformed(value):
+        shown = value if len(value) <= 64 else f"{value[:64]}… ({len(value)} characters)"
+        raise PermanentOpenAIError(
+            f"Invalid '{param}': {shown!r} is not a well-formed id.",
+            status=404,
+            code="invalid_value",
+            param=param,
+        )
     return quote(value, safe="")
 
 

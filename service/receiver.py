@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from service import ids
 from service.clock import Clock
 from service.errors import error_response
 from service.metrics import Metrics
@@ -45,7 +48,11 @@ def webhook_headers(raw: list[tuple[bytes, bytes]]) -> dict[bytes, str]:
     found: dict[bytes, str] = {}
     for name, value in raw:
         if name in _WANTED and name not in found:
-            found[name] = value.decode("latin-1")
+            # webhook-id is signed as UTF-8 text (Standard Webhooks); bytes that are not UTF-8 become lone
+            # surrogates, which no id can hold (the verifier refuses them). The others are ASCII.
+            found[name] = (
+                value.decode("utf-8", "surrogateescape") if name == b"webhook-id" else value.decode("latin-1")
+            )
     return found
 
 
@@ -72,24 +79,84 @@ async def read_limited(receive: Receive, declared: str | None, limit: int) -> by
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def parse_event(body: bytes) -> dict[str, Any] | None:
-    """The envelope must be a JSON object with string `id`, `type` and `data.id`."""
+MAX_DEPTH = 64  # nesting of arrays and objects in a stored event
+_INT64 = 1 << 63
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # "\ud800".."\udfff": paired, or a lone one
+
+
+class _NotANumber(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotANumber(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: valid JSON, but no JSON encoder writes it back
+        raise _NotANumber(f"{text[:32]} does not fit in a double")
+    return value
+
+
+# One decoder, built once: json.loads with keyword arguments builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return False
+
+
+def _utf8(value: Any) -> bool:
     try:
-        event = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(event, dict):
-        return None
-    data = event.get("data")
-    if not isinstance(event.get("id"), str) or not isinstance(event.get("type"), str) or not event["type"]:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("id"), str) or not data["id"]:
-        return None
-    try:  # a lone surrogate (`"\\ud800"`) in an id cannot be stored as text
-        for text in (event["id"], event["type"], data["id"]):
-            text.encode("utf-8")
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        return None
+        return False
+    return True
+
+
+def parse_event(text: str) -> dict[str, Any] | str:
+    """The event if it is one sorahook can store and serve back, else what is wrong with it.
+
+    A JSON object with `id`, `type` and `data.id` (each 1 to 256 printable characters), finite numbers
+    only, `created_at` (when an integer) within 64 bits, at most 64 levels of nesting and no lone
+    surrogate anywhere. The costly checks run only when a cheap scan says they might fail.
+    """
+    try:
+        event = _DECODER.decode(text)
+    except _NotANumber as exc:
+        return f"the body holds a number JSON cannot carry: {exc}"
+    except RecursionError:
+        return f"the body nests deeper than {MAX_DEPTH} levels"
+    except ValueError:
+        return "the body is not valid JSON"
+    if not isinstance(event, dict):
+        return "the body must be a JSON object"
+    data = event.get("data")
+    for name, value in (("id", event.get("id")), ("type", event.get("type"))):
+        if not isinstance(value, str) or not ids.wellformed(value):
+            return f"{name} must be a string of 1 to {ids.MAX_ID_LENGTH} printable characters"
+    if not isinstance(data, dict):
+        return "data must be a JSON object"
+    resource_id = data.get("id")
+    if not isinstance(resource_id, str) or not ids.wellformed(resource_id):
+        return f"data.id must be a string of 1 to {ids.MAX_ID_LENGTH} printable characters"
+    created_at = event.get("created_at")
+    if isinstance(created_at, int) and not -_INT64 <= created_at < _INT64:
+        return "created_at must fit in 64 bits"
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth_over(event, MAX_DEPTH):
+        return f"the body nests deeper than {MAX_DEPTH} levels"
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and not _utf8(event):
+        return "the body holds a lone surrogate (\\ud800-\\udfff), which is not Unicode text"
     return event
 
 
@@ -153,11 +220,10 @@ class Receiver:
             status = 400 if verification.verdict == "missing_headers" else 401
             return Rejection(status, verification.verdict, verification.message)
         assert msg_id is not None and timestamp is not None
-        event = parse_event(body)
-        if event is None:
-            return Rejection(
-                400, "invalid_payload", "the body must be a JSON object with string id, type and data.id"
-            )
+        text = body.decode("utf-8")  # the verifier has checked it is UTF-8
+        event = parse_event(text)
+        if isinstance(event, str):
+            return Rejection(400, "invalid_payload", event)
         created_at = event.get("created_at")
         hook = IncomingWebhook(
             webhook_id=msg_id,
@@ -168,7 +234,7 @@ class Receiver:
             created_at=created_at
             if isinstance(created_at, int) and not isinstance(created_at, bool)
             else None,
-            body=body.decode("utf-8"),
+            body=text,
             data=event["data"],
         )
         outcome = await self.store.record_webhook(hook)

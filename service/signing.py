@@ -16,6 +16,7 @@ Verdict = Literal["ok", "missing_headers", "invalid_signature", "timestamp_out_o
 
 _TIMESTAMP = re.compile(r"^[0-9]{1,10}$")  # up to year 2286: larger values cannot be a real send time
 _MAX_ID_LEN = 256
+_DIGEST_LEN = 32  # HMAC-SHA256
 
 
 @dataclass(frozen=True)
@@ -40,18 +41,26 @@ class Verifier:
     def verify(
         self, body: bytes, msg_id: str | None, timestamp: str | None, signature: str | None, now: float
     ) -> Verification:
+        """Headers, then the timestamp, then the signature (the Standard Webhooks libraries' order): a stale
+        message is reported stale whatever its signature holds."""
         if not msg_id or not timestamp or not signature:
             return Verification(
                 "missing_headers", "webhook-id, webhook-timestamp and webhook-signature are required"
             )
         if len(msg_id) > _MAX_ID_LEN or not msg_id.isprintable():
-            return Verification("invalid_signature", "webhook-id is not a valid id")
+            return Verification(
+                "invalid_signature", f"webhook-id must be 1 to {_MAX_ID_LEN} printable UTF-8 characters"
+            )
         if not _TIMESTAMP.match(timestamp.strip()):
             return Verification("invalid_signature", "webhook-timestamp is not a Unix time in seconds")
         ts = int(timestamp.strip())
-        candidates = _parse_signatures(signature)
+        if abs(now - ts) > self._tolerance:
+            return Verification(
+                "timestamp_out_of_tolerance", f"webhook-timestamp is more than {self._tolerance}s from now"
+            )
+        candidates, problem = _parse_signatures(signature)
         if not candidates:
-            return Verification("invalid_signature", "webhook-signature holds no v1 signature")
+            return Verification("invalid_signature", problem)
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
@@ -67,10 +76,6 @@ class Verifier:
                 break
         if not matched:
             return Verification("invalid_signature", "no signature matches any configured secret")
-        if abs(now - ts) > self._tolerance:
-            return Verification(
-                "timestamp_out_of_tolerance", f"webhook-timestamp is more than {self._tolerance}s from now"
-            )
         return Verification("ok")
 
 
@@ -87,17 +92,27 @@ def _digest(keyed: hmac.HMAC, msg_id: str, timestamp: int, body: str) -> bytes:
     return mac.digest()
 
 
-def _parse_signatures(header: str) -> list[bytes]:
+def _parse_signatures(header: str) -> tuple[list[bytes], str]:
+    """The well-formed `v1,<base64 of 32 bytes>` entries, and (when there are none) what is wrong."""
     found: list[bytes] = []
+    malformed = 0
     for entry in header.split(" "):
         version, sep, value = entry.partition(",")
-        if not sep or version != "v1" or not value or "," in value:
-            continue
+        if version != "v1":
+            continue  # another scheme's entry (e.g. v1a): not ours to judge
         try:  # strict: only the base64 alphabet and proper padding (b64decode's validate, in C)
-            found.append(binascii.a2b_base64(value, strict_mode=True))
+            digest = binascii.a2b_base64(value, strict_mode=True) if sep and "," not in value else b""
         except (binascii.Error, ValueError):
-            continue
-    return found
+            digest = b""
+        if len(digest) == _DIGEST_LEN:
+            found.append(digest)
+        else:
+            malformed += 1
+    if found:
+        return found, ""
+    if malformed:
+        return found, "webhook-signature is malformed: a v1 entry must be 'v1,' and 32 bytes in base64"
+    return found, "webhook-signature holds no v1 entry (expected 'v1,<base64>')"
 
 
 class Signer:

@@ -290,6 +290,10 @@ _HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_\-.]*[a-z0-9_])?\.?")
 @functools.lru_cache(maxsize=4096)  # subscription URLs repeat on every send; failures are not cached
 def _parse(url: str) -> tuple[str, str, int]:
     """(scheme, host, port) of an acceptable URL, or UnsafeTarget."""
+    # A raw CR/LF, tab, space or other control character would be quoted, dropped or split by whatever
+    # parses the URL next, so the URL called would not be the URL stored: refused as written.
+    if not url.isprintable() or any(ch.isspace() for ch in url):
+        raise UnsafeTarget("invalid_url", "URL must not contain spaces or control characters (CR, LF, tab…)")
     try:
         parsed = URL(url)
     except (ValueError, TypeError) as exc:

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+import re
+import secrets
+import socket
 import sqlite3
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from service.app import create_app
 from service.clock import ManualClock
-from service.config import load_settings, with_generated_secrets
+from service.config import load_settings, new_webhook_secret, with_generated_secrets
+from service.errors import PermanentOpenAIError
 from service.secretbox import SealError, SecretBox
+from service.signing import Signer, Verifier
 from service.store.sqlite import SqliteStore
-from tests.support import auth
+from tests.support import auth, live_server, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -165,3 +173,279 @@ async def test_an_existing_world_readable_database_is_narrowed(tmp_path: Path) -
     store = await SqliteStore.open(path, clock=ManualClock(), box=SecretBox(KEY))
     await store.aclose()
     assert _mode(path) == 0o600
+
+
+# --- what a storable event is ------------------------------------------------------------------------------
+
+
+def _event(data: str = '{"id": "video_1"}', created_at: str = "1800000000", event_id: str = '"evt_1"') -> str:
+    return (
+        f'{{"id": {event_id}, "object": "event", "created_at": {created_at}, "type": "video.completed",'
+        f' "data": {data}}}'
+    )
+
+
+def _signed(secret: str, body: str, msg_id: str = "") -> tuple[bytes, dict[str, Any]]:
+    headers: dict[str, Any] = Signer().headers(
+        msg_id or f"wh_{secrets.token_hex(8)}", int(time.time()), body, [secret]
+    )
+    headers["webhook-id"] = headers["webhook-id"].encode("utf-8")
+    return body.encode(), headers
+
+
+REFUSED = {
+    "created_at of 2^63": (_event(created_at=str(2**63)), "64 bits"),
+    "NaN": (_event('{"id": "video_1", "x": NaN}'), "NaN"),
+    "Infinity": (_event('{"id": "video_1", "x": [Infinity]}'), "Infinity"),
+    "-Infinity": (_event('{"id": "video_1", "x": -Infinity}'), "Infinity"),
+    "1e400": (_event('{"id": "video_1", "x": 1e400}'), "double"),
+    "lone surrogate": (_event('{"id": "video_1", "note": "a\\ud800b"}'), "surrogate"),
+    "lone low surrogate": (_event('{"id": "video_1", "note": "\\udc00"}'), "surrogate"),
+    "900 deep": (_event('{"id": "video_1", "x": ' + "[" * 900 + "]" * 900 + "}"), "deeper"),
+    "65 deep": (_event('{"id": "video_1", "x": ' + "[" * 63 + "]" * 63 + "}"), "deeper"),
+    "100k data.id": (_event('{"id": "' + "v" * 100_000 + '"}'), "data.id"),
+    "data.id with a newline": (_event('{"id": "video\\n1"}'), "data.id"),
+    "id with a control character": (_event(event_id='"evt\\u0001"'), "id must"),
+    "data.id a lone surrogate": (_event('{"id": "\\ud800"}'), "data.id"),
+}
+
+
+async def test_unstorable_events_get_400_invalid_payload_and_nothing_is_stored(tmp_path: Path) -> None:
+    s = make_settings(tmp_path)
+    async with (
+        live_server(create_app(s, start_workers=False)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        for name, (body, says) in REFUSED.items():
+            content, headers = _signed(s.webhook_secrets[0], body)
+            response = await client.post("/webhooks/openai", content=content, headers=headers)
+            assert response.status_code == 400, (name, response.text)
+            error = response.json()["error"]
+            assert error["code"] == "invalid_payload" and says in error["message"], (name, error)
+        assert (await client.get("/v1/jobs", headers=auth())).json()["data"] == []
+
+
+async def test_storable_edge_cases_are_accepted_and_served_back(tmp_path: Path) -> None:
+    s = make_settings(tmp_path)
+    accepted = {
+        "video_max_int": _event('{"id": "video_max_int"}', created_at=str(2**63 - 1)),
+        "video_deep": _event('{"id": "video_deep", "x": ' + "[" * 62 + "]" * 62 + "}"),
+        "video_pair": _event('{"id": "video_pair", "note": "\\ud83d\\ude00 \\u00e9"}'),
+        "v" * 256: _event('{"id": "' + "v" * 256 + '", "n": 1.5e300}'),
+    }
+    async with (
+        live_server(create_app(s, start_workers=False)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        for resource_id, body in accepted.items():
+            content, headers = _signed(s.webhook_secrets[0], body)
+            response = await client.post("/webhooks/openai", content=content, headers=headers)
+            assert response.status_code == 200, (resource_id[:20], response.text)
+            job = (await client.get(f"/v1/jobs/{resource_id}", headers=auth())).json()
+            events = await client.get(f"/v1/jobs/{job['id']}/events", headers=auth())
+            assert events.status_code == 200
+        pair = (await client.get("/v1/jobs/video_pair", headers=auth())).json()
+        events = (await client.get(f"/v1/jobs/{pair['id']}/events", headers=auth())).json()["data"]
+        assert events[0]["payload"]["data"]["note"] == "\U0001f600 é"
+
+
+async def test_a_malformed_resource_id_is_a_final_failure_for_the_refresher(tmp_path: Path) -> None:
+    from service.emulator import Emulator, EmulatorConfig
+    from service.metrics import Metrics
+    from service.openai_client import OpenAIClient
+    from service.submitter import Refresher
+
+    clock = ManualClock()
+    emulator = Emulator(EmulatorConfig(duration=1.0), clock=clock)
+    store = await SqliteStore.open(tmp_path / "db.sqlite", clock=clock)
+    openai = OpenAIClient(
+        base_url="http://emulator/v1",
+        metrics=Metrics(),
+        transport=httpx.ASGITransport(app=emulator.app),
+        max_retries=0,
+    )
+    try:
+        long_id = "video_" + "x" * 100_000
+        job, _ = await store.track_job(kind="video", resource_id=long_id, callback_url=None, metadata={})
+        refresher = Refresher(store=store, openai=openai, clock=clock)
+        assert await refresher.run_once() == 1  # no httpx.InvalidURL: the job is settled, not re-leased
+        clock.advance(3600)
+        assert await refresher.run_once() == 0
+        settled = await store.get_job(job.id)
+        assert settled is not None and settled.status == "failed"
+        assert emulator.calls == []  # nothing was sent
+        for bad in (long_id, "video\n1", "\ud800"):
+            with pytest.raises(PermanentOpenAIError) as caught:
+                await openai.retrieve("video", bad)
+            assert caught.value.status == 404
+    finally:
+        await openai.aclose()
+        await store.aclose()
+        await emulator.aclose()
+
+
+# --- verification: what is wrong, timestamp first, UTF-8 ids -----------------------------------------------
+
+
+def test_rejections_say_what_is_wrong_and_check_the_timestamp_first() -> None:
+    secret = new_webhook_secret()
+    verifier = Verifier([secret], tolerance=300)
+    now = 1_800_000_000
+    body = b'{"id": "evt_1"}'
+    malformed = verifier.verify(body, "wh_1", str(now), "v1,abc", now)
+    assert malformed.verdict == "invalid_signature" and "malformed" in malformed.message
+    absent = verifier.verify(body, "wh_1", str(now), "v1a,abc", now)
+    assert absent.verdict == "invalid_signature" and "no v1" in absent.message
+    short = base64.b64encode(b"x" * 16).decode()
+    assert "malformed" in verifier.verify(body, "wh_1", str(now), f"v1,{short}", now).message
+    stale = verifier.verify(body, "wh_1", str(now - 3600), "v1,abc", now)
+    assert stale.verdict == "timestamp_out_of_tolerance"
+    wrong = base64.b64encode(b"x" * 32).decode()
+    mismatch = verifier.verify(body, "wh_1", str(now), f"v1,{wrong}", now)
+    assert mismatch.verdict == "invalid_signature" and "no signature matches" in mismatch.message
+    good = Signer().sign("wh_1", now, body.decode(), secret)
+    assert verifier.verify(body, "wh_1", str(now), f"v1,abc {good}", now).verdict == "ok"
+
+
+async def test_a_non_ascii_webhook_id_is_read_as_utf8(tmp_path: Path) -> None:
+    s = make_settings(tmp_path)
+    async with (
+        live_server(create_app(s, start_workers=False)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        content, headers = _signed(s.webhook_secrets[0], _event('{"id": "video_utf8"}'), msg_id="wh_é☃")
+        response = await client.post("/webhooks/openai", content=content, headers=headers)
+        assert response.status_code == 200, response.text
+        again = await client.post("/webhooks/openai", content=content, headers=headers)
+        assert again.json() == {"status": "duplicate"}
+        content, headers = _signed(s.webhook_secrets[0], _event('{"id": "video_bytes"}'))
+        headers["webhook-id"] = b"wh_\xff\xfe"  # not UTF-8: no sender could have signed it
+        refused = await client.post("/webhooks/openai", content=content, headers=headers)
+        assert refused.status_code == 401 and "webhook-id" in refused.json()["error"]["message"]
+
+
+# --- redirects, URLs, 401, oversized bodies ----------------------------------------------------------------
+
+
+async def test_no_redirect_is_built_from_the_host_header(tmp_path: Path) -> None:
+    s = make_settings(tmp_path)
+    async with (
+        live_server(create_app(s, start_workers=False)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        for path in ("/v1/jobs/", "/v1/jobs/?limit=5", "/healthz/", "/v1/subscriptions/"):
+            response = await client.get(path, headers={"host": "evil.example"})
+            location = response.headers.get("location", "")
+            assert "evil.example" not in location, (path, location)
+            assert response.status_code in (307, 404), path
+            if response.status_code == 307:
+                assert location.startswith("/") and not location.startswith("//")
+                assert location == path.replace("/?", "?").rstrip("/")
+            else:
+                assert response.json()["error"]["code"] == "not_found"
+        # A path no route serves either way is a JSON 404, whatever it decodes to.
+        for path in ("/nowhere/", "//evil.example/", "//evil.example"):
+            response = await client.get(path, headers={"host": "evil.example"})
+            assert response.status_code == 404 and "location" not in response.headers, path
+        # What the path decodes to never reaches the header: the redirect repeats the path as sent.
+        response = await client.get("/v1/jobs/%0d%0aset-cookie:x/", headers={"host": "evil.example"})
+        assert response.headers["location"] == "/v1/jobs/%0d%0aset-cookie:x"
+        assert "set-cookie" not in response.headers
+        followed = await client.get("/v1/jobs/", headers=auth(), follow_redirects=True)
+        assert followed.status_code == 200 and str(followed.url) == f"{url}/v1/jobs"
+
+
+async def test_urls_with_control_characters_are_refused(tmp_path: Path) -> None:
+    s = make_settings(tmp_path)
+    async with (
+        live_server(create_app(s, start_workers=False)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        for bad in (
+            "http://127.0.0.1:9/a\r\nX-Injected: 1",
+            "http://127.0.0.1:9/a\nb",
+            "http://127.0.0.1:9/a\tb",
+            "http://127.0.0.1:9/a\x00b",
+            "http://127.0.0.1:9/a\x7fb",
+            "http://127.0.0.1:9/a b",
+            "http://127.0.0.1\r\n:9/",
+        ):
+            sub = await client.post("/v1/subscriptions", headers=auth(), json={"url": bad})
+            assert sub.status_code == 422 and sub.json()["error"]["code"] == "invalid_url", (bad, sub.text)
+            job = await client.post("/v1/jobs", headers=auth(), json={"prompt": "p", "callback_url": bad})
+            assert job.status_code == 422 and job.json()["error"]["code"] == "invalid_url", (bad, job.text)
+        assert (await client.get("/v1/subscriptions", headers=auth())).json()["data"] == []
+        fine = await client.post(
+            "/v1/subscriptions", headers=auth(), json={"url": "http://127.0.0.1:9/a?b=c%20d"}
+        )
+        assert fine.status_code == 201
+
+
+async def test_a_401_names_the_bearer_scheme(tmp_path: Path) -> None:
+    s = make_settings(tmp_path)
+    async with (
+        live_server(create_app(s, start_workers=False)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic abc"}):
+            response = await client.get("/v1/jobs", headers=headers)
+            assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+
+
+def _exchange(port: int, request: bytes, then: bytes = b"") -> list[bytes]:
+    """Send `request` whole (then `then` on the same connection) and read every answer's status line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        if then:
+            sock.sendall(then)
+        received = b""
+        wanted = 2 if then else 1
+        while received.count(b"HTTP/1.1 ") < wanted or not received.endswith(b"}"):
+            chunk = sock.recv(65536)  # ECONNRESET here is the failure this test is about
+            if not chunk:
+                break
+            received += chunk
+    return re.findall(rb"HTTP/1\.1 [0-9]{3}[^\r]*", received)
+
+
+async def test_an_oversized_body_gets_its_413_on_a_connection_that_stays_usable(tmp_path: Path) -> None:
+    s = make_settings(tmp_path, max_body_bytes=4096)
+    async with live_server(create_app(s, start_workers=False)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        healthz = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+        body = b"x" * 2_000_000
+        declared = b"POST /webhooks/openai HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (
+            len(body),
+            body,
+        )
+        chunks = b"".join(b"%x\r\n%s\r\n" % (65536, b"y" * 65536) for _ in range(30)) + b"0\r\n\r\n"
+        chunked = b"POST /webhooks/openai HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n" + chunks
+        for request in (declared, chunked):
+            statuses = await asyncio.to_thread(_exchange, port, request, healthz)
+            assert statuses == [b"HTTP/1.1 413 Request Entity Too Large", b"HTTP/1.1 200 OK"]
+
+
+# --- the admin token in the log ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_admin_token_is_printed_once_and_only_when_generated(
+    tmp_path: Path, service_process: Any
+) -> None:
+    env = {
+        "SORAHOOK_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'sorahook.db'}",
+        "SORAHOOK_LOG_FORMAT": "console",
+    }
+    first = service_process(env, emulator=True)
+    first.start()
+    first.stop()
+    token = (tmp_path / "data" / "admin_token").read_text().strip()
+    assert token in first.log.read_text()
+    second = service_process(env, emulator=True)
+    second.start()
+    second.stop()
+    assert token not in second.log.read_text()
+    supplied = service_process({**env, "SORAHOOK_ADMIN_TOKEN": "supplied-token-1234"}, emulator=True)
+    supplied.start()
+    supplied.stop()
+    assert "supplied-token-1234" not in supplied.log.read_text()

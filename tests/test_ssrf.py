@@ -136,7 +136,11 @@ def test_a_name_with_one_public_and_one_private_address_is_refused() -> None:
         ("http://public.example:0/", "port"),
         ("http://public.example:99999/", "invalid_url"),
         ("http://public.example\\@127.0.0.1/", "invalid_url"),
-        ("http://pub lic.example/", "invalid_host"),
+        ("http://pub lic.example/", "invalid_url"),  # a raw space: refused as written
+        ("http://public.example/a\r\nX-Injected: 1", "invalid_url"),
+        ("http://public.example\r\n/", "invalid_url"),
+        ("http://public.example/\x00", "invalid_url"),
+        ("http://public.example/\u200b", "invalid_url"),  # invisible: not printable
         ("http://[not:an:ip]/", "invalid_host"),
     ],
 )

@@ -24,7 +24,10 @@ def require_token(token: str, endpoint: Endpoint) -> Endpoint:
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
             return ApiError(
-                401, "unauthorized", "a valid bearer token is required (SORAHOOK_ADMIN_TOKEN)"
+                401,
+                "unauthorized",
+                "a valid bearer token is required (SORAHOOK_ADMIN_TOKEN)",
+                headers={"www-authenticate": "Bearer"},  # RFC 6750: the scheme the client must use
             ).response()
         try:
             return await endpoint(request)
