@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     from service.app import create_app
-    from service.emulator import Emulator, EmulatorConfig
+    from service.emulator.mount import mounted_emulator
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -129,13 +129,7 @@ def serve(args: argparse.Namespace) -> int:
     extra_routes: list[BaseRoute] = []
     background: list[Callable[[], Awaitable[None]]] = []
     if emulator_mode:
-        emulator = Emulator(
-            EmulatorConfig(
-                webhook_url=f"{self_url}/webhooks/openai",
-                webhook_secret=settings.webhook_secrets[0],
-                duration=settings.emulator_duration,
-            )
-        )
+        emulator, settings = mounted_emulator(settings, self_url, args.host)
         extra_routes.append(Mount("/_emulator", app=emulator.app))
         background.append(emulator.run)  # the mounted app's own lifespan does not run under Mount
         log.info(
@@ -178,13 +172,14 @@ def migrate() -> int:
 
 def run_emulator(args: argparse.Namespace) -> int:
     from service.emulator import Emulator, EmulatorConfig
+    from service.emulator.mount import warn_if_exposed
 
     check_webhook_secret("--webhook-secret", args.webhook_secret)
     if not args.webhook_url.startswith(("http://", "https://")):
         raise ConfigError("--webhook-url must be an http(s) URL")
     configure_logging("console", "info")
-    emulator = Emulator(
-        EmulatorConfig(
+    try:
+        config = EmulatorConfig(
             webhook_url=args.webhook_url,
             webhook_secret=args.webhook_secret,
             duration=args.duration,
@@ -193,7 +188,10 @@ def run_emulator(args: argparse.Namespace) -> int:
             duplicate_rate=args.duplicate_rate,
             error_rate=args.error_rate,
         )
-    )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    warn_if_exposed(args.host)
+    emulator = Emulator(config)
     log.info("emulator: OpenAI Videos API at http://%s:%s/v1", args.host, args.port)
     uvicorn.run(emulator.app, host=args.host, port=args.port, log_config=uvicorn_log_config())
     return 0

@@ -599,3 +599,91 @@ async def test_mounted_under_a_prefix_the_sdk_works_and_calls_record_relative_pa
 def test_config_rejects_rates_outside_zero_to_one() -> None:
     with pytest.raises(ValueError, match="drop_rate"):
         EmulatorConfig(drop_rate=1.5)
+
+
+# --- control routes behind a token, every knob bounded ------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_control_routes_need_the_control_token_when_one_is_set() -> None:
+    async with emulator_env(control_token="admin-token-123") as env:
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic admin-token-123"}):
+            faults = await env.http.post("/_control/faults", json={"status": 500}, headers=headers)
+            assert faults.status_code == 401 and faults.headers["www-authenticate"] == "Bearer"
+            assert (await env.http.get("/_control/calls", headers=headers)).status_code == 401
+        assert env.emulator.pending_faults == 0
+        good = {"authorization": "Bearer admin-token-123"}
+        assert (
+            await env.http.post("/_control/faults", json={"status": 500}, headers=good)
+        ).status_code == 200
+        assert (await env.http.get("/_control/calls", headers=good)).status_code == 200
+        assert env.emulator.pending_faults == 1
+
+
+@pytest.mark.anyio
+async def test_control_knobs_out_of_range_get_422_and_change_nothing() -> None:
+    async with emulator_env() as env:
+        for fault in (
+            {"status": 500, "count": 5_000_000},
+            {"status": 500, "count": 0},
+            {"status": 200},
+            {"status": 600},
+            {"status": 429, "retry_after": -1},
+            {"status": 429, "retry_after": 1e9},
+            {"status": 500, "code": "x" * 1000},
+            {"status": 500, "path_prefix": "v1/"},
+            {"status": 500, "path_prefix": "/" + "x" * 1000},
+        ):
+            response = await env.http.post("/_control/faults", json=fault)
+            assert response.status_code == 422, (fault, response.text)
+            assert response.json()["error"]["code"] == "out_of_range"
+        nan = await env.http.post(
+            "/_control/faults",
+            content=b'{"status": 429, "retry_after": NaN}',
+            headers={"content-type": "application/json"},
+        )
+        assert nan.status_code == 422
+        assert (await env.http.post("/_control/faults", json={"status": True})).status_code == 400
+        assert env.emulator.pending_faults == 0
+
+
+@pytest.mark.anyio
+async def test_a_fault_rule_is_one_counter_whatever_its_count() -> None:
+    import tracemalloc
+
+    async with emulator_env() as env:
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        queued = await env.http.post("/_control/faults", json={"status": 503, "count": 1_000_000})
+        grown = sum(stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename"))
+        tracemalloc.stop()
+        assert queued.status_code == 200 and queued.json() == {"queued": 1_000_000, "pending": 1_000_000}
+        assert grown < 1_000_000  # a list of a million rules was ~60 MB
+        assert [(await env.http.get("/v1/videos")).status_code for _ in range(3)] == [503] * 3
+        assert env.emulator.pending_faults == 999_997
+        rules = [{"status": 500, "path_prefix": f"/v1/x{i}"} for i in range(1000)]
+        for rule in rules[1:]:
+            assert (await env.http.post("/_control/faults", json=rule)).status_code == 200
+        full = await env.http.post("/_control/faults", json=rules[0])
+        assert full.status_code == 422 and "at most" in full.json()["error"]["message"]
+
+
+def test_config_bounds_durations_and_sizes() -> None:
+    for knobs in (
+        {"duration": 1e9},
+        {"duration": float("nan")},
+        {"asset_ttl": -1.0},
+        {"content_delay": 3600.0},
+        {"content_size": 1 << 40},
+    ):
+        with pytest.raises(ValueError):
+            EmulatorConfig(**knobs)
+
+
+def test_the_call_record_keeps_only_the_newest_entries() -> None:
+    from service.emulator.app import MAX_RECORDED, _record
+
+    entries: list[int] = []
+    for i in range(MAX_RECORDED * 3):
+        _record(entries, i)
+    assert len(entries) <= MAX_RECORDED and entries[-1] == MAX_RECORDED * 3 - 1

@@ -449,3 +449,63 @@ def test_the_admin_token_is_printed_once_and_only_when_generated(
     supplied.start()
     supplied.stop()
     assert "supplied-token-1234" not in supplied.log.read_text()
+
+
+# --- emulator mode: its API and control routes behind the admin token ---------------------------------------
+
+
+@pytest.mark.slow
+def test_emulator_mode_keeps_its_routes_behind_the_admin_token(tmp_path: Path, service_process: Any) -> None:
+    env = {
+        "SORAHOOK_DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'sorahook.db'}",
+        "SORAHOOK_ADMIN_TOKEN": "test-admin-token",
+        "SORAHOOK_EMULATOR_DURATION": "0.3",
+        "SORAHOOK_LOG_FORMAT": "console",
+    }
+    svc = service_process(env, emulator=True)
+    svc.start()
+    emulator = f"{svc.url}/_emulator"
+    stranger = httpx.post(
+        f"{emulator}/v1/videos", json={"prompt": "x"}, headers={"authorization": "Bearer x"}
+    )
+    assert stranger.status_code == 401
+    assert httpx.post(f"{emulator}/v1/videos", json={"prompt": "x"}).status_code == 401
+    fault = {"status": 500, "count": 5}
+    assert httpx.post(f"{emulator}/_control/faults", json=fault).status_code == 401
+    assert httpx.get(f"{emulator}/_control/calls").status_code == 401
+    too_many = httpx.post(
+        f"{emulator}/_control/faults", json={"status": 500, "count": 5_000_000}, headers=auth()
+    )
+    assert too_many.status_code == 422
+    # The OpenAI SDK (or curl) with the admin token as its API key, and sorahook itself, still work.
+    own = httpx.post(f"{emulator}/v1/videos", json={"prompt": "x"}, headers=auth())
+    assert own.status_code == 200 and own.json()["object"] == "video"
+    job = httpx.post(f"{svc.url}/v1/jobs", json={"prompt": "a fox"}, headers=auth()).json()
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{svc.url}/v1/jobs/{job['id']}", headers=auth()).json()["status"] != "completed":
+        assert time.monotonic() < deadline, "the job did not complete through the guarded emulator"
+        time.sleep(0.05)
+    svc.stop()
+    assert "non-loopback" not in svc.log.read_text()
+
+
+def test_an_exposed_emulator_is_warned_about(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    from service.emulator.mount import is_loopback, mounted_emulator
+
+    settings = make_settings(tmp_path)
+    with caplog.at_level("WARNING", logger="sorahook.emulator"):
+        emulator, resolved = mounted_emulator(settings, "http://127.0.0.1:8000", "127.0.0.1")
+    assert not caplog.records
+    assert resolved.openai_api_keys == (settings.admin_token,)
+    assert emulator.config.control_token == settings.admin_token
+    with caplog.at_level("WARNING", logger="sorahook.emulator"):
+        mounted_emulator(settings, "http://127.0.0.1:8000", "0.0.0.0")
+    assert any("non-loopback" in r.getMessage() for r in caplog.records)
+    assert [is_loopback(h) for h in ("localhost", "::1", "127.0.0.2", "0.0.0.0", "::", "10.0.0.1")] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]

@@ -18,7 +18,10 @@ Choices where OpenAI is silent or the emulator has to pick:
   after 1, 5, 15 and 30 seconds of clock time, with the same ``webhook-id`` and a fresh signature, then
   given up. Retries never crash the ticker.
 - Request faults apply in this order: queued faults from ``inject_fault`` (FIFO), then ``error_rate``,
-  then the API key check. Control routes (``/_control/...``) are never counted, faulted or authenticated.
+  then the API key check. Control routes (``/_control/...``) are never counted or faulted; with
+  ``control_token`` set (``serve --emulator`` sets the admin token) they need it as a bearer token.
+- Every knob is bounded (``MAX_*`` below): a fault rule is one counter whatever its ``count``, and the
+  ``calls`` / ``webhooks_sent`` records keep the latest ``MAX_RECORDED`` entries.
 - The app's own lifespan starts the ticker (standalone ``sorahook emulator``). A parent app that mounts
   this one must run ``Emulator.run()`` itself, since Starlette does not run a mounted app's lifespan.
 """
@@ -56,6 +59,16 @@ DEFAULT_MODEL = "sora-2"
 QUEUED_SHARE = 0.1
 WEBHOOK_RETRY_DELAYS = (1.0, 5.0, 15.0, 30.0)
 WEBHOOK_TIMEOUT = 10.0
+# Bounds on every knob, so no request (or setting) can make the emulator hold unbounded memory or time.
+MAX_FAULT_COUNT = 1_000_000  # requests one fault rule answers (a counter: O(1) memory whatever the count)
+MAX_FAULT_RULES = 1_000  # fault rules queued at once
+MAX_RETRY_AFTER = 3600.0  # seconds
+MAX_DURATION = 86_400.0  # seconds from creation to a video's final state
+MAX_ASSET_TTL = 30 * 86_400.0
+MAX_CONTENT_SIZE = 1 << 30  # bytes of the `video` asset
+MAX_CONTENT_DELAY = 60.0  # seconds per 64 KiB chunk
+MAX_TEXT = 256  # characters of a fault's code or path prefix
+MAX_RECORDED = 10_000  # entries kept in `calls` and `webhooks_sent` (the oldest half goes beyond it)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -94,20 +107,25 @@ class EmulatorConfig:
     asset_ttl: float = 3600.0  # expires_at = completed_at + asset_ttl
     content_size: int | None = None  # when set, the `video` asset is this many bytes (large downloads)
     content_delay: float = 0.0  # seconds paused before each 64 KiB chunk of a download (slow downloads)
+    control_token: str | None = None  # when set, /_control/... need "Authorization: Bearer <control_token>"
 
     def __post_init__(self) -> None:
         for name in ("failure_rate", "drop_rate", "duplicate_rate", "error_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
-        if self.duration < 0:
-            raise ValueError(f"duration must not be negative, got {self.duration!r}")
-        if self.asset_ttl < 0:
-            raise ValueError(f"asset_ttl must not be negative, got {self.asset_ttl!r}")
-        if self.content_size is not None and self.content_size < 1:
-            raise ValueError(f"content_size must be at least 1, got {self.content_size!r}")
-        if self.content_delay < 0:
-            raise ValueError(f"content_delay must not be negative, got {self.content_delay!r}")
+        for name, most in (
+            ("duration", MAX_DURATION),
+            ("asset_ttl", MAX_ASSET_TTL),
+            ("content_delay", MAX_CONTENT_DELAY),
+        ):
+            value = getattr(self, name)
+            if not 0 <= value <= most:  # NaN fails this too
+                raise ValueError(f"{name} must be between 0 and {most:g} seconds, got {value!r}")
+        if self.content_size is not None and not 1 <= self.content_size <= MAX_CONTENT_SIZE:
+            raise ValueError(
+                f"content_size must be between 1 and {MAX_CONTENT_SIZE}, got {self.content_size!r}"
+            )
         if self.moderation_category not in MODERATION_CATEGORIES:
             raise ValueError(f"moderation_category must be one of {MODERATION_CATEGORIES}")
 
@@ -144,12 +162,26 @@ class _Delivery:
     in_flight: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Fault:
+    """One rule: answer the next `remaining` requests under `path_prefix` with `status`."""
+
     status: int
     retry_after: float | None
     code: str | None
     path_prefix: str
+    remaining: int
+
+
+class KnobOutOfRange(ValueError):
+    """A control value outside its bounds (the control route answers 422)."""
+
+
+def _record(entries: list[Any], entry: Any) -> None:
+    """Append, keeping the newest MAX_RECORDED entries (the oldest half goes at once: O(1) amortised)."""
+    if len(entries) >= MAX_RECORDED:
+        del entries[: MAX_RECORDED // 2]
+    entries.append(entry)
 
 
 class _ApiError(Exception):
@@ -257,8 +289,8 @@ class Emulator:
                 Route("/v1/videos/{video_id}/content", self._api(self._content), methods=["GET"]),
                 Route("/v1/videos/{video_id}/remix", self._api(self._remix), methods=["POST"]),
                 Route("/v1/moderations", self._api(self._moderate), methods=["POST"]),
-                Route("/_control/faults", self._control_faults, methods=["POST"]),
-                Route("/_control/calls", self._control_calls, methods=["GET"]),
+                Route("/_control/faults", self._control(self._control_faults), methods=["POST"]),
+                Route("/_control/calls", self._control(self._control_calls), methods=["GET"]),
             ],
             lifespan=self._lifespan,
         )
@@ -274,10 +306,30 @@ class Emulator:
         code: str | None = None,
         path_prefix: str = "/v1/",
     ) -> None:
-        """Answer the next ``count`` API requests under ``path_prefix`` with ``status`` (FIFO)."""
+        """Answer the next ``count`` API requests under ``path_prefix`` with ``status`` (FIFO).
+
+        Raises KnobOutOfRange for a value outside its bounds (one rule costs the same whatever ``count``).
+        """
         if not 400 <= status <= 599:
-            raise ValueError(f"status must be an HTTP error status, got {status!r}")
-        self._faults.extend(_Fault(status, retry_after, code, path_prefix) for _ in range(count))
+            raise KnobOutOfRange(f"status must be an HTTP error status (400 to 599), got {status!r}")
+        if not 1 <= count <= MAX_FAULT_COUNT:
+            raise KnobOutOfRange(f"count must be between 1 and {MAX_FAULT_COUNT}, got {count!r}")
+        if retry_after is not None and not 0 <= retry_after <= MAX_RETRY_AFTER:
+            raise KnobOutOfRange(
+                f"retry_after must be between 0 and {MAX_RETRY_AFTER:g}, got {retry_after!r}"
+            )
+        if code is not None and not 0 < len(code) <= MAX_TEXT:
+            raise KnobOutOfRange(f"code must be 1 to {MAX_TEXT} characters")
+        if not path_prefix.startswith("/") or len(path_prefix) > MAX_TEXT:
+            raise KnobOutOfRange(f"path_prefix must start with / and be at most {MAX_TEXT} characters")
+        if len(self._faults) >= MAX_FAULT_RULES:
+            raise KnobOutOfRange(f"at most {MAX_FAULT_RULES} fault rules may be queued at once")
+        self._faults.append(_Fault(status, retry_after, code, path_prefix, count))
+
+    @property
+    def pending_faults(self) -> int:
+        """Requests the queued fault rules will still answer."""
+        return sum(fault.remaining for fault in self._faults)
 
     async def run_once(self) -> None:
         """Move every video along the clock, schedule final-state webhooks and send the due ones."""
@@ -441,13 +493,14 @@ class Emulator:
             log.exception("emulator webhook %s to %s failed", delivery.webhook_id, url)
         delivery.attempts += 1
         delivery.in_flight = False
-        self.webhooks_sent.append(
+        _record(
+            self.webhooks_sent,
             {
                 "webhook_id": delivery.webhook_id,
                 "type": delivery.event_type,
                 "video_id": delivery.video_id,
                 "status_code": status,
-            }
+            },
         )
         if status is not None and 200 <= status < 300:
             self._outbox.remove(delivery)
@@ -466,7 +519,7 @@ class Emulator:
 
         async def endpoint(request: Request) -> Response:
             path = _route_path(request)
-            self.calls.append((request.method, path))
+            _record(self.calls, (request.method, path))
             fault = self._take_fault(path)
             if fault is not None:
                 return _fault_response(fault.status, code=fault.code, retry_after=fault.retry_after)
@@ -496,8 +549,31 @@ class Emulator:
     def _take_fault(self, path: str) -> _Fault | None:
         for index, fault in enumerate(self._faults):
             if path.startswith(fault.path_prefix):
-                return self._faults.pop(index)
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    del self._faults[index]
+                return fault
         return None
+
+    def _control(self, handler: Endpoint) -> Endpoint:
+        """Wrap a control route: with ``control_token`` set, it needs ``Authorization: Bearer <token>``."""
+        expected = self.config.control_token
+
+        async def endpoint(request: Request) -> Response:
+            if expected is not None:
+                scheme, _, given = request.headers.get("authorization", "").partition(" ")
+                if scheme.lower() != "bearer" or not secrets.compare_digest(
+                    given.strip().encode(), expected.encode()
+                ):
+                    return error_response(
+                        401,
+                        "The emulator's control routes need Authorization: Bearer <admin token>.",
+                        code="invalid_api_key",
+                        headers={"www-authenticate": "Bearer"},
+                    )
+            return await handler(request)
+
+        return endpoint
 
     @staticmethod
     async def _body(request: Request) -> dict[str, Any]:
@@ -733,6 +809,7 @@ class Emulator:
     # --- control routes -----------------------------------------------------------------------------------------
 
     async def _control_faults(self, request: Request) -> Response:
+        """400 for a body that is not a fault; 422 for a fault whose values are out of bounds."""
         try:
             data = await request.json()
             status = data["status"]
@@ -740,18 +817,24 @@ class Emulator:
             retry_after = data.get("retry_after")
             code = data.get("code")
             path_prefix = data.get("path_prefix", "/v1/")
-            if not isinstance(status, int) or not isinstance(count, int) or count < 1:
+            if isinstance(status, bool) or isinstance(count, bool):
                 raise ValueError("status and count must be integers")
-            if retry_after is not None and not isinstance(retry_after, int | float):
+            if not isinstance(status, int) or not isinstance(count, int):
+                raise ValueError("status and count must be integers")
+            if retry_after is not None and (
+                isinstance(retry_after, bool) or not isinstance(retry_after, int | float)
+            ):
                 raise ValueError("retry_after must be a number")
             if code is not None and not isinstance(code, str):
                 raise ValueError("code must be a string")
             if not isinstance(path_prefix, str):
                 raise ValueError("path_prefix must be a string")
             self.inject_fault(status, count, retry_after=retry_after, code=code, path_prefix=path_prefix)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except KnobOutOfRange as exc:
+            return error_response(422, f"Invalid fault: {exc}", code="out_of_range")
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             return error_response(400, f"Invalid fault: {exc}")
-        return JSONResponse({"queued": count, "pending": len(self._faults)})
+        return JSONResponse({"queued": count, "pending": self.pending_faults})
 
     async def _control_calls(self, request: Request) -> Response:
         return JSONResponse({"calls": [list(call) for call in self.calls]})
