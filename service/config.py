@@ -253,11 +253,16 @@ class EnvReader(Mapping[str, str]):
         self, prefix: str = "SORAHOOK_", also_known: Iterable[str] = ()
     ) -> list[tuple[str, str | None]]:
         """Each `prefix` variable set but never read, with the closest name that is read (or None)."""
-        known = sorted(self.read | set(also_known))
+        known = self.read | set(also_known)
+        # compared without the prefix they all share, which would make any two names look alike
+        tails = {name[len(prefix) :]: name for name in known if name.startswith(prefix)}
+        unknown = sorted(name for name in self._env if name.startswith(prefix) and name not in known)
         return [
-            (name, next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.6)), None))
-            for name in sorted(self._env)
-            if name.startswith(prefix) and name not in known
+            (
+                name,
+                next((tails[t] for t in difflib.get_close_matches(name[len(prefix) :], tails, 1, 0.6)), None),
+            )
+            for name in unknown
         ]
 
 
