@@ -1,24 +1,35 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two install stamps: `make run` needs only the runtime; `make test` (and lint, bench, soak) add the dev extras.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: run test lint bench soak clean
 
-$(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $(RUN_STAMP)
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(DEV_STAMP) $(RUN_STAMP)
 
-# With no OPENAI_API_KEY, `make run` uses the built-in emulator as OpenAI.
-run: $(STAMP)
-	$(BIN)/sorahook serve --host 127.0.0.1 --port 8000 $(if $(OPENAI_API_KEY),,--emulator)
+# With no OPENAI_API_KEY, `make run` uses the built-in emulator as OpenAI. It listens where SORAHOOK_HOST and
+# SORAHOOK_PORT say (127.0.0.1:8000 by default); `make run PORT=8001 HOST=0.0.0.0` overrides them. Only
+# HOST/PORT given on make's command line count: a PORT or HOST exported for something else does not.
+run: $(RUN_STAMP)
+	$(BIN)/sorahook serve $(strip $(if $(filter command line,$(origin HOST)),--host $(HOST)) \
+	$(if $(filter command line,$(origin PORT)),--port $(PORT)) $(if $(OPENAI_API_KEY),,--emulator))
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
@@ -28,11 +39,11 @@ lint: $(STAMP)
 		promtool test rules deploy/prometheus/alerts_test.yml; \
 	else echo "promtool not installed (apt-get install prometheus); skipping rule checks"; fi
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m bench
 
 # A bounded run of mixed traffic against a real service process (default 3 minutes).
-soak: $(STAMP)
+soak: $(DEV_STAMP)
 	$(BIN)/python -m bench.soak
 
 clean:

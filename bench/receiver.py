@@ -1,7 +1,8 @@
 """Benchmark POST /webhooks/openai against a bare Starlette endpoint under the same uvicorn and the same load.
 
 Three servers run in their own processes with identical uvicorn settings (uvloop, httptools, one worker,
-no access log), pinned to core 0: the full sorahook app on a fresh SQLite file; a bare Starlette app
+no access log), pinned to core 0: the full sorahook app on a fresh SQLite file (under the protocol
+`sorahook serve` runs, httptools with the client limits of service/server.py); a bare Starlette app
 whose one route reads the body and answers 204; and, for scale, the naive receiver the issue describes
 (standardwebhooks' own `verify`, then one INSERT and one COMMIT per request, same WAL and
 synchronous=FULL). A load generator (`bench.loadgen`) runs in another process pinned to core 1. Rounds
@@ -167,12 +168,18 @@ def serve(kind: Kind, port: int, database: Path | None, workers: bool, profile: 
         app = naive_app(database, os.environ[SECRET_ENV])
     else:
         app = bare_app()
+    http: Any = "httptools"
+    if kind == "full":  # the protocol `sorahook serve` runs: uvicorn's httptools plus the client limits
+        from service.server import Refusals, ServerLimits, limited_protocol, refusal_counter
+
+        refusals = Refusals(refusal_counter(app.state.runtime.metrics.connections_refused))
+        http = limited_protocol(ServerLimits(), refusals)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=http,
         lifespan="on",
         access_log=False,
         log_level="warning",

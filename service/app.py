@@ -14,7 +14,7 @@ import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -384,6 +384,12 @@ def create_app(
         headers = {"x-request-id": request_id} if request_id else None
         return error_response(500, "internal_error", "sorahook hit an unexpected error", headers=headers)
 
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        # The client left mid-body, or the server closed it for stalling (SORAHOOK_BODY_TIMEOUT): not an
+        # error of ours, and there is no one left to read an answer.
+        return error_response(400, "client_disconnected", "the client closed the connection mid-request")
+
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, method_not_allowed)
     app.add_exception_handler(500, server_error)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -18,11 +20,62 @@ import httpx
 import uvicorn
 from starlette.routing import BaseRoute, Mount
 
-from service.config import ConfigError, check_webhook_secret, load_settings, with_generated_secrets
+from service.config import (
+    ConfigError,
+    EnvReader,
+    check_webhook_secret,
+    load_settings,
+    with_generated_secrets,
+)
 from service.logs import configure_logging, uvicorn_log_config
+from service.server import (
+    ListenError,
+    Refusals,
+    ServerLimits,
+    bind_socket,
+    fit_descriptor_limit,
+    limited_protocol,
+    memory_trimmer,
+    refusal_counter,
+)
 from service.signing import Signer
 
 log = logging.getLogger("sorahook")
+
+# SORAHOOK_* names that commands other than `serve` read (`listen` finds the service with SORAHOOK_URL):
+# set in a shell for those, they are not typos.
+ENV_READ_ELSEWHERE = ("SORAHOOK_URL",)
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("sorahook")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """One line per option that ends with its default (flags are off unless given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if action.required:
+            return f"{text} (required)".strip()
+        if action.nargs == 0:
+            return f"{text} (default: off)".strip() if action.default is False else text
+        if action.default is None:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser shows defaults: subparsers are made with the parent's class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _rate(text: str) -> float:
@@ -56,34 +109,67 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sorahook", description="A dependable relay for OpenAI webhooks.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(
+        prog="sorahook",
+        description="A dependable relay for OpenAI webhooks. Settings come from SORAHOOK_* environment"
+        " variables (see the README); `sorahook COMMAND --help` shows each command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"sorahook {version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the service")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument(
-        "--emulator", action="store_true", help="mount the Videos API emulator and use it as OpenAI"
+        "--host", default=None, help="address to listen on (default: SORAHOOK_HOST, else 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=_port, default=None, help="port to listen on (default: SORAHOOK_PORT, else 8000)"
+    )
+    serve.add_argument(
+        "--emulator",
+        action="store_true",
+        help="mount the Videos API emulator and use it as OpenAI (or SORAHOOK_EMULATOR=true)",
     )
 
     commands.add_parser("migrate", help="apply database migrations and exit")
 
     emulator = commands.add_parser("emulator", help="run the OpenAI Videos API emulator on its own")
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=_port, default=8001)
-    emulator.add_argument("--webhook-url", required=True)
-    emulator.add_argument("--webhook-secret", required=True)
-    emulator.add_argument("--duration", type=_positive, default=10.0)
-    emulator.add_argument("--failure-rate", type=_rate, default=0.0)
-    emulator.add_argument("--drop-rate", type=_rate, default=0.0)
-    emulator.add_argument("--duplicate-rate", type=_rate, default=0.0)
-    emulator.add_argument("--error-rate", type=_rate, default=0.0)
+    emulator.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    emulator.add_argument("--port", type=_port, default=8001, help="port to listen on")
+    emulator.add_argument(
+        "--webhook-url", required=True, metavar="URL", help="where the emulator sends its webhooks"
+    )
+    emulator.add_argument(
+        "--webhook-secret", required=True, metavar="WHSEC", help="the whsec_… secret it signs them with"
+    )
+    emulator.add_argument(
+        "--duration",
+        type=_positive,
+        default=10.0,
+        metavar="S",
+        help="seconds from a video's creation to its end",
+    )
+    emulator.add_argument(
+        "--failure-rate", type=_rate, default=0.0, metavar="F", help="share of videos that fail, 0..1"
+    )
+    emulator.add_argument(
+        "--drop-rate", type=_rate, default=0.0, metavar="F", help="share of webhooks never sent, 0..1"
+    )
+    emulator.add_argument(
+        "--duplicate-rate", type=_rate, default=0.0, metavar="F", help="share of webhooks sent twice, 0..1"
+    )
+    emulator.add_argument(
+        "--error-rate", type=_rate, default=0.0, metavar="F", help="share of API calls answered 429/5xx, 0..1"
+    )
 
     send = commands.add_parser("send-test-webhook", help="sign and send one OpenAI-style event")
-    send.add_argument("--url", required=True)
-    send.add_argument("--secret", required=True)
-    send.add_argument("--type", default="video.completed")
-    send.add_argument("--video-id", default=None)
+    send.add_argument(
+        "--url", required=True, metavar="URL", help="the receiver, e.g. http://127.0.0.1:8000/webhooks/openai"
+    )
+    send.add_argument("--secret", required=True, metavar="WHSEC", help="the whsec_… secret to sign with")
+    send.add_argument("--type", default="video.completed", metavar="TYPE", help="the event type")
+    send.add_argument(
+        "--video-id", default=None, metavar="ID", help="data.id of the event (default: a new video_… id)"
+    )
     return parser
 
 
@@ -103,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_emulator(args)
         if args.command == "send-test-webhook":
             return send_test_webhook(args)
-    except ConfigError as exc:
+    except (ConfigError, ListenError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
@@ -114,15 +200,21 @@ def serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.emulator.mount import mounted_emulator
 
-    settings = load_settings()
+    env = EnvReader(os.environ)
+    settings = load_settings(env)
     configure_logging(settings.log_format, settings.log_level)
     emulator_mode = bool(args.emulator or settings.emulator)
     if not emulator_mode and not settings.openai_api_keys and "api.openai.com" in settings.openai_base_url:
         raise ConfigError(
             "OPENAI_API_KEY is not set: set it, or pass --emulator to use the built-in emulator"
         )
-    self_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-    self_url = f"http://{self_host}:{args.port}"
+    host = settings.host if args.host is None else args.host
+    # Bound before anything starts: a taken address is one line, never a "ready" followed by an error.
+    sock = bind_socket(host, settings.port if args.port is None else args.port)
+    port = int(sock.getsockname()[1])
+    _warn_unknown_env(env)
+    self_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    self_url = f"http://[{self_host}]:{port}" if ":" in self_host else f"http://{self_host}:{port}"
     if emulator_mode:
         settings = replace(settings, emulator=True, openai_base_url=f"{self_url}/_emulator/v1")
     settings, generated = with_generated_secrets(settings)
@@ -142,10 +234,22 @@ def serve(args: argparse.Namespace) -> int:
         log.info("admin token (Authorization: Bearer …): %s", settings.admin_token)
         log.info("the admin token was generated and saved in %s", settings.data_dir / "admin_token")
     app = create_app(settings, extra_routes=extra_routes, background=background)
+    limits = fit_descriptor_limit(
+        ServerLimits(
+            max_connections=settings.max_connections,
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            max_header_bytes=settings.max_header_bytes,
+        )
+    )
+    refusals = Refusals(
+        refusal_counter(app.state.runtime.metrics.connections_refused), after_burst=memory_trimmer()
+    )
     config = uvicorn.Config(
         app,
-        host=args.host,
-        port=args.port,
+        host=host,
+        port=port,
+        http=limited_protocol(limits, refusals),
         log_config=uvicorn_log_config(settings.log_level),
         timeout_graceful_shutdown=10,
         server_header=False,
@@ -154,14 +258,23 @@ def serve(args: argparse.Namespace) -> int:
     # uvicorn shuts down gracefully on SIGTERM and then re-raises the signal to the previous handler;
     # a no-op handler there lets a clean shutdown end with exit status 0 (what systemd and k8s expect).
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
+
+
+def _warn_unknown_env(env: EnvReader) -> None:
+    for name, closest in env.unknown(also_known=ENV_READ_ELSEWHERE):
+        hint = f"; did you mean {closest}?" if closest else ""
+        log.warning("%s is not a sorahook setting and is ignored%s", name, hint, extra={"variable": name})
 
 
 def migrate() -> int:
     from service.store.sqlite import SqliteStore
 
-    settings = load_settings()
+    env = EnvReader(os.environ)
+    settings = load_settings(env)
+    configure_logging(settings.log_format, settings.log_level)
+    _warn_unknown_env(env)
     applied = asyncio.run(SqliteStore.migrate(settings.database_path, time.time()))
     if applied:
         print(f"applied migrations {', '.join(map(str, applied))} to {settings.database_path}")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
+import importlib.util
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypedDict
@@ -61,6 +63,13 @@ class Settings:
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    # where `serve` listens, and the HTTP server's limits on clients (service/server.py)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_connections: int = 2048
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    max_header_bytes: int = 65536
 
     @property
     def data_dir(self) -> Path:
@@ -141,6 +150,13 @@ def parse_database_url(url: str) -> Path:
 ARCHIVE_VARIANTS = ("video", "thumbnail", "spritesheet")
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 class _ArchiveSettings(TypedDict):
     archive: bool
     archive_variants: tuple[str, ...]
@@ -166,6 +182,10 @@ def archive_settings(env: Mapping[str, str]) -> _ArchiveSettings:
     bucket = env.get("SORAHOOK_S3_BUCKET", "").strip() or None
     if archive and storage == "s3" and bucket is None:
         raise ConfigError("SORAHOOK_S3_BUCKET is required when SORAHOOK_ARCHIVE_STORAGE=s3")
+    if archive and storage == "s3" and not _installed("aiobotocore"):
+        raise ConfigError(
+            "SORAHOOK_ARCHIVE_STORAGE=s3 needs the s3 extra, which is not installed: pip install 'sorahook[s3]'"
+        )
     if bucket is not None and not (3 <= len(bucket) <= 63 and all(c.isalnum() or c in ".-_" for c in bucket)):
         raise ConfigError(
             f"SORAHOOK_S3_BUCKET must be a bucket name (3 to 63 letters, digits, . - _), got {bucket!r}"
@@ -183,6 +203,67 @@ def archive_settings(env: Mapping[str, str]) -> _ArchiveSettings:
         "s3_endpoint_url": endpoint,
         "s3_region": env.get("SORAHOOK_S3_REGION", "").strip() or None,
     }
+
+
+class _ServerSettings(TypedDict):
+    host: str
+    port: int
+    max_connections: int
+    header_timeout: float
+    body_timeout: float
+    max_header_bytes: int
+
+
+def server_settings(env: Mapping[str, str]) -> _ServerSettings:
+    """SORAHOOK_HOST/PORT and the HTTP server's limits on slow, large and numerous clients."""
+    host = env.get("SORAHOOK_HOST", "").strip() or "127.0.0.1"
+    if any(c.isspace() or c in "/?#" for c in host):
+        raise ConfigError(f"SORAHOOK_HOST must be an address or host name, got {host!r}")
+    port = _int(env, "SORAHOOK_PORT", 8000)
+    if port > 65535:
+        raise ConfigError(f"SORAHOOK_PORT must be a port number (0-65535), got {port}")
+    return {
+        "host": host,
+        "port": port,
+        "max_connections": _int(env, "SORAHOOK_MAX_CONNECTIONS", 2048, minimum=1),
+        "header_timeout": _float(env, "SORAHOOK_HEADER_TIMEOUT", 10.0, minimum=0.001),
+        "body_timeout": _float(env, "SORAHOOK_BODY_TIMEOUT", 10.0, minimum=0.001),
+        "max_header_bytes": _int(env, "SORAHOOK_MAX_HEADER_BYTES", 65536, minimum=1024),
+    }
+
+
+class EnvReader(Mapping[str, str]):
+    """The environment, remembering which names were read: any SORAHOOK_* name never read is unknown."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.read.add(name)
+        return self._env[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._env)
+
+    def __len__(self) -> int:
+        return len(self._env)
+
+    def unknown(
+        self, prefix: str = "SORAHOOK_", also_known: Iterable[str] = ()
+    ) -> list[tuple[str, str | None]]:
+        """Each `prefix` variable set but never read, with the closest name that is read (or None)."""
+        known = self.read | set(also_known)
+        # compared without the prefix they all share, which would make any two names look alike
+        tails = {name[len(prefix) :]: name for name in known if name.startswith(prefix)}
+        unknown = sorted(name for name in self._env if name.startswith(prefix) and name not in known)
+        return [
+            (
+                name,
+                next((tails[t] for t in difflib.get_close_matches(name[len(prefix) :], tails, 1, 0.6)), None),
+            )
+            for name in unknown
+        ]
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -296,6 +377,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         progress_interval=_float(env, "SORAHOOK_PROGRESS_INTERVAL", 0.0),
         progress_step=_int(env, "SORAHOOK_PROGRESS_STEP", 25, minimum=1),
         **archive_settings(env),
+        **server_settings(env),
     )
 
 

@@ -29,11 +29,30 @@ class JsonFormatter(logging.Formatter):
 
 
 class ConsoleFormatter(logging.Formatter):
+    """One readable line that keeps every structured field the JSON format has, as key=value (ids first)."""
+
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        extras = " ".join(f"{k}={record.__dict__[k]}" for k in _FIELDS if record.__dict__.get(k) is not None)
+        fields = record.__dict__
+        keys = [k for k in _FIELDS if fields.get(k) is not None]
+        keys += [
+            k
+            for k, value in fields.items()
+            if k not in _SKIP and k not in _FIELDS and not k.startswith("_") and value is not None
+        ]
+        extras = " ".join(f"{k}={_console_value(fields[k])}" for k in keys)
         line = f"{stamp} {record.levelname.lower():7} {record.name}: {record.getMessage()}"
+        if record.exc_info:
+            return f"{line} {extras}".rstrip() + "\n" + self.formatException(record.exc_info)
         return f"{line} {extras}".rstrip()
+
+
+def _console_value(value: Any) -> str:
+    """A value as it reads on one line: quoted when it holds a space, a quote, or nothing at all."""
+    text = value if isinstance(value, str) else str(value)
+    if not text or any(c.isspace() or c in '"=' for c in text):
+        return json.dumps(text)
+    return text
 
 
 def configure_logging(fmt: str, level: str) -> None:

@@ -31,6 +31,8 @@ ARCHIVE_FAILURE_REASONS = ("expired", "not_found", "refused", "retries_exhausted
 # Why the OpenAI client moved to the next API key (a 401, or a 429 insufficient_quota). Not started at 0:
 # a series appears with the first rotation.
 KEY_ROTATION_REASONS = ("unauthorized", "insufficient_quota")
+# Why the HTTP server closed or refused a connection before the app had a whole request (service/server.py).
+CONNECTION_REFUSAL_REASONS = ("header_timeout", "body_timeout", "header_too_large", "too_many_connections")
 
 
 class _Snapshot(Collector):
@@ -127,6 +129,15 @@ class Metrics:
             buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0),
             registry=r,
         )
+        self.connections_refused = Counter(
+            "sorahook_connections_refused_total",
+            "Connections the server closed or refused: slow or oversized request heads, stalled bodies,"
+            " too many open connections",
+            ["reason"],
+            registry=r,
+        )
+        for reason in CONNECTION_REFUSAL_REASONS:
+            self.connections_refused.labels(reason=reason)
         for reason in ARCHIVE_FAILURE_REASONS:
             self.archive_failures.labels(reason=reason)
         for reason in KEY_ROTATION_REASONS:
