@@ -1669,11 +1669,17 @@ class SqliteStore:
 
         return await self._read(read)
 
-    async def list_subscriptions(self) -> list[Subscription]:
+    async def list_subscriptions(
+        self, limit: int | None = None, after: str | None = None
+    ) -> list[Subscription]:
+        """Subscriptions oldest first (ids sort by creation), those after `after`, at most `limit`."""
         return await self._read(
             lambda c: [
                 _subscription(r, self._ops.box)
-                for r in c.execute("SELECT * FROM subscriptions ORDER BY id").fetchall()
+                for r in c.execute(
+                    "SELECT * FROM subscriptions WHERE id > ? ORDER BY id LIMIT ?",
+                    (after or "", -1 if limit is None else limit),
+                ).fetchall()
             ]
         )
 
