@@ -4,8 +4,9 @@ Isolation: a global cap on sends in flight and a per-subscription cap; a subscri
 left out of the next claim, so one slow or failing subscriber never holds up the others' deliveries,
 and the loop never waits for a batch to finish before claiming more (no head-of-line blocking).
 The per-subscription cap is learned (`AdaptiveLimits`): a new endpoint starts at one send and gains one
-per answer; a timeout or connection error drops it back to one and makes it slow, and slow endpoints
-together hold at most `slow_share` of the sends, so however many hang, healthy ones keep the rest.
+per answer; a timeout or connection error drops it back to one and makes it slow. Slow endpoints (and
+new ones, until their first answer) together hold at most `slow_share` of the sends, so however many
+hang, the endpoints that answer keep the rest.
 
 Pipelining: deliveries are claimed a little ahead of the senders (up to `concurrency` more in all and
 `per_subscription` more per subscription, leased and waiting in a queue with a per-subscription cap),
@@ -56,14 +57,14 @@ class Deliverer:
         timeout: float,
         concurrency: int = 64,
         per_subscription: int = 8,
-        slow_share: float = 0.25,
+        slow_share: float = 0.5,
         idle_wait: float = 1.0,
     ) -> None:
         self.store, self.sender, self.clock, self.metrics = store, sender, clock, metrics
         self.timeout = timeout
         self.concurrency = concurrency
         self.per_subscription = per_subscription
-        # Sends that slow endpoints (stalled on their last attempt) may hold at once, over all of them.
+        # Sends that slow endpoints (stalled on their last attempt, or new) may hold at once, over all of them.
         self.slow_cap = max(1, int(concurrency * slow_share))
         self.limits = AdaptiveLimits(per_subscription)
         self.idle_wait = idle_wait
@@ -82,6 +83,10 @@ class Deliverer:
         self._idle = asyncio.Event()  # nothing claimed is outstanding (drain)
         self._idle.set()
         self._counted: dict[str, CounterChild] = {}
+
+    def in_flight(self, key: str) -> int:
+        """Sends of this subscription (or callback URL) under way now."""
+        return self._queue.taken(key)
 
     def _share(self, key: str) -> int:
         """Deliveries a key may have claimed: its limit sending and as many waiting (a slow one: none)."""

@@ -6,7 +6,9 @@ others' items. Limits change per key (`set_limit`), and keys marked slow (`set_s
 at most `slow_cap` takers between them, so however many keys hang, the others keep the rest.
 
 `AdaptiveLimits` decides those limits from what each key's sends do: a key that times out or cannot be
-reached drops to one send at a time and counts as slow; every answer it gives adds one back.
+reached drops to one send at a time and counts as slow; every answer it gives adds one back. A key that
+has not answered yet counts as slow too, so a crowd of new endpoints that all hang cannot take the
+slots of the ones already proven healthy.
 """
 
 from __future__ import annotations
@@ -213,8 +215,8 @@ class AdaptiveLimits:
     """Per key sends in flight, learned from outcomes (additive increase, drop to one on a stall).
 
     A key starts at `start` (one, by default: a new endpoint proves itself before it may hold more
-    slots) and gains one with every answer up to `maximum`. A timeout or connection error drops it to
-    one and marks it slow until it answers again.
+    slots) and counts as slow until its first answer; it gains one with every answer up to `maximum`.
+    A timeout or connection error drops it to one and makes it slow until it answers again.
     """
 
     def __init__(self, maximum: int, start: int = 1) -> None:
@@ -227,7 +229,8 @@ class AdaptiveLimits:
         return self._limits.get(key, self.start)
 
     def is_slow(self, key: str) -> bool:
-        return key in self._slow
+        """Stalled on its last send, or never answered yet."""
+        return key in self._slow or key not in self._limits
 
     def answered(self, key: str) -> int:
         """The key answered (any HTTP status): one more send allowed, up to the maximum."""
