@@ -247,6 +247,7 @@ def create_app(
         v1("/v1/subscriptions/{sub_id}/test", {"POST": subs.test}),
         v1("/v1/subscriptions/{sub_id}/replay", {"POST": subs.replay}),
         v1("/v1/deliveries", {"GET": deliveries.list}),
+        v1("/v1/deliveries/retry", {"POST": deliveries.retry_many}),
         v1("/v1/deliveries/{delivery_id}", {"GET": deliveries.get}),
         v1("/v1/deliveries/{delivery_id}/retry", {"POST": deliveries.retry}),
         *(extra_routes or []),

@@ -3,6 +3,10 @@
 Isolation: a global cap on sends in flight and a per-subscription cap; a subscription at its cap is
 left out of the next claim, so one slow or failing subscriber never holds up the others' deliveries,
 and the loop never waits for a batch to finish before claiming more (no head-of-line blocking).
+The per-subscription cap is learned (`AdaptiveLimits`): a new endpoint starts at one send and gains one
+per answer; a timeout or connection error drops it back to one and makes it slow. Slow endpoints (and
+new ones, until their first answer) together hold at most `slow_share` of the sends, so however many
+hang, the endpoints that answer keep the rest.
 
 Pipelining: deliveries are claimed a little ahead of the senders (up to `concurrency` more in all and
 `per_subscription` more per subscription, leased and waiting in a queue with a per-subscription cap),
@@ -21,7 +25,7 @@ from typing import Any
 from prometheus_client.metrics import Counter as CounterChild
 
 from service.clock import Clock
-from service.dispatch import CappedQueue, QueueClosed
+from service.dispatch import AdaptiveLimits, CappedQueue, QueueClosed
 from service.metrics import Metrics
 from service.sender import Sender
 from service.signing import Signer
@@ -36,6 +40,8 @@ USER_AGENT = "sorahook/0.1 (+https://github.com/sorahook)"
 # A claimed delivery that waited in the queue so long that its lease could run out before its attempt is
 # recorded is given back instead of sent (never two sends of one delivery at once).
 _LEASE_MARGIN = 10.0
+# Learned limits kept for at most this many idle endpoints (callback URLs are one each).
+_REMEMBERED_KEYS = 4096
 
 
 class Deliverer:
@@ -51,12 +57,16 @@ class Deliverer:
         timeout: float,
         concurrency: int = 64,
         per_subscription: int = 8,
+        slow_share: float = 0.5,
         idle_wait: float = 1.0,
     ) -> None:
         self.store, self.sender, self.clock, self.metrics = store, sender, clock, metrics
         self.timeout = timeout
         self.concurrency = concurrency
         self.per_subscription = per_subscription
+        # Sends that slow endpoints (stalled on their last attempt, or new) may hold at once, over all of them.
+        self.slow_cap = max(1, int(concurrency * slow_share))
+        self.limits = AdaptiveLimits(per_subscription)
         self.idle_wait = idle_wait
         # A claim lasts well beyond one attempt's timeout, so a slow attempt is never sent twice at once.
         self.lease = timeout * 2 + 30.0
@@ -67,39 +77,66 @@ class Deliverer:
         self._claimed: Counter[str] = Counter()
         self._outstanding = 0
         # Claimed deliveries (with their claim time) wait here for one of `concurrency` long-lived senders.
-        self._queue: CappedQueue[tuple[float, ClaimedDelivery]] = CappedQueue(per_subscription)
+        self._queue: CappedQueue[tuple[float, ClaimedDelivery]] = CappedQueue(per_subscription, self.slow_cap)
         self._outcomes: list[tuple[ClaimedDelivery, DeliveryOutcome]] = []
         self._slot_freed = asyncio.Event()  # a delivery finished: room to claim, an outcome to record
         self._idle = asyncio.Event()  # nothing claimed is outstanding (drain)
         self._idle.set()
         self._counted: dict[str, CounterChild] = {}
 
+    def in_flight(self, key: str) -> int:
+        """Sends of this subscription (or callback URL) under way now."""
+        return self._queue.taken(key)
+
+    def _share(self, key: str) -> int:
+        """Deliveries a key may have claimed: its limit sending and as many waiting (a slow one: none)."""
+        limit = self.limits.limit(key)
+        return limit if self.limits.is_slow(key) else 2 * limit
+
+    def _room(self, key: str) -> int:
+        return self._share(key) - self._claimed.get(key, 0)
+
     def _busy(self) -> list[str]:
-        # Left out of the claim while one more claim (up to per_subscription rows) could take it past its
-        # share: per_subscription sending and as many waiting.
-        return [key for key, n in self._claimed.items() if n > self.per_subscription]
+        # Left out of the claim: at their share already.
+        return [key for key in self._claimed if self._room(key) <= 0]
+
+    def _apply_limits(self, key: str) -> None:
+        """Hand what was learned about a key to the queue that paces its sends."""
+        self._queue.set_limit(key, self.limits.limit(key))
+        self._queue.set_slow(key, self.limits.is_slow(key))
+
+    def _learn(self, key: str, outcome: DeliveryOutcome) -> None:
+        if outcome.status_code is None:
+            self.limits.stalled(key)
+        else:
+            self.limits.answered(key)
+        self._apply_limits(key)
 
     async def claim(self, limit: int | None = None) -> list[ClaimedDelivery]:
         free = (self.claim_limit if limit is None else limit) - self._outstanding
         if free <= 0:
             return []
-        claimed = await self.store.claim_deliveries(free, self.lease, self._busy(), self.per_subscription)
+        claimed = await self.store.claim_deliveries(
+            free, self.lease, self._busy(), self.per_subscription, self._room
+        )
         return await self._keep(claimed)
 
     async def _keep(self, claimed: list[ClaimedDelivery]) -> list[ClaimedDelivery]:
         """Count the claimed deliveries as outstanding; give back those past their subscription's share."""
         # A claim may hold more rows of one callback URL than its share: keep the rest for later.
         counts = self._claimed
-        share = 2 * self.per_subscription
         kept: list[ClaimedDelivery] = []
         released: list[ClaimedDelivery] = []
         for item in claimed:
             key = item.cap_key
-            if counts[key] >= share:
+            n = counts[key]
+            if n >= self._share(key):
                 released.append(item)
                 continue
+            if n == 0:
+                self._apply_limits(key)
             # Counted before it is sent, so the very next claim already sees this subscription busy.
-            counts[key] += 1
+            counts[key] = n + 1
             kept.append(item)
         self._outstanding += len(kept)
         if kept:
@@ -112,6 +149,10 @@ class Deliverer:
         left = self._claimed[key] - 1
         if left <= 0:
             del self._claimed[key]
+            if len(self.limits) > _REMEMBERED_KEYS:
+                self.limits.forget(key)
+                self._queue.set_limit(key, self.per_subscription)  # the queue forgets it too
+                self._queue.set_slow(key, False)
         else:
             self._claimed[key] = left
         self._outstanding -= 1
@@ -130,9 +171,10 @@ class Deliverer:
             error=result.error,
             latency=result.latency,
             retry_after=result.retry_after,
+            response_body=result.body.decode("utf-8", "replace") if result.body else None,
         )
 
-    async def _deliver(self, item: ClaimedDelivery) -> None:
+    async def _deliver(self, item: ClaimedDelivery) -> DeliveryOutcome:
         """Send one claimed delivery and leave its outcome for the next store write."""
         try:
             outcome = await self.send(item)
@@ -142,6 +184,7 @@ class Deliverer:
         # The slot is free as soon as the send ends; the row's lease keeps it from being claimed
         # again until the attempt is recorded (many attempts per write, with the next claim).
         self._outcomes.append((item, outcome))
+        return outcome
 
     async def _sender(self) -> None:
         queue = self._queue
@@ -154,7 +197,7 @@ class Deliverer:
                 if self.clock.now() - claimed_at > self.max_queued_for:
                     await self._give_back([item])
                 else:
-                    await self._deliver(item)
+                    self._learn(key, await self._deliver(item))
             finally:
                 queue.done(key)
                 self._finish(key)
@@ -217,7 +260,7 @@ class Deliverer:
 
         async def one(item: ClaimedDelivery) -> None:
             try:
-                await self._deliver(item)
+                self._learn(item.cap_key, await self._deliver(item))
             finally:
                 self._finish(item.cap_key)
 
@@ -238,7 +281,7 @@ class Deliverer:
         free = self.claim_limit - self._outstanding
         recording = self.store.record_attempts([o for _, o in batch]) if batch else None
         claiming = (
-            self.store.claim_deliveries(free, self.lease, self._busy(), self.per_subscription)
+            self.store.claim_deliveries(free, self.lease, self._busy(), self.per_subscription, self._room)
             if free > 0
             else None
         )
@@ -296,7 +339,7 @@ class Deliverer:
         self._slot_freed.clear()
 
     async def run(self) -> None:
-        self._queue = CappedQueue(self.per_subscription)
+        self._queue = CappedQueue(self.per_subscription, self.slow_cap)
         senders = [
             asyncio.create_task(self._sender(), name="sorahook-delivery-sender")
             for _ in range(self.concurrency)

@@ -418,7 +418,7 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
             },
             "additionalProperties": False,
         },
-        "SubscriptionList": _list_of(_ref("Subscription"), paginated=False),
+        "SubscriptionList": _list_of(_ref("Subscription"), paginated=True),
         "CreateSubscriptionRequest": {
             "type": "object",
             "required": ["url"],
@@ -447,13 +447,48 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
         },
         "Attempt": {
             "type": "object",
-            "required": ["attempted_at", "status_code", "latency_ms", "error"],
+            "required": ["attempted_at", "status_code", "latency_ms", "error", "response_body"],
             "additionalProperties": False,
             "properties": {
                 "attempted_at": _UNIX_TIME,
                 "status_code": {"type": ["integer", "null"]},
                 "latency_ms": {"type": "number", "minimum": 0},
                 "error": {"type": ["string", "null"]},
+                "response_body": {
+                    "type": ["string", "null"],
+                    "maxLength": 1024,
+                    "description": "The first 1 KiB of the endpoint's answer (UTF-8, invalid bytes replaced).",
+                },
+            },
+        },
+        "BulkRetryRequest": {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "description": "At least one filter; with both, a delivery must match both.",
+            "properties": {
+                "subscription_id": {"type": "string", "description": "Only this subscription's deliveries."},
+                "since": {
+                    "type": "number",
+                    "minimum": 0,
+                    "maximum": 1e11,
+                    "description": "Only deliveries made at or after this Unix time (seconds).",
+                },
+            },
+        },
+        "BulkRetry": {
+            "type": "object",
+            "required": ["object", "subscription_id", "since", "retried"],
+            "additionalProperties": False,
+            "properties": {
+                "object": {"const": "delivery.retry"},
+                "subscription_id": {"type": ["string", "null"]},
+                "since": {"type": ["number", "null"]},
+                "retried": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Dead deliveries made pending again.",
+                },
             },
         },
         "Delivery": {
@@ -960,9 +995,23 @@ def _paths() -> dict[str, Any]:
                 tags=["subscriptions"],
             ),
             "get": _op(
-                "List subscriptions",
+                "List subscriptions, oldest first",
                 "listSubscriptions",
-                {"200": _json(_ref("SubscriptionList"), "Every subscription, without secrets.")},
+                {
+                    "200": _json(_ref("SubscriptionList"), "A page of subscriptions, without secrets."),
+                    "422": _error("Unprocessable"),
+                },
+                parameters=[
+                    _query(
+                        "limit",
+                        {
+                            "anyOf": [{"type": "integer", "minimum": 1, "maximum": 100}, {"const": ""}],
+                            "default": 100,
+                        },
+                        "Page size, 1 to 100.",
+                    ),
+                    _AFTER,
+                ],
                 tags=["subscriptions"],
             ),
         },
@@ -1097,13 +1146,26 @@ def _paths() -> dict[str, Any]:
                 tags=["deliveries"],
             ),
         },
+        "/v1/deliveries/retry": {
+            "post": _op(
+                "Retry every dead delivery of a subscription, or made since a time, on a fresh schedule",
+                "retryDeliveries",
+                {
+                    "202": _json(_ref("BulkRetry"), "How many dead deliveries are pending again."),
+                    "404": _error("NotFound"),
+                    **body_errors,
+                },
+                body="BulkRetryRequest",
+                tags=["deliveries"],
+            ),
+        },
         "/v1/deliveries/{delivery_id}/retry": {
             "parameters": [delivery_id],
             "post": _op(
-                "Try a dead or failed delivery again now",
+                "Try a dead or failed delivery again now, on a fresh retry schedule",
                 "retryDelivery",
                 {
-                    "202": _json(_ref("Delivery"), "Pending again."),
+                    "202": _json(_ref("Delivery"), "Pending again (status `pending`), due now."),
                     "404": _error("NotFound"),
                     "409": _json(_ref("Error"), "Neither dead nor failed (`not_retryable`)."),
                 },

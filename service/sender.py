@@ -24,6 +24,8 @@ __all__ = ["MAX_RESPONSE_BYTES", "SendResult", "Sender", "parse_retry_after"]
 # A subscriber's answer is only its status; read a little of the body so a keep-alive
 # connection can be reused, and hang up on anything longer rather than download it.
 MAX_RESPONSE_BYTES = 64 * 1024
+# The part of the answer kept for the attempt log (what the endpoint said, for the operator).
+KEPT_RESPONSE_BYTES = 1024
 _MAX_ERROR_CHARS = 300
 _USER_AGENT = "sorahook"
 _URL_CACHE_SIZE = 4096
@@ -36,6 +38,7 @@ class SendResult:
     error: str | None  # short text for the attempt log; None on a complete response
     latency: float  # seconds, from the start of vetting to the end of the response
     unsafe: bool = False  # refused by SSRF vetting at delivery time
+    body: bytes = b""  # the first KEPT_RESPONSE_BYTES of the response body
 
 
 # The address vetted for the request running in this task. aiohttp asks its resolver only when it
@@ -203,6 +206,7 @@ class Sender:
         retry_after: float | None = None
         error: str | None = None
         unsafe = False
+        kept = b""
         if self._closed:
             return SendResult(None, None, "sender is closed", 0.0)
         try:
@@ -219,7 +223,7 @@ class Sender:
                     ) as response:
                         status = response.status
                         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                        await _read_some(response)
+                        kept = await _read_some(response)
                 finally:
                     _vetted_ip.reset(token)
         except UnsafeTarget as exc:
@@ -239,7 +243,7 @@ class Sender:
         latency = time.perf_counter() - started
         if error is not None:
             error = error[:_MAX_ERROR_CHARS]
-        return SendResult(status, retry_after, error, latency, unsafe)
+        return SendResult(status, retry_after, error, latency, unsafe, kept)
 
     async def _vet(self, url: str) -> Target:
         target = await vet(url, self._resolver, allow_private=self._allow_private)
@@ -270,12 +274,17 @@ class Sender:
             self._session = None
 
 
-async def _read_some(response: aiohttp.ClientResponse) -> None:
-    """Read up to MAX_RESPONSE_BYTES and discard it; an unfinished body makes aiohttp drop the connection."""
+async def _read_some(response: aiohttp.ClientResponse) -> bytes:
+    """Read up to MAX_RESPONSE_BYTES, keeping the first KEPT_RESPONSE_BYTES; an unfinished body makes
+    aiohttp drop the connection."""
     content = response.content
     remaining = MAX_RESPONSE_BYTES
+    kept = b""
     while remaining > 0 and not content.at_eof():
         chunk = await content.read(remaining)
         if not chunk:
-            return
+            break
+        if len(kept) < KEPT_RESPONSE_BYTES:
+            kept += chunk[: KEPT_RESPONSE_BYTES - len(kept)]
         remaining -= len(chunk)
+    return kept

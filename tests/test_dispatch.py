@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.dispatch import CappedQueue, QueueClosed
+from service.dispatch import AdaptiveLimits, CappedQueue, QueueClosed
 
 pytestmark = pytest.mark.anyio
 
@@ -87,3 +87,58 @@ async def test_close_wakes_takers_and_returns_what_was_left() -> None:
         await waiter
     with pytest.raises(QueueClosed):
         q.put("k", "c")
+
+
+async def test_slow_keys_share_a_capped_pool_and_the_others_keep_the_rest() -> None:
+    q: CappedQueue[str] = CappedQueue(per_key=4, slow_cap=2)
+    for n in range(5):
+        q.set_slow(f"hang{n}", True)
+        q.set_limit(f"hang{n}", 1)
+        q.put(f"hang{n}", f"hang{n}-a")
+        q.put(f"hang{n}", f"hang{n}-b")
+    for i in range(6):
+        q.put("ok", f"ok{i}")
+    handed: list[str] = []
+    for _ in range(6):
+        _, item = await q.get()  # nothing is ever done: every taker holds its item
+        handed.append(item)
+    # Two slow items at most, one per slow key; the healthy key has its whole limit.
+    assert [x for x in handed if x.startswith("hang")] == ["hang0-a", "hang1-a"]
+    assert [x for x in handed if x.startswith("ok")] == ["ok0", "ok1", "ok2", "ok3"]
+    assert q.slow_taken == 2
+    waiter = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)
+    assert not waiter.done()  # the pool is full and "ok" is at its limit
+    q.done("ok")
+    assert await asyncio.wait_for(waiter, 1) == ("ok", "ok4")
+    # A slow key that answers again leaves the pool: its item counts for the normal share now.
+    q.set_slow("hang0", False)
+    assert q.slow_taken == 1
+    key, item = await asyncio.wait_for(q.get(), 1)
+    assert key.startswith("hang") and key != "hang0" and q.slow_taken == 2
+
+
+async def test_a_lower_limit_holds_back_a_key_until_enough_are_done() -> None:
+    q: CappedQueue[str] = CappedQueue(per_key=3)
+    for i in range(4):
+        q.put("k", f"k{i}")
+    assert [(await q.get())[1] for _ in range(3)] == ["k0", "k1", "k2"]
+    q.set_limit("k", 1)
+    q.done("k")
+    q.done("k")
+    waiter = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)
+    assert not waiter.done()  # one still out, and the limit is one now
+    q.done("k")
+    assert await asyncio.wait_for(waiter, 1) == ("k", "k3")
+
+
+def test_adaptive_limits_start_at_one_climb_per_answer_and_drop_on_a_stall() -> None:
+    limits = AdaptiveLimits(maximum=4)
+    assert limits.limit("a") == 1 and limits.is_slow("a")  # new: proves itself first
+    assert [limits.answered("a") for _ in range(5)] == [2, 3, 4, 4, 4]
+    assert not limits.is_slow("a")
+    assert limits.stalled("a") == 1 and limits.is_slow("a")
+    assert limits.answered("a") == 2 and not limits.is_slow("a")
+    limits.forget("a")
+    assert limits.limit("a") == 1 and limits.is_slow("a") and len(limits) == 0

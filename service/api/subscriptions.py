@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from service.app import Runtime
 
 ROTATION_OVERLAP = 24 * 3600.0
+SUBSCRIPTION_PAGE = 100  # the default and largest page of GET /v1/subscriptions
 _EVENT_TYPE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._*")
 
 
@@ -86,8 +87,10 @@ class SubscriptionsApi:
         return JSONResponse(sub.to_api(with_secret=True), status_code=201)
 
     async def list(self, request: Request) -> Response:
-        subs = await self.rt.store.list_subscriptions()
-        return JSONResponse(list_page([s.to_api() for s in subs], False))
+        # Oldest first, as before pagination; the default page holds the most a page may.
+        limit = limit_arg(request, default=SUBSCRIPTION_PAGE, maximum=SUBSCRIPTION_PAGE)
+        subs = await self.rt.store.list_subscriptions(limit + 1, request.query_params.get("after") or None)
+        return JSONResponse(list_page([s.to_api() for s in subs[:limit]], len(subs) > limit))
 
     async def get(self, request: Request) -> Response:
         sub = await self._sub_or_404(request.path_params["sub_id"])
@@ -197,3 +200,36 @@ class DeliveriesApi:
         found = await self.rt.store.get_delivery(delivery_id)
         assert found is not None
         return JSONResponse(found.to_api(), status_code=202)
+
+    async def retry_many(self, request: Request) -> Response:
+        """Retry every dead delivery of a subscription, or made since a time, or both (one filter needed)."""
+        body = await json_object(request)
+        unknown = set(body) - {"subscription_id", "since"}
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ApiError(422, "invalid_field", f"unknown field {name}", param=name)
+        sub_id = body.get("subscription_id")
+        since = body.get("since")
+        if sub_id is None and since is None:
+            raise ApiError(
+                422,
+                "missing_filter",
+                "give subscription_id, since (Unix seconds), or both: a bulk retry needs a filter",
+            )
+        if sub_id is not None:
+            if not isinstance(sub_id, str):
+                raise ApiError(
+                    422, "invalid_field", "subscription_id must be a string", param="subscription_id"
+                )
+            await SubscriptionsApi(self.rt)._sub_or_404(sub_id)
+        if since is not None and (
+            not isinstance(since, (int, float)) or isinstance(since, bool) or not 0 <= since <= 1e11
+        ):
+            raise ApiError(422, "invalid_field", "since must be a Unix time in seconds", param="since")
+        count = await self.rt.store.retry_dead_deliveries(
+            subscription_id=sub_id, since=None if since is None else float(since)
+        )
+        return JSONResponse(
+            {"object": "delivery.retry", "subscription_id": sub_id, "since": since, "retried": count},
+            status_code=202,
+        )

@@ -254,6 +254,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         DROP TRIGGER job_counts_insert;
         """,
     ),
+    (
+        11,
+        "delivery retries: a manual retry's fresh schedule, and what each attempt's response said",
+        # `retry_base` is the attempt count when the current schedule started (0, or the count at a manual
+        # retry): the next delay is schedule[attempts - retry_base], so `attempts` stays the true total
+        # and always equals the attempts logged. `response_body` keeps the first 1 KiB of the answer.
+        """
+        ALTER TABLE deliveries ADD COLUMN retry_base INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE delivery_attempts ADD COLUMN response_body TEXT;
+        """,
+    ),
 ]
 
 

@@ -148,6 +148,7 @@ class Attempt:
     status_code: int | None
     latency_ms: float
     error: str | None
+    response_body: str | None = None  # the first 1 KiB of the answer, when there was one
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -155,6 +156,7 @@ class Attempt:
             "status_code": self.status_code,
             "latency_ms": round(self.latency_ms, 2),
             "error": self.error,
+            "response_body": self.response_body,
         }
 
 

@@ -80,6 +80,7 @@ GATHER_TURNS = 4  # loop turns the writer waits for a growing queue before takin
 CHECKPOINT_INTERVAL = 0.25
 WAL_CATCH_UP_FRAMES = 4096  # 16 MiB of 4 KiB pages
 ERROR_TEXT_LIMIT = 500
+RESPONSE_BODY_LIMIT = 1024  # of a subscriber's answer, kept with each attempt for the operator
 
 
 def owner_only(path: Path) -> None:
@@ -125,6 +126,7 @@ class DeliveryOutcome:
     error: str | None
     latency: float
     retry_after: float | None = None
+    response_body: str | None = None  # the first RESPONSE_BODY_LIMIT characters of the answer
 
 
 def _in_thread(conn: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
@@ -159,6 +161,11 @@ _json_string = json.encoder.encode_basestring_ascii  # a str as JSON, the way _c
 
 def _dumps(value: Any) -> str | None:
     return None if value is None else _compact(value)
+
+
+def _clip(body: str | None) -> str | None:
+    """A response body as stored with its attempt: at most RESPONSE_BODY_LIMIT characters, empty as NULL."""
+    return body[:RESPONSE_BODY_LIMIT] if body else None
 
 
 _DEDUPE_INSERT = "INSERT INTO received_webhooks (webhook_id, event_id, received_at) VALUES (?, ?, ?)"
@@ -304,7 +311,7 @@ def _with_attempts(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[De
         f"SELECT * FROM delivery_attempts WHERE delivery_id IN ({','.join('?' * len(ids))}) ORDER BY id", ids
     ):
         log[a["delivery_id"]].append(
-            Attempt(a["attempted_at"], a["status_code"], a["latency_ms"], a["error"])
+            Attempt(a["attempted_at"], a["status_code"], a["latency_ms"], a["error"], a["response_body"])
         )
     return [_delivery(row, log[row["id"]]) for row in rows]
 
@@ -554,7 +561,8 @@ class _Ops:
             ordering = f"{sub.id}:{job_id}" if (sub.ordered and job_id) else None
             targets.append((sub.id, None, ordering, job.sequence if job else None))
         if job is not None and job.callback_url and only_subscription is None:
-            targets.append((None, job.callback_url, None, None))
+            # A job's callback gets its events in order, as an ordered subscription does.
+            targets.append((None, job.callback_url, f"callback:{job.id}", job.sequence))
         first_at = now + self.retry_schedule[0]
         pending.deliveries.extend(
             (
@@ -681,6 +689,23 @@ class _Ops:
         " ORDER BY d.next_attempt_at LIMIT ?"
     )
 
+    # The subscriptions with a delivery due now, found by walking the keys of deliveries_sub_due (a
+    # partial index of pending and failed rows only): one seek per subscription that has work waiting,
+    # none for the idle or disabled ones, however many there are.
+    _DUE_KEYS_SQL = (
+        "WITH RECURSIVE k(sub) AS ("
+        " SELECT (SELECT subscription_id FROM deliveries INDEXED BY deliveries_sub_due"
+        "  WHERE status IN ('pending', 'failed') AND subscription_id > ''"
+        "  ORDER BY subscription_id LIMIT 1)"
+        " UNION ALL"
+        " SELECT (SELECT subscription_id FROM deliveries INDEXED BY deliveries_sub_due"
+        "  WHERE status IN ('pending', 'failed') AND subscription_id > k.sub"
+        "  ORDER BY subscription_id LIMIT 1) FROM k WHERE k.sub IS NOT NULL)"
+        " SELECT sub FROM k WHERE sub IS NOT NULL AND (SELECT next_attempt_at FROM deliveries"
+        "  INDEXED BY deliveries_sub_due WHERE status IN ('pending', 'failed') AND subscription_id = k.sub"
+        "  ORDER BY next_attempt_at LIMIT 1) <= ?"
+    )
+
     def claim_deliveries(
         self,
         conn: sqlite3.Connection,
@@ -688,36 +713,43 @@ class _Ops:
         lease: float,
         busy: Iterable[str],
         per_key: int | None = None,
+        room: Callable[[str], int] | None = None,
     ) -> list[ClaimedDelivery]:
         """Lease due deliveries, subscription by subscription (then callback URLs).
 
-        Each subscription is a short range seek on (subscription_id, next_attempt_at), taking at most
-        `per_key` rows; subscriptions in `busy` (at their in-flight cap) are not visited at all, so a hanging
-        endpoint's growing backlog costs the claim nothing, and no subscription's rows can crowd out
-        another's. The starting subscription rotates from claim to claim.
+        Only subscriptions with a delivery due are visited (`_DUE_KEYS_SQL`), so the claim costs in
+        proportion to the work waiting, not to the subscriptions there are. Each is a short range seek
+        on (subscription_id, next_attempt_at), taking at most `per_key` rows (and at most `room(id)`);
+        subscriptions in `busy` (at their in-flight cap) are not visited at all, so a hanging endpoint's
+        growing backlog costs the claim nothing, and no subscription's rows can crowd out another's. The
+        starting subscription rotates from claim to claim.
         """
         now = self.clock.now()
         skip = set(busy)
+        cursor = conn.cursor()
+        cursor.row_factory = None
         groups: list[str | None] = [
-            r[0] for r in conn.execute("SELECT id FROM subscriptions ORDER BY id") if r[0] not in skip
+            r[0] for r in cursor.execute(self._DUE_KEYS_SQL, (now,)) if r[0] not in skip
         ]
         if groups:
             start = self._claim_turn % len(groups)
             groups = groups[start:] + groups[:start]
             self._claim_turn += 1
         groups.append(None)  # per-job callback_url deliveries
-        cursor = conn.cursor()
-        cursor.row_factory = None
         rows: list[tuple[Any, ...]] = []
         for group in groups:
             remaining = limit - len(rows)
             if remaining <= 0:
                 break
-            take = remaining if (group is None or per_key is None) else min(remaining, per_key)
             args: tuple[Any, ...]
             if group is None:
-                sql, args = self._CLAIM_SQL.format(target="d.subscription_id IS NULL"), (now, take)
+                sql, args = self._CLAIM_SQL.format(target="d.subscription_id IS NULL"), (now, remaining)
             else:
+                take = remaining if per_key is None else min(remaining, per_key)
+                if room is not None:
+                    take = min(take, room(group))
+                    if take <= 0:
+                        continue
                 sql, args = self._CLAIM_SQL.format(target="d.subscription_id = ?"), (group, now, take)
             rows.extend(cursor.execute(sql, args).fetchall())
         claimed: list[ClaimedDelivery] = []
@@ -811,11 +843,21 @@ class _Ops:
                 continue
             error = out.error[:ERROR_TEXT_LIMIT] if out.error else None
             conn.execute(
-                "INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, latency_ms, error)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (out.delivery_id, now - out.latency, out.status_code, out.latency * 1000.0, error),
+                "INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, latency_ms, error,"
+                " response_body) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    out.delivery_id,
+                    now - out.latency,
+                    out.status_code,
+                    out.latency * 1000.0,
+                    error,
+                    _clip(out.response_body),
+                ),
             )
             attempts = row["attempts"] + 1
+            # The place in the schedule: a manual retry starts it again (retry_base) without
+            # forgetting the attempts made before.
+            step = attempts - row["retry_base"]
             sub_id = row["subscription_id"]
             code = out.status_code
             status: DeliveryStatus
@@ -834,10 +876,10 @@ class _Ops:
                 error = error or "410 Gone: the endpoint asked to stop"
                 if sub_id:
                     self.disable_subscription(conn, sub_id, "endpoint answered 410 Gone")
-            elif attempts >= len(schedule):
+            elif step >= len(schedule):
                 status, next_at = "dead", None
             else:
-                delay = schedule[attempts] * self.rng.uniform(0.8, 1.2)
+                delay = schedule[step] * self.rng.uniform(0.8, 1.2)
                 if out.retry_after is not None and code in (429, 503):
                     delay = max(delay, min(out.retry_after, max(schedule)))
                 status, next_at = "failed", now + delay
@@ -897,10 +939,18 @@ class _Ops:
         for out in outcomes:
             if out.delivery_id in delivered and out.delivery_id not in logged:
                 logged.add(out.delivery_id)
-                attempts.append((out.delivery_id, now - out.latency, out.status_code, out.latency * 1000.0))
+                attempts.append(
+                    (
+                        out.delivery_id,
+                        now - out.latency,
+                        out.status_code,
+                        out.latency * 1000.0,
+                        _clip(out.response_body),
+                    )
+                )
         conn.executemany(
-            "INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, latency_ms, error)"
-            " VALUES (?, ?, ?, ?, NULL)",
+            "INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, latency_ms, error,"
+            " response_body) VALUES (?, ?, ?, ?, NULL, ?)",
             attempts,
         )
         return delivered
@@ -1692,11 +1742,17 @@ class SqliteStore:
 
         return await self._read(read)
 
-    async def list_subscriptions(self) -> list[Subscription]:
+    async def list_subscriptions(
+        self, limit: int | None = None, after: str | None = None
+    ) -> list[Subscription]:
+        """Subscriptions oldest first (ids sort by creation), those after `after`, at most `limit`."""
         return await self._read(
             lambda c: [
                 _subscription(r, self._ops.box)
-                for r in c.execute("SELECT * FROM subscriptions ORDER BY id").fetchall()
+                for r in c.execute(
+                    "SELECT * FROM subscriptions WHERE id > ? ORDER BY id LIMIT ?",
+                    (after or "", -1 if limit is None else limit),
+                ).fetchall()
             ]
         )
 
@@ -1845,10 +1901,18 @@ class SqliteStore:
     # -- deliveries -------------------------------------------------------------------------------
 
     async def claim_deliveries(
-        self, limit: int, lease: float, busy: Iterable[str] = (), per_key: int | None = None
+        self,
+        limit: int,
+        lease: float,
+        busy: Iterable[str] = (),
+        per_key: int | None = None,
+        room: Callable[[str], int] | None = None,
     ) -> list[ClaimedDelivery]:
+        """Lease up to `limit` due deliveries; `busy` keys are skipped, `room(key)` caps a key's take."""
         busy_list = list(busy)
-        return await self._write(lambda c: self._ops.claim_deliveries(c, limit, lease, busy_list, per_key))
+        return await self._write(
+            lambda c: self._ops.claim_deliveries(c, limit, lease, busy_list, per_key, room)
+        )
 
     async def release_deliveries(self, delivery_ids: list[str]) -> None:
         """Give claimed-but-unsent deliveries back: due again now, no attempt counted."""
@@ -1925,24 +1989,87 @@ class SqliteStore:
         return await self._read(read)
 
     async def retry_delivery(self, delivery_id: str) -> str | None:
-        """Make a dead or failed delivery due now; returns its previous status, or None if unknown."""
+        """Make a dead or failed delivery due now on a fresh schedule; returns its previous status or None.
+
+        The whole retry schedule starts again (`retry_base` marks where), while `attempts` keeps counting
+        every attempt made. A failed delivery being sent right now keeps its lease (no second send at
+        once); only its schedule starts again.
+        """
 
         def op(c: sqlite3.Connection) -> str | None:
             row = c.execute("SELECT status FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
             if row is None:
                 return None
             if row["status"] in ("dead", "failed"):
-                now = self.clock.now()
-                # A manual retry gets a fresh schedule: one more attempt now, then the usual ladder.
-                c.execute(
-                    "UPDATE deliveries SET status = 'failed', attempts = MIN(attempts, ?), next_attempt_at = ?,"
-                    " lease_until = NULL, updated_at = ? WHERE id = ?",
-                    (max(len(self._ops.retry_schedule) - 1, 0), now, now, delivery_id),
-                )
-                self._ops.flag_deliveries = True
+                self._requeue(c, [delivery_id])
             return str(row["status"])
 
         return await self._write(op)
+
+    def _requeue(self, c: sqlite3.Connection, delivery_ids: list[str]) -> int:
+        """Dead or failed deliveries back to `pending`, due now, at the start of the retry schedule."""
+        now = self.clock.now()
+        ids_json = json.dumps(delivery_ids)
+        count = c.execute(
+            "UPDATE deliveries SET status = 'pending', retry_base = attempts, next_attempt_at = ?,"
+            " updated_at = ? WHERE id IN (SELECT value FROM json_each(?)) AND status IN ('dead', 'failed')"
+            " AND lease_until IS NULL",
+            (now, now, ids_json),
+        ).rowcount
+        # In flight now: its attempt is recorded against the fresh schedule.
+        c.execute(
+            "UPDATE deliveries SET retry_base = attempts, updated_at = ? WHERE id IN"
+            " (SELECT value FROM json_each(?)) AND status = 'failed' AND lease_until IS NOT NULL",
+            (now, ids_json),
+        )
+        if count:
+            self._ops.flag_deliveries = True
+        return int(count)
+
+    async def retry_dead_deliveries(
+        self, *, subscription_id: str | None, since: float | None, chunk: int = 1000
+    ) -> int:
+        """Retry every dead delivery of a subscription and/or made since `since`; returns how many.
+
+        Each chunk of `chunk` deliveries is its own transaction (as replay does), so a large retry never
+        holds the writer long. Deliveries of a disabled or deleted subscription are left dead: they would
+        only die again.
+        """
+        total = 0
+        after = ""
+        while True:
+            retried, last = await self._write(
+                functools.partial(
+                    self._retry_chunk, subscription_id=subscription_id, since=since, after=after, chunk=chunk
+                )
+            )
+            total += retried
+            if last is None:
+                return total
+            after = last
+
+    def _retry_chunk(
+        self, c: sqlite3.Connection, subscription_id: str | None, since: float | None, after: str, chunk: int
+    ) -> tuple[int, str | None]:
+        where = ["d.status = 'dead'", "d.id > ?"]
+        args: list[Any] = [after]
+        if subscription_id is not None:
+            where.append("d.subscription_id = ?")
+            args.append(subscription_id)
+        if since is not None:
+            where.append("d.created_at >= ?")
+            args.append(since)
+        found = [
+            (r[0], r[1])
+            for r in c.execute(
+                "SELECT d.id, d.subscription_id IS NULL OR s.enabled = 1 FROM deliveries d"
+                " LEFT JOIN subscriptions s ON s.id = d.subscription_id"
+                f" WHERE {' AND '.join(where)} ORDER BY d.id LIMIT ?",
+                (*args, chunk),
+            )
+        ]
+        retried = self._requeue(c, [d for d, live in found if live]) if found else 0
+        return retried, (found[-1][0] if len(found) == chunk else None)
 
     # -- metrics ----------------------------------------------------------------------------------
 
