@@ -247,6 +247,8 @@ def create_app(
             api_keys=settings.openai_api_keys,
             metrics=rt.metrics,
             transport=openai_transport,
+            timeout=settings.openai_timeout,
+            max_retries=settings.openai_max_retries,
         )
         rt.sender = Sender(
             resolver=ssrf.CachingResolver(rt.resolver, ttl=DELIVERY_DNS_TTL, now=rt.clock.now),

@@ -11,6 +11,15 @@ DeliveryStatus = Literal["pending", "succeeded", "failed", "dead"]
 DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "succeeded", "failed", "dead")
 
 
+class IdempotencyKeyReused(Exception):
+    """An Idempotency-Key came back with a different request body than the one it was first used with."""
+
+    def __init__(self, key: str, job_ids: list[str]) -> None:
+        super().__init__(key)
+        self.key = key
+        self.job_ids = job_ids
+
+
 @dataclass(frozen=True)
 class Job:
     id: str
