@@ -151,7 +151,7 @@ def create_app(
     rt = Runtime(
         settings=settings,
         clock=clock or SystemClock(),
-        metrics=Metrics(),
+        metrics=Metrics(settings.models),
         resolver=resolver or ssrf.SystemResolver(),
         openai_transport=openai_transport,
     )
@@ -188,6 +188,7 @@ def create_app(
             with contextlib.suppress(Exception):
                 rt.metrics.set_job_counts(await rt.store.job_counts())
                 rt.metrics.set_backlog(await rt.store.delivery_backlog())
+                rt.metrics.set_subscription_counts(*await rt.store.subscription_counts())
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     jobs = JobsApi(rt)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,6 @@ def load_models_file(path: Path) -> ModelTable:
     return parse_models(data)
 
 
-def model_label(model: str | None, table: ModelTable) -> str:
-    """A metric label from a closed set: a model of the table, else "other"."""
-    return model if model is not None and model in table.names else "other"
+def model_label(model: str | None, models: Collection[str]) -> str:
+    """A metric label from a closed set: one of the configured models, else "other"."""
+    return model if model is not None and model in models else "other"

@@ -23,7 +23,7 @@ from service.api.jobs import (
     MAX_PROMPT,
     VARIANTS,
 )
-from service.domain import KINDS, STATUSES
+from service.domain import ERROR_CATEGORIES, KINDS, STATUSES
 from service.models import DEFAULT_MODEL_TABLE, ModelTable
 from service.store.records import DELIVERY_STATUSES
 
@@ -171,6 +171,11 @@ def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> 
                 "items": {"type": "string"},
                 "description": "`moderation_flagged` only: the flagged moderation categories.",
             },
+            "category": {
+                "enum": list(ERROR_CATEGORIES),
+                "description": "What kind of failure, from a closed set (OpenAI's own code stays in `code`).",
+            },
+            "user_message": {"type": "string", "description": "One line a product can show its end user."},
         },
     }
     usage_entry: Schema = {

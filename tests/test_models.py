@@ -38,8 +38,9 @@ def test_refusals_name_what_the_model_allows() -> None:
     # A model the table does not describe gets the Videos API's own values and no price.
     other = DEFAULT_MODEL_TABLE.spec("sora-3")
     assert refusal(other, "12", "1792x1024") is None and other.prices == ()
-    assert model_label("sora-2", DEFAULT_MODEL_TABLE) == "sora-2"
-    assert model_label("sora-3", DEFAULT_MODEL_TABLE) == model_label(None, DEFAULT_MODEL_TABLE) == "other"
+    names = DEFAULT_MODEL_TABLE.names
+    assert model_label("sora-2", names) == "sora-2"
+    assert model_label("sora-3", names) == model_label(None, names) == "other"
 
 
 @pytest.mark.parametrize(

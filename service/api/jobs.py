@@ -173,7 +173,11 @@ class JobsApi:
             raise ApiError(
                 429, "quota_exceeded", exc.message, param=exc.param, headers={"Retry-After": retry_after}
             ) from None
-        return jobs, ({} if created else {"Idempotent-Replayed": "true"})
+        if not created:
+            return jobs, {"Idempotent-Replayed": "true"}
+        for job in jobs:
+            self.rt.metrics.count_created("video", (job.request or {}).get("model"), job.estimated_cost_usd)
+        return jobs, {}
 
     async def create(self, request: Request) -> Response:
         body = await json_object(request)
@@ -234,6 +238,8 @@ class JobsApi:
         job, created = await self.rt.store.track_job(
             kind=kind, resource_id=resource_id, callback_url=callback_url, metadata=metadata
         )
+        if created:
+            self.rt.metrics.count_created(kind, None, None)
         return JSONResponse(job.to_api(), status_code=201 if created else 200)
 
     async def get(self, request: Request) -> Response:

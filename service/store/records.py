@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from service.domain import Kind, Origin, Status
+from service.domain import Kind, Origin, Status, categorized
 
 DeliveryStatus = Literal["pending", "succeeded", "failed", "dead"]
 DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "succeeded", "failed", "dead")
@@ -52,7 +52,7 @@ class Job:
             "request": self.request,
             "estimated_cost_usd": self.estimated_cost_usd,
             "result": self.result,
-            "error": self.error,
+            "error": categorized(self.error),
             "callback_url": self.callback_url,
             "metadata": self.metadata,
             "created_at": int(self.created_at),

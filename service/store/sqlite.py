@@ -1936,6 +1936,15 @@ class SqliteStore:
             ]
         )
 
+    async def subscription_counts(self) -> tuple[int, int]:
+        """(enabled, disabled) subscriptions: few rows, counted at scrape time."""
+
+        def read(c: sqlite3.Connection) -> tuple[int, int]:
+            row = c.execute("SELECT TOTAL(enabled != 0), TOTAL(enabled = 0) FROM subscriptions").fetchone()
+            return int(row[0]), int(row[1])
+
+        return await self._read(read)
+
     # -- retention --------------------------------------------------------------------------------
 
     # Each a range seek on an index (migration 6); tests/test_retention.py holds the plans to that.
