@@ -62,7 +62,7 @@ class Settings:
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
-    # issue 19: the model table (SORAHOOK_MODELS_FILE) and the OpenAI client's patience
+    # the model table (SORAHOOK_MODELS_FILE) and how patient the OpenAI client is
     model_table: ModelTable = DEFAULT_MODEL_TABLE
     openai_timeout: float = 30.0
     openai_max_retries: int = 3

@@ -47,7 +47,7 @@ CONTRACT_LABELS: dict[str, set[str]] = {
     "sorahook_openai_requests_total": {"operation", "status"},
     "sorahook_openai_request_duration_seconds": {"operation"},
     "sorahook_reconciliations_total": {"outcome"},
-    # issue 19
+    # beyond the contract: finished deliveries vs attempts, jobs and cost, OpenAI retries and errors
     "sorahook_delivery_attempts_total": {"outcome"},
     "sorahook_jobs_created_total": {"kind", "model"},
     "sorahook_estimated_cost_usd_total": {"model"},

@@ -48,7 +48,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "sorahook_openai_requests": ("counter", {"operation", "status"}),
     "sorahook_openai_request_duration_seconds": ("histogram", {"operation"}),
     "sorahook_reconciliations": ("counter", {"outcome"}),
-    # issue 19
+    # beyond the contract: finished deliveries vs attempts, jobs and cost, OpenAI retries and errors
     "sorahook_delivery_attempts": ("counter", {"outcome"}),
     "sorahook_jobs_created": ("counter", {"kind", "model"}),
     "sorahook_estimated_cost_usd": ("counter", {"model"}),
