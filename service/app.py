@@ -174,7 +174,7 @@ def create_app(
     rt = Runtime(
         settings=settings,
         clock=clock or SystemClock(),
-        metrics=Metrics(),
+        metrics=Metrics(settings.models),
         resolver=resolver or ssrf.SystemResolver(),
         openai_transport=openai_transport,
     )
@@ -211,6 +211,7 @@ def create_app(
             with contextlib.suppress(Exception):
                 rt.metrics.set_job_counts(await rt.store.job_counts())
                 rt.metrics.set_backlog(await rt.store.delivery_backlog())
+                rt.metrics.set_subscription_counts(*await rt.store.subscription_counts())
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     jobs = JobsApi(rt)
@@ -271,6 +272,8 @@ def create_app(
             api_keys=settings.openai_api_keys,
             metrics=rt.metrics,
             transport=openai_transport,
+            timeout=settings.openai_timeout,
+            max_retries=settings.openai_max_retries,
         )
         rt.sender = Sender(
             resolver=ssrf.CachingResolver(rt.resolver, ttl=DELIVERY_DNS_TTL, now=rt.clock.now),

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypedDict
 
+from service.models import DEFAULT_MODEL_TABLE, ModelsFileError, ModelTable, load_models_file
 from service.pricing import DEFAULT_PRICE_TABLE, PriceError, PriceTable, load_price_file
 
 DEFAULT_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
@@ -70,6 +71,10 @@ class Settings:
     header_timeout: float = 10.0
     body_timeout: float = 10.0
     max_header_bytes: int = 65536
+    # the model table (SORAHOOK_MODELS_FILE) and how patient the OpenAI client is
+    model_table: ModelTable = DEFAULT_MODEL_TABLE
+    openai_timeout: float = 30.0
+    openai_max_retries: int = 3
 
     @property
     def data_dir(self) -> Path:
@@ -308,7 +313,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"SORAHOOK_LOG_LEVEL must be debug, info, warning or error, got {log_level!r}")
 
-    models = _list(env.get("SORAHOOK_MODELS", "")) or ("sora-2", "sora-2-pro")
+    model_table = DEFAULT_MODEL_TABLE
+    models_file = env.get("SORAHOOK_MODELS_FILE", "").strip()
+    if models_file:
+        try:
+            model_table = load_models_file(Path(models_file))
+        except ModelsFileError as exc:
+            raise ConfigError(f"SORAHOOK_MODELS_FILE {models_file!r} {exc}") from None
+    models = _list(env.get("SORAHOOK_MODELS", "")) or model_table.names
 
     secret_key: bytes | None = None
     raw_key = env.get("SORAHOOK_SECRET_KEY", "").strip()
@@ -320,11 +332,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if len(secret_key) != 32:
             raise ConfigError("SORAHOOK_SECRET_KEY must be 32 bytes in URL-safe base64 (44 characters)")
 
-    prices = DEFAULT_PRICE_TABLE
+    prices = (
+        DEFAULT_PRICE_TABLE
+        if model_table is DEFAULT_MODEL_TABLE
+        else PriceTable.from_mapping(model_table.prices())
+    )
     prices_file = env.get("SORAHOOK_PRICES_FILE", "").strip()
     if prices_file:
         try:
-            prices = load_price_file(Path(prices_file))
+            prices = load_price_file(Path(prices_file), model_table.prices())
         except PriceError as exc:
             raise ConfigError(f"SORAHOOK_PRICES_FILE {prices_file!r} {exc}") from None
     quota_key = env.get("SORAHOOK_QUOTA_KEY", "").strip() or "client"
@@ -378,6 +394,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         progress_step=_int(env, "SORAHOOK_PROGRESS_STEP", 25, minimum=1),
         **archive_settings(env),
         **server_settings(env),
+        model_table=model_table,
+        openai_timeout=_float(env, "SORAHOOK_OPENAI_TIMEOUT", 30.0, minimum=0.001),
+        openai_max_retries=_int(env, "SORAHOOK_OPENAI_MAX_RETRIES", 3),
     )
 
 

@@ -229,7 +229,7 @@ class Deliverer:
     def _count(self, status: DeliveryStatus) -> CounterChild:
         child = self._counted.get(status)
         if child is None:
-            child = self._counted[status] = self.metrics.deliveries.labels(outcome=status)
+            child = self._counted[status] = self.metrics.delivery_attempts.labels(outcome=status)
         return child
 
     def _observe(
@@ -239,6 +239,7 @@ class Deliverer:
         if status is None:
             return
         self._count(status).inc()
+        self.metrics.count_finished(status)
         if status == "succeeded":
             self.metrics.event_to_delivery.observe(max(0.0, self.clock.now() - item.event_created_at))
         if log.isEnabledFor(logging.DEBUG):

@@ -185,7 +185,7 @@ def matches_filter(event_type: str, patterns: list[str] | None) -> bool:
 def _error_of(kind: Kind, obj: dict[str, Any]) -> dict[str, Any] | None:
     error = obj.get("error")
     if isinstance(error, dict) and (error.get("code") or error.get("message")):
-        return {"code": error.get("code") or "error", "message": error.get("message") or ""}
+        return job_error(str(error.get("code") or "error"), str(error.get("message") or ""))
     errors = obj.get("errors")
     if (
         kind == "batch"
@@ -195,11 +195,15 @@ def _error_of(kind: Kind, obj: dict[str, Any]) -> dict[str, Any] | None:
     ):
         first = errors["data"][0]
         if isinstance(first, dict):
-            return {"code": first.get("code") or "batch_failed", "message": first.get("message") or ""}
+            return job_error(str(first.get("code") or "batch_failed"), str(first.get("message") or ""))
     if kind == "response" and obj.get("status") == "incomplete":
         details = obj.get("incomplete_details") or {}
         reason = details.get("reason") if isinstance(details, dict) else None
-        return {"code": "incomplete", "message": f"the response is incomplete: {reason or 'unknown reason'}"}
+        return job_error(
+            "incomplete",
+            f"the response is incomplete: {reason or 'unknown reason'}",
+            category="content_policy" if reason == "content_filter" else "provider_error",
+        )
     return None
 
 
@@ -231,3 +235,121 @@ def observation_from_resource(kind: Kind, obj: dict[str, Any]) -> Observation:
         error=_error_of(kind, obj) if status == "failed" else None,
         completed_at=completed_at if isinstance(completed_at, int) else None,
     )
+
+
+# --- a failed job's error: OpenAI's code and message, a category from a closed set, a line for end users ----
+
+ErrorCategory = Literal[
+    "invalid_request",
+    "content_policy",
+    "quota_or_billing",
+    "rate_limited",
+    "provider_error",
+    "network",
+    "not_found",
+    "cancelled",
+]
+ERROR_CATEGORIES: tuple[ErrorCategory, ...] = get_args(ErrorCategory)
+
+# OpenAI's error codes (and sorahook's own) by category; a code not listed falls to the HTTP status.
+_CODE_CATEGORY: dict[str, ErrorCategory] = {
+    "moderation_blocked": "content_policy",
+    "moderation_flagged": "content_policy",
+    "content_policy_violation": "content_policy",
+    "content_filter": "content_policy",
+    "insufficient_quota": "quota_or_billing",
+    "billing_hard_limit_reached": "quota_or_billing",
+    "billing_not_active": "quota_or_billing",
+    "payment_required": "quota_or_billing",
+    "rate_limit_exceeded": "rate_limited",
+    "timeout": "network",
+    "connection_error": "network",
+    "network_error": "network",
+    "not_found": "not_found",
+    "resource_not_found": "not_found",
+    "cancelled": "cancelled",
+    "canceled": "cancelled",
+    "invalid_value": "invalid_request",
+    "invalid_request": "invalid_request",
+    "invalid_request_error": "invalid_request",
+    "missing_required_parameter": "invalid_request",
+    "unsupported_value": "invalid_request",
+    "invalid_prompt": "invalid_request",
+    "video_generation_failed": "provider_error",
+    "invalid_response": "provider_error",
+    "server_error": "provider_error",
+    "submission_failed": "provider_error",
+}
+
+# A sentence a product can show its own end user: no codes, no blame, what to do next.
+USER_MESSAGES: dict[ErrorCategory, str] = {
+    "invalid_request": "The video request was not accepted. Please check the prompt and settings and try again.",
+    "content_policy": "This request was blocked by the content policy. Please change the prompt and try again.",
+    "quota_or_billing": "Video generation is unavailable right now because of an account limit. "
+    "Please try again later.",
+    "rate_limited": "The video service is busy right now. Please try again in a few minutes.",
+    "provider_error": "The video service had a problem making this video. Please try again.",
+    "network": "The video service could not be reached. Please try again in a few minutes.",
+    "not_found": "This video is no longer available.",
+    "cancelled": "This video was cancelled.",
+}
+
+
+def error_category(status: int | None, code: str | None) -> ErrorCategory:
+    """The category of an error from its HTTP status (None for a failed video or a network error) and code.
+
+    The code decides first (a 429 `insufficient_quota` is billing, a 400 `moderation_blocked` is policy);
+    then the status; anything else is the provider's own failure.
+    """
+    if code:
+        name = code.lower()
+        known = _CODE_CATEGORY.get(name)
+        if known is not None:
+            return known
+        if "moderation" in name or "safety" in name or "policy" in name:
+            return "content_policy"
+        if "quota" in name or "billing" in name:
+            return "quota_or_billing"
+    if status is None:
+        return "provider_error"
+    if status == 402:
+        return "quota_or_billing"
+    if status == 429:
+        return "rate_limited"
+    if status in (404, 410):
+        return "not_found"
+    if status == 408:
+        return "network"
+    if status in (400, 409, 413, 415, 422):
+        return "invalid_request"
+    return "provider_error"
+
+
+def job_error(
+    code: str,
+    message: str,
+    *,
+    status: int | None = None,
+    category: ErrorCategory | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A failed job's `error`: OpenAI's (or sorahook's) code and message, its category and the user line."""
+    chosen = category if category is not None else error_category(status, code)
+    return {
+        "code": code,
+        "message": message,
+        "category": chosen,
+        "user_message": USER_MESSAGES[chosen],
+        **extra,
+    }
+
+
+def categorized(error: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`error` with its category and user line, filled in from its code when it was stored without them."""
+    if error is None or ("category" in error and "user_message" in error):
+        return error
+    category = error.get("category")
+    if category not in USER_MESSAGES:
+        code = error.get("code")
+        category = error_category(None, code if isinstance(code, str) else None)
+    return {**error, "category": category, "user_message": USER_MESSAGES[category]}

@@ -15,6 +15,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from service.domain import job_error
+
 
 class SorahookError(Exception):
     """Base of every error sorahook raises on purpose."""
@@ -63,7 +65,8 @@ class OpenAIError(SorahookError):
         self.retry_after = retry_after
 
     def as_job_error(self) -> dict[str, Any]:
-        return {"code": self.code or self.type or "openai_error", "message": self.message}
+        """The failed job's `error`: OpenAI's code and message, with the category its status and code mean."""
+        return job_error(self.code or self.type or "openai_error", self.message, status=self.status)
 
 
 class PermanentOpenAIError(OpenAIError):

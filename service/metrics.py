@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from service.domain import EVENT_TYPES
+from service.domain import ERROR_CATEGORIES, EVENT_TYPES, KINDS
+from service.models import DEFAULT_MODEL_TABLE, model_label
 
 # Label values must come from closed sets: unknown event types are counted as "other".
 _KNOWN_TYPES = frozenset(EVENT_TYPES) | {
@@ -33,6 +41,10 @@ ARCHIVE_FAILURE_REASONS = ("expired", "not_found", "refused", "retries_exhausted
 KEY_ROTATION_REASONS = ("unauthorized", "insufficient_quota")
 # Why the HTTP server closed or refused a connection before the app had a whole request (service/server.py).
 CONNECTION_REFUSAL_REASONS = ("header_timeout", "body_timeout", "header_too_large", "too_many_connections")
+# A finished delivery (deliveries_total) and one attempt's outcome (delivery_attempts_total): an attempt
+# that fails with retries left is `failed`, the last failed one `dead`.
+DELIVERY_RESULTS = ("delivered", "dead")
+ATTEMPT_OUTCOMES = ("succeeded", "failed", "dead")
 
 
 class _Snapshot(Collector):
@@ -55,9 +67,15 @@ class _Snapshot(Collector):
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, models: Sequence[str] = DEFAULT_MODEL_TABLE.names) -> None:
+        """`models` are the model label's values (the configured models); any other model counts as "other"."""
         self.registry = CollectorRegistry()
         r = self.registry
+        self.models = frozenset(models)
+        # The process (CPU, memory, open files) and Python (version, gc) collectors, on this registry only.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)  # exposes nothing where the interpreter keeps no gc stats
         self.webhooks_received = Counter(
             "sorahook_webhooks_received_total", "Verified webhooks received", ["type", "outcome"], registry=r
         )
@@ -72,7 +90,40 @@ class Metrics:
             registry=r,
         )
         self.deliveries = Counter(
-            "sorahook_deliveries_total", "Delivery attempts by outcome", ["outcome"], registry=r
+            "sorahook_deliveries_total",
+            "Finished deliveries: delivered (a 2xx) or dead (attempts exhausted)",
+            ["outcome"],
+            registry=r,
+        )
+        self.delivery_attempts = Counter(
+            "sorahook_delivery_attempts_total",
+            "Delivery attempts by outcome: succeeded, failed (to be retried) or dead (the last one failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.jobs_created = Counter(
+            "sorahook_jobs_created_total",
+            "Jobs created through the API (POST /v1/jobs, /v1/jobs/batch, /v1/jobs/track)",
+            ["kind", "model"],
+            registry=r,
+        )
+        self.estimated_cost = Counter(
+            "sorahook_estimated_cost_usd_total",
+            "Estimated USD of the video jobs created (the model table's price x seconds)",
+            ["model"],
+            registry=r,
+        )
+        self.openai_retries = Counter(
+            "sorahook_openai_retries_total",
+            "Requests to OpenAI sent again after a transient failure",
+            ["operation"],
+            registry=r,
+        )
+        self.openai_errors = Counter(
+            "sorahook_openai_errors_total",
+            "Failed requests to OpenAI (each attempt), by error category",
+            ["operation", "category"],
+            registry=r,
         )
         self.delivery_attempt_duration = Histogram(
             "sorahook_delivery_attempt_duration_seconds",
@@ -143,8 +194,16 @@ class Metrics:
         for reason in KEY_ROTATION_REASONS:
             self.key_rotations.labels(reason=reason)
         # Closed label sets start at 0, so a first increment after a restart is visible to increase().
-        for outcome in ("succeeded", "failed", "dead"):
-            self.deliveries.labels(outcome=outcome)
+        self._delivered, self._dead = (self.deliveries.labels(outcome=o) for o in DELIVERY_RESULTS)
+        for outcome in ATTEMPT_OUTCOMES:
+            self.delivery_attempts.labels(outcome=outcome)
+        for model in (*sorted(self.models), "other"):
+            self.estimated_cost.labels(model=model)
+            self.jobs_created.labels(kind="video", model=model)
+        for kind in KINDS:
+            self.jobs_created.labels(kind=kind, model="other")
+        for category in ERROR_CATEGORIES:
+            self.openai_errors.labels(operation="create_video", category=category)
         for reason in (
             "missing_headers",
             "invalid_signature",
@@ -162,6 +221,15 @@ class Metrics:
                 "sorahook_jobs", "Jobs by kind and status", ["kind", "status"], lambda: self._job_counts
             )
         )
+        self._subscriptions: list[tuple[tuple[str, ...], float]] = [(("enabled",), 0.0), (("disabled",), 0.0)]
+        r.register(
+            _Snapshot(
+                "sorahook_subscriptions",
+                "Subscriptions by state: enabled, or disabled (by PATCH, a 410, or failing for SORAHOOK_DISABLE_AFTER)",
+                ["state"],
+                lambda: self._subscriptions,
+            )
+        )
         r.register(
             _Snapshot(
                 "sorahook_delivery_backlog",
@@ -174,8 +242,28 @@ class Metrics:
     def set_job_counts(self, counts: list[tuple[str, str, int]]) -> None:
         self._job_counts = [((kind, status), float(n)) for kind, status, n in counts]
 
+    def set_subscription_counts(self, enabled: int, disabled: int) -> None:
+        self._subscriptions = [(("enabled",), float(enabled)), (("disabled",), float(disabled))]
+
     def set_backlog(self, backlog: int) -> None:
         self._backlog = float(backlog)
+
+    def model_label(self, model: str | None) -> str:
+        return model_label(model, self.models)
+
+    def count_created(self, kind: str, model: str | None, estimated_cost_usd: float | None) -> None:
+        """A job created through the API; a video's estimated cost is added to its model's total."""
+        label = self.model_label(model) if kind == "video" else "other"
+        self.jobs_created.labels(kind=kind, model=label).inc()
+        if estimated_cost_usd:
+            self.estimated_cost.labels(model=label).inc(estimated_cost_usd)
+
+    def count_finished(self, status: str) -> None:
+        """After an attempt: a delivery that ended (succeeded or dead) is counted once in deliveries_total."""
+        if status == "succeeded":
+            self._delivered.inc()
+        elif status == "dead":
+            self._dead.inc()
 
     @staticmethod
     def event_type_label(event_type: str) -> str:

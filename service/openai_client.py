@@ -15,7 +15,9 @@ Choices, most of them taken from the official SDK (``openai/_base_client.py``):
   a ``TransientOpenAIError`` whose ``retry_after`` is the server's value, for the caller's durable
   scheduling to honour (the SDK likewise stops retrying past its two-minute limit).
 - Every HTTP attempt is counted in ``openai_requests{operation, status}`` and timed in
-  ``openai_request_duration{operation}``; a streamed download is timed to its response headers.
+  ``openai_request_duration{operation}``; a streamed download is timed to its response headers. A failed
+  attempt is counted in ``openai_errors{operation, category}`` (service.domain.error_category), each retry
+  in ``openai_retries{operation}``.
 - With several API keys, a 401 or an ``insufficient_quota`` 429 moves the client to the next key (for this
   call, retried at once, and for every later one), at most once per key per call; each move is counted in
   ``openai_key_rotations{reason}`` and logged with the keys' last 4 characters only.
@@ -33,12 +35,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from service import ids
+from service.domain import error_category
 from service.errors import OpenAIError, PermanentOpenAIError, TransientOpenAIError
 from service.http_transport import AiohttpTransport
 from service.metrics import Metrics
@@ -76,6 +79,8 @@ _RETRYABLE_EXCEPTIONS: tuple[type[Exception], ...] = (
     httpx.ProxyError,
     httpx.DecodingError,
 )
+
+E = TypeVar("E", bound=OpenAIError)
 
 _ERROR_BODY_LIMIT = 64 * 1024  # an error body is read this far at most, even from a streamed download
 _MESSAGE_LIMIT = 300  # a non-JSON error body becomes a message of at most this many characters
@@ -289,6 +294,7 @@ class OpenAIClient:
                     delay,
                 )
                 attempt += 1
+                self._metrics.openai_retries.labels(operation=operation).inc()
                 await self._sleep(delay)
 
     def _rotate(self, index: int, reason: str) -> None:
@@ -316,10 +322,13 @@ class OpenAIClient:
                     self._http.build_request(method, path, **request), stream=True
                 )
             except _RETRYABLE_EXCEPTIONS as exc:
-                raise _Retry(_transport_error(operation, exc)) from exc
+                raise _Retry(self._count_error(operation, _transport_error(operation, exc))) from exc
             except httpx.RequestError as exc:
-                raise PermanentOpenAIError(
-                    f"could not send {method} {path}: {exc!r}", code=_exception_code(exc)
+                raise self._count_error(
+                    operation,
+                    PermanentOpenAIError(
+                        f"could not send {method} {path}: {exc!r}", code=_exception_code(exc)
+                    ),
                 ) from exc
             status = response.status_code
             if response.is_success:
@@ -329,7 +338,7 @@ class OpenAIClient:
                     await response.aread()
                 except _RETRYABLE_EXCEPTIONS as exc:
                     status = None  # no usable answer: counted as an error
-                    raise _Retry(_transport_error(operation, exc)) from exc
+                    raise _Retry(self._count_error(operation, _transport_error(operation, exc))) from exc
                 finally:
                     await response.aclose()
                 return response
@@ -339,7 +348,7 @@ class OpenAIClient:
                 body = b""  # the status alone still says what happened
             finally:
                 await response.aclose()
-            error = _error_from_response(response, body)
+            error = self._count_error(operation, _error_from_response(response, body))
             log.debug("openai %s answered %d: %s", operation, status, error.message)
             if isinstance(error, TransientOpenAIError):
                 raise _Retry(error)
@@ -351,6 +360,12 @@ class OpenAIClient:
             self._metrics.openai_request_duration.labels(operation=operation).observe(
                 time.perf_counter() - started
             )
+
+    def _count_error(self, operation: Operation, error: E) -> E:
+        """Count one failed attempt in openai_errors{operation, category}; hand the error back."""
+        category = error_category(error.status, error.code or error.type)
+        self._metrics.openai_errors.labels(operation=operation, category=category).inc()
+        return error
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter: attempt 0 waits up to ``backoff_base``."""

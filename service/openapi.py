@@ -21,11 +21,10 @@ from service.api.jobs import (
     MAX_METADATA_KEYS,
     MAX_METADATA_VALUE,
     MAX_PROMPT,
-    SECONDS,
-    SIZES,
     VARIANTS,
 )
-from service.domain import KINDS, STATUSES
+from service.domain import ERROR_CATEGORIES, KINDS, STATUSES
+from service.models import DEFAULT_MODEL_TABLE, ModelTable
 from service.store.records import DELIVERY_STATUSES
 
 __all__ = ["DEFAULT_MODELS", "openapi_document", "openapi_endpoint"]
@@ -133,7 +132,26 @@ _EVENT_TYPES: Schema = _nullable(
 _DESCRIPTION: Schema = _nullable({"type": "string", "maxLength": 500})
 
 
-def _schemas(models: Sequence[str]) -> dict[str, Schema]:
+def _model_rules(models: Sequence[str], table: ModelTable) -> list[Schema]:
+    """Per model, the seconds and sizes it allows (JSON Schema if/then); no `model` means the first one."""
+    rules: list[Schema] = []
+    for index, name in enumerate(models):
+        spec = table.spec(name)
+        chosen: Schema = {"properties": {"model": {"const": name}}, "required": ["model"]}
+        if index == 0:
+            chosen = {"anyOf": [chosen, {"not": {"required": ["model"]}}]}
+        allowed: Schema = {
+            "properties": {
+                "seconds": {"enum": [*spec.seconds, *(int(s) for s in spec.seconds)]},
+                "size": {"enum": list(spec.sizes)},
+            }
+        }
+        rules.append({"if": chosen, "then": allowed})
+    return rules
+
+
+def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> dict[str, Schema]:
+    seconds, sizes = table.seconds_values(models), table.size_values(models)
     metadata: Schema = {
         "type": "object",
         "maxProperties": MAX_METADATA_KEYS,
@@ -153,6 +171,11 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
                 "items": {"type": "string"},
                 "description": "`moderation_flagged` only: the flagged moderation categories.",
             },
+            "category": {
+                "enum": list(ERROR_CATEGORIES),
+                "description": "What kind of failure, from a closed set (OpenAI's own code stays in `code`).",
+            },
+            "user_message": {"type": "string", "description": "One line a product can show its end user."},
         },
     }
     usage_entry: Schema = {
@@ -307,6 +330,7 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
             "type": "object",
             "required": ["prompt"],
             "additionalProperties": False,
+            "allOf": _model_rules(models, table),
             "properties": {
                 "prompt": {
                     "type": "string",
@@ -317,11 +341,16 @@ def _schemas(models: Sequence[str]) -> dict[str, Schema]:
                 },
                 "model": {"enum": list(models), "default": models[0]},
                 "seconds": {
-                    "enum": [*SECONDS, *(int(s) for s in SECONDS)],
-                    "default": SECONDS[0],
-                    "description": "Clip length; a string as OpenAI takes it, or the same whole number.",
+                    "enum": [*seconds, *(int(s) for s in seconds)],
+                    "default": table.spec(models[0]).default_seconds,
+                    "description": "Clip length; a string as OpenAI takes it, or the same whole number. "
+                    "Each model allows its own lengths (the model table, SORAHOOK_MODELS_FILE).",
                 },
-                "size": {"enum": list(SIZES), "default": SIZES[0]},
+                "size": {
+                    "enum": list(sizes),
+                    "default": table.spec(models[0]).default_size,
+                    "description": "Each model allows its own sizes (the model table).",
+                },
                 "callback_url": _nullable(_URL),
                 "metadata": _nullable(_ref("Metadata")),
             },
@@ -766,25 +795,47 @@ def _paths() -> dict[str, Any]:
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": False,
-                        "description": "The same key returns the same job.",
+                        "description": "The same key with the same body returns the same job; "
+                        "with another body it is refused (422 `idempotency_key_reused`).",
                         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
                     }
                 ],
                 body="CreateJobRequest",
                 tags=["jobs"],
             ),
-            "get": _op(
-                "List jobs, newest first",
-                "listJobs",
-                {"200": _json(_ref("JobList"), "A page of jobs."), "422": _error("Unprocessable")},
-                parameters=[
-                    _query("status", {"enum": [*STATUSES, ""]}, "Only jobs in this status."),
-                    _query("kind", {"enum": [*KINDS, ""]}, "Only jobs of this kind."),
-                    _LIMIT,
-                    _AFTER,
-                ],
-                tags=["jobs"],
-            ),
+            "get": {
+                **_op(
+                    "List jobs, newest first",
+                    "listJobs",
+                    {
+                        "200": _json(_ref("JobList"), "A page of jobs."),
+                        "400": _json(
+                            _ref("Error"), "A query parameter this route does not take (`unknown_parameter`)."
+                        ),
+                        "422": _error("Unprocessable"),
+                    },
+                    parameters=[
+                        _query("status", {"enum": [*STATUSES, ""]}, "Only jobs in this status."),
+                        _query("kind", {"enum": [*KINDS, ""]}, "Only jobs of this kind."),
+                        _LIMIT,
+                        _AFTER,
+                        _query(
+                            "before",
+                            {"type": "string", "maxLength": 256},
+                            "Cursor: the `first_id` of the current page; returns the page before it.",
+                        ),
+                        _query(
+                            "order",
+                            {"enum": ["asc", "desc", ""], "default": "desc"},
+                            "`desc` (newest first, the default) or `asc`.",
+                        ),
+                    ],
+                    tags=["jobs"],
+                ),
+                "description": "Filter by one metadata entry with `metadata.<key>=<value>` "
+                "(e.g. `metadata.customer=acme`). Any other query parameter is refused "
+                "(400 `unknown_parameter`).",
+            },
         },
         "/v1/jobs/batch": {
             "post": _op(
@@ -1249,8 +1300,11 @@ def _version() -> str:
         return "0.0.0"
 
 
-def openapi_document(models: Sequence[str] = DEFAULT_MODELS) -> dict[str, Any]:
-    """The OpenAPI 3.1 document (a fresh dict each call). `models` is SORAHOOK_MODELS, first the default."""
+def openapi_document(
+    models: Sequence[str] = DEFAULT_MODELS, table: ModelTable = DEFAULT_MODEL_TABLE
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document (a fresh dict each call). `models` is SORAHOOK_MODELS, first the default;
+    `table` says what each allows (SORAHOOK_MODELS_FILE)."""
     document = {
         "openapi": "3.1.0",
         "info": {
@@ -1271,7 +1325,7 @@ def openapi_document(models: Sequence[str] = DEFAULT_MODELS) -> dict[str, Any]:
         ],
         "paths": _paths(),
         "components": {
-            "schemas": _schemas(tuple(models) or DEFAULT_MODELS),
+            "schemas": _schemas(tuple(models) or DEFAULT_MODELS, table),
             "responses": _responses(),
             "headers": {
                 "RequestId": {
@@ -1295,7 +1349,8 @@ def openapi_document(models: Sequence[str] = DEFAULT_MODELS) -> dict[str, Any]:
 async def openapi_endpoint(request: Request) -> Response:
     """GET /openapi.json: the document, with the models this server is configured for."""
     models: Sequence[str] = DEFAULT_MODELS
+    table = DEFAULT_MODEL_TABLE
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is not None:
-        models = runtime.settings.models
-    return JSONResponse(openapi_document(models))
+        models, table = runtime.settings.models, runtime.settings.model_table
+    return JSONResponse(openapi_document(models, table))

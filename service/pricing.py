@@ -9,14 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ANY_SIZE = "*"
+from service.models import ANY_SIZE, DEFAULT_MODEL_TABLE
+
 _SIZE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 
-# OpenAI's published Sora 2 prices, USD per second of video.
-DEFAULT_PRICES: dict[str, dict[str, float]] = {
-    "sora-2": {ANY_SIZE: 0.10},
-    "sora-2-pro": {"720x1280": 0.30, "1280x720": 0.30, "1024x1792": 0.50, "1792x1024": 0.50},
-}
+# OpenAI's published Sora 2 prices, USD per second of video: the model table's (service/models.py).
+DEFAULT_PRICES: dict[str, dict[str, float]] = DEFAULT_MODEL_TABLE.prices()
 
 
 class PriceError(ValueError):
@@ -85,12 +83,12 @@ def parse_prices(data: Any) -> dict[str, dict[str, float]]:
     return table
 
 
-def load_price_file(path: Path) -> PriceTable:
-    """The default table with each model named in the file replaced by the file's entry for it."""
+def load_price_file(path: Path, base: Mapping[str, Mapping[str, float]] = DEFAULT_PRICES) -> PriceTable:
+    """`base` (the model table's prices) with each model named in the file replaced by the file's entry."""
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
         raise PriceError(f"cannot be read ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise PriceError(f"is not valid JSON ({exc})") from None
-    return PriceTable.from_mapping({**DEFAULT_PRICES, **parse_prices(data)})
+    return PriceTable.from_mapping({**base, **parse_prices(data)})

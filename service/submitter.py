@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from service.clock import Clock
-from service.domain import Observation, observation_from_resource
+from service.domain import Observation, error_category, job_error, observation_from_resource
 from service.errors import OpenAIError, PermanentOpenAIError, TransientOpenAIError
 from service.openai_client import OpenAIClient
 from service.store.records import Job
@@ -52,12 +52,11 @@ class Submitter:
                 flagged = flagged_categories(await self.openai.moderate(str(req.get("prompt", ""))))
                 if flagged is not None:
                     log.info("moderation flagged the prompt", extra={"job_id": job.id, "categories": flagged})
-                    error = {
-                        "code": "moderation_flagged",
-                        "message": "OpenAI's moderation flagged the prompt: "
-                        + (", ".join(flagged) or "flagged"),
-                        "categories": flagged,
-                    }
+                    error = job_error(
+                        "moderation_flagged",
+                        "OpenAI's moderation flagged the prompt: " + (", ".join(flagged) or "flagged"),
+                        categories=flagged,
+                    )
                     await self.store.apply_observation(
                         job.id, Observation(status="failed", error=error), "submitter"
                     )
@@ -77,7 +76,11 @@ class Submitter:
             return
         except OpenAIError as exc:
             if job.submit_attempts >= self.max_attempts:
-                error = {"code": "submission_failed", "message": f"OpenAI kept failing: {exc.message}"}
+                error = job_error(
+                    "submission_failed",
+                    f"OpenAI kept failing: {exc.message}",
+                    category=error_category(exc.status, exc.code),
+                )
                 await self.store.apply_observation(
                     job.id, Observation(status="failed", error=error), "submitter"
                 )
@@ -159,7 +162,7 @@ class Refresher:
             obj = await self.openai.retrieve(job.kind, job.resource_id)
         except PermanentOpenAIError as exc:
             if exc.status == 404:
-                error = {"code": "resource_not_found", "message": f"OpenAI does not know {job.resource_id}"}
+                error = job_error("resource_not_found", f"OpenAI does not know {job.resource_id}")
                 await self.store.refresh_done(job.id, Observation(status="failed", error=error))
             else:
                 log.warning("refresh refused", extra={"job_id": job.id, "code": exc.code})

@@ -26,6 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import create_app
 from service.cli import build_parser
 from service.config import load_settings, parse_database_url
+from service.domain import ERROR_CATEGORIES
+from service.metrics import ARCHIVE_FAILURE_REASONS
 from service.store.records import DeliveryStatus
 from tests.support import ROOT, free_port, live_server, make_settings
 
@@ -45,10 +47,22 @@ CONTRACT_LABELS: dict[str, set[str]] = {
     "sorahook_openai_requests_total": {"operation", "status"},
     "sorahook_openai_request_duration_seconds": {"operation"},
     "sorahook_reconciliations_total": {"outcome"},
+    # beyond the contract: finished deliveries vs attempts, jobs and cost, OpenAI retries and errors
+    "sorahook_delivery_attempts_total": {"outcome"},
+    "sorahook_jobs_created_total": {"kind", "model"},
+    "sorahook_estimated_cost_usd_total": {"model"},
+    "sorahook_openai_retries_total": {"operation"},
+    "sorahook_openai_errors_total": {"operation", "category"},
+    "sorahook_subscriptions": {"state"},
+    "sorahook_archive_failures_total": {"reason"},
 }
 # Closed label-value sets an exact matcher (label="value") may use.
 CLOSED_VALUES: dict[tuple[str, str], set[str]] = {
-    ("sorahook_deliveries_total", "outcome"): set(get_args(DeliveryStatus)),
+    ("sorahook_deliveries_total", "outcome"): {"delivered", "dead"},
+    ("sorahook_delivery_attempts_total", "outcome"): set(get_args(DeliveryStatus)) - {"pending"},
+    ("sorahook_openai_errors_total", "category"): set(ERROR_CATEGORIES),
+    ("sorahook_subscriptions", "state"): {"enabled", "disabled"},
+    ("sorahook_archive_failures_total", "reason"): set(ARCHIVE_FAILURE_REASONS),
     ("sorahook_webhooks_received_total", "outcome"): {"accepted", "duplicate"},
     ("sorahook_reconciliations_total", "outcome"): {"updated", "unchanged", "not_found", "error"},
     ("sorahook_webhook_rejections_total", "reason"): {
@@ -181,6 +195,9 @@ def test_alert_rules_cover_what_operators_must_hear_about() -> None:
     assert alerting_on(r"sorahook_delivery_backlog"), "delivery backlog growing"
     assert alerting_on(r'sorahook_deliveries_total\{outcome="dead"\}'), "dead deliveries"
     assert alerting_on(r"sorahook_webhook_rejections_total"), "webhook rejections rising"
+    assert alerting_on(r'sorahook_subscriptions\{state="disabled"\}'), "subscriptions disabled"
+    assert alerting_on(r"sorahook_archive_failures_total"), "archive failures"
+    assert alerting_on(r"sorahook_delivery_attempts_total"), "delivery attempts failing"
     assert alerting_on(r'sorahook_reconciliations_total\{outcome="updated"\}'), (
         "reconciler finding missed webhooks"
     )
@@ -192,6 +209,25 @@ def test_alert_rules_cover_what_operators_must_hear_about() -> None:
         assert re.fullmatch(regex, status), status
     for status in ("200", "400", "404", "4xx"):
         assert not re.fullmatch(regex, status), status
+
+
+def test_the_alerts_for_disabled_subscriptions_archive_and_quota_failures_have_unit_tests() -> None:
+    tests = load_yaml(DEPLOY / "prometheus" / "alerts_test.yml")["tests"]
+    tested = {
+        check["alertname"]
+        for case in tests
+        for check in case.get("alert_rule_test", [])
+        if check.get("exp_alerts")  # a case where the alert is expected to fire
+    }
+    alerts = {rule["alert"] for rule in _alert_rules()}
+    for name in (
+        "SorahookSubscriptionDisabled",
+        "SorahookArchiveFailures",
+        "SorahookOpenAIQuotaOrBilling",
+        "SorahookDeliveryFailureRateHigh",
+        "SorahookDeadDeliveries",
+    ):
+        assert name in alerts and name in tested, name
 
 
 def test_every_metric_the_deploy_files_name_exists_in_a_real_scrape(exposed_names: set[str]) -> None:

@@ -125,4 +125,6 @@ def test_observation_from_a_failed_video_keeps_openai_error() -> None:
         "video",
         {"id": "video_1", "status": "failed", "error": {"code": "moderation_blocked", "message": "no"}},
     )
-    assert obs.status == "failed" and obs.error == {"code": "moderation_blocked", "message": "no"}
+    assert obs.status == "failed" and obs.error is not None
+    assert (obs.error["code"], obs.error["message"]) == ("moderation_blocked", "no")  # OpenAI's own, kept
+    assert obs.error["category"] == "content_policy" and obs.error["user_message"]

@@ -35,8 +35,6 @@ pytestmark = pytest.mark.anyio
 MODELS_AND_SIZES = [
     ("sora-2", "720x1280", 0.10),
     ("sora-2", "1280x720", 0.10),
-    ("sora-2", "1024x1792", 0.10),
-    ("sora-2", "1792x1024", 0.10),
     ("sora-2-pro", "720x1280", 0.30),
     ("sora-2-pro", "1280x720", 0.30),
     ("sora-2-pro", "1024x1792", 0.50),

@@ -17,7 +17,7 @@ from prometheus_client.samples import Sample
 
 from service.app import create_app
 from service.config import new_webhook_secret
-from service.domain import Kind, Status
+from service.domain import ERROR_CATEGORIES, Kind, Status
 from service.metrics import ARCHIVE_FAILURE_REASONS, KEY_ROTATION_REASONS
 from service.openai_client import Operation
 from service.signing import Signer
@@ -48,6 +48,12 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "sorahook_openai_requests": ("counter", {"operation", "status"}),
     "sorahook_openai_request_duration_seconds": ("histogram", {"operation"}),
     "sorahook_reconciliations": ("counter", {"outcome"}),
+    # beyond the contract: finished deliveries vs attempts, jobs and cost, OpenAI retries and errors
+    "sorahook_delivery_attempts": ("counter", {"outcome"}),
+    "sorahook_jobs_created": ("counter", {"kind", "model"}),
+    "sorahook_estimated_cost_usd": ("counter", {"model"}),
+    "sorahook_openai_retries": ("counter", {"operation"}),
+    "sorahook_openai_errors": ("counter", {"operation", "category"}),
 }
 REJECTION_REASONS = {
     "missing_headers",
@@ -61,10 +67,13 @@ CLOSED: dict[str, set[str]] = {
     "kind": set(get_args(Kind)),
     "reason": REJECTION_REASONS | set(ARCHIVE_FAILURE_REASONS) | set(KEY_ROTATION_REASONS),
     "operation": set(get_args(Operation)),
+    "model": {"sora-2", "sora-2-pro", "other"},
+    "category": set(ERROR_CATEGORIES),
 }
 OUTCOMES = {
     "sorahook_webhooks_received_total": {"accepted", "duplicate"},
-    "sorahook_deliveries_total": set(get_args(DeliveryStatus)),
+    "sorahook_deliveries_total": {"delivered", "dead"},
+    "sorahook_delivery_attempts_total": set(get_args(DeliveryStatus)) - {"pending"},
     "sorahook_reconciliations_total": {"updated", "unchanged", "not_found", "error"},
 }
 ID_LIKE = re.compile(r"(?<![A-Za-z])(job|video|evt|sub|dlv|wh|msg|batch|resp)_[0-9A-Za-z]")
@@ -242,13 +251,21 @@ async def test_every_contract_metric_moves_with_real_traffic(tmp_path: Path) -> 
             assert after.value("sorahook_jobs", kind=kind, status=status) == expected, (kind, status)
         assert after.value("sorahook_jobs", kind="video", status="completed") >= 1
 
-        # deliveries_total{outcome}: one outcome per attempt, matching what the API shows
+        # deliveries_total{outcome}: finished deliveries only; delivery_attempts_total{outcome}: every attempt
         attempts = [a for d in succeeded + dead for a in d["attempts"]]
-        assert moved("sorahook_deliveries_total", outcome="succeeded") == len(succeeded)
+        assert moved("sorahook_deliveries_total", outcome="delivered") == len(succeeded)
         assert moved("sorahook_deliveries_total", outcome="dead") == len(dead)
-        assert moved("sorahook_deliveries_total", outcome="failed") == sum(
+        assert moved("sorahook_deliveries_total") == len(succeeded) + len(dead)
+        assert moved("sorahook_delivery_attempts_total", outcome="succeeded") == len(succeeded)
+        assert moved("sorahook_delivery_attempts_total", outcome="dead") == len(dead)
+        assert moved("sorahook_delivery_attempts_total", outcome="failed") == sum(
             len(d["attempts"]) - 1 for d in dead
         )
+        assert moved("sorahook_delivery_attempts_total") == len(attempts)
+        # jobs_created_total{kind,model} and estimated_cost_usd_total{model}: the one job made through the API
+        assert moved("sorahook_jobs_created_total", kind="video", model="sora-2") == 1
+        assert moved("sorahook_jobs_created_total") == 1  # the webhook's job was not made through the API
+        assert moved("sorahook_estimated_cost_usd_total", model="sora-2") == pytest.approx(0.4)
         assert all(len(d["attempts"]) == len(settings.retry_schedule) for d in dead)
         # delivery_attempt_duration_seconds: one observation per attempt
         assert moved("sorahook_delivery_attempt_duration_seconds_count") == len(attempts)
@@ -317,7 +334,8 @@ async def test_delivery_backlog_counts_deliveries_waiting_and_drops_when_they_ar
 
         await wait_until(drained)
         scraped = await scrape(client)
-        assert scraped.value("sorahook_deliveries_total", outcome="succeeded") == 3
+        assert scraped.value("sorahook_deliveries_total", outcome="delivered") == 3
+        assert scraped.value("sorahook_delivery_attempts_total", outcome="succeeded") == 3
 
 
 async def test_reconciler_catching_a_missed_webhook_counts_updated(tmp_path: Path) -> None:
@@ -455,3 +473,34 @@ async def test_two_apps_in_one_process_keep_independent_registries(tmp_path: Pat
     # nothing of sorahook's lands on the process-wide default registry
     default_names = {m.name for m in prometheus_client.REGISTRY.collect()}
     assert not {n for n in default_names if n.startswith("sorahook_")}
+
+
+async def test_process_and_python_collectors_and_api_job_counters_are_on_the_apps_registry(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, models=("sora-2", "sora-2-pro", "wan-2.5"))
+    app = create_app(settings, start_workers=False)
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url, headers=auth()) as client:
+        await client.post("/v1/jobs", json={"prompt": "a", "model": "sora-2-pro", "size": "1792x1024"})
+        await client.post("/v1/jobs", json={"prompt": "b", "model": "wan-2.5"})
+        await client.post("/v1/jobs/track", json={"resource_id": "batch_abc"})
+        await client.post("/v1/jobs/track", json={"resource_id": "batch_abc"})  # already tracked: not new
+        replay = {"Idempotency-Key": "k"}
+        await client.post("/v1/jobs", json={"prompt": "c", "seconds": 8}, headers=replay)
+        await client.post("/v1/jobs", json={"prompt": "c", "seconds": 8}, headers=replay)  # replayed: not new
+        scraped = await scrape(client)
+    assert scraped.value("python_info") == 1
+    assert "python_gc_objects_collected" in scraped.families
+    assert scraped.value("process_resident_memory_bytes") > 0 and "process_cpu_seconds" in scraped.families
+    created = "sorahook_jobs_created_total"
+    assert scraped.value(created, kind="video", model="sora-2-pro") == 1
+    assert scraped.value(created, kind="video", model="wan-2.5") == 1  # a configured model is its own label
+    assert scraped.value(created, kind="video", model="sora-2") == 1
+    assert scraped.value(created, kind="batch", model="other") == 1
+    assert scraped.value(created) == 4
+    cost = "sorahook_estimated_cost_usd_total"
+    assert scraped.value(cost, model="sora-2-pro") == 2.0 and scraped.value(cost, model="sora-2") == 0.8
+    assert scraped.value(cost) == 2.8  # wan-2.5 has no price: nothing added
+    assert scraped.value("sorahook_subscriptions", state="enabled") == 0
+    for name in (created, cost):  # the configured models and "other": a closed set
+        assert scraped.label_values(name, "model") == {*settings.models, "other"}

@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
 from service.clock import ManualClock
+from service.domain import USER_MESSAGES
 from service.emulator import Emulator, EmulatorConfig
 from service.emulator.assets import CONTENT
 from service.errors import PermanentOpenAIError, TransientOpenAIError
@@ -338,6 +339,36 @@ async def test_two_server_errors_then_success_make_one_video_with_one_idempotenc
 
 
 @pytest.mark.anyio
+async def test_retries_and_failed_attempts_are_counted_by_operation_and_category(env: Env) -> None:
+    env.emulator.inject_fault(500, count=2)
+    env.emulator.inject_fault(429, count=1, code="rate_limit_exceeded")
+    await env.client.create_video(prompt="a", model="sora-2", seconds="4", size=None, idempotency_key=None)
+    env.emulator.inject_fault(429, code="insufficient_quota")
+    with pytest.raises(PermanentOpenAIError):
+        await env.client.retrieve_video("video_missing")
+
+    def sample(name: str, **labels: str) -> float:
+        return env.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    assert sample("sorahook_openai_retries_total", operation="create_video") == 3
+    assert sample("sorahook_openai_retries_total", operation="retrieve_video") == 0
+    errors = "sorahook_openai_errors_total"
+    assert sample(errors, operation="create_video", category="provider_error") == 2
+    assert sample(errors, operation="create_video", category="rate_limited") == 1
+    assert sample(errors, operation="retrieve_video", category="quota_or_billing") == 1
+
+
+@pytest.mark.anyio
+async def test_max_retries_zero_sends_once(env: Env) -> None:
+    client = make_client("http://emulator/v1", env.recorder, sleeps=env.sleeps, max_retries=0)
+    env.emulator.inject_fault(503)
+    with pytest.raises(TransientOpenAIError):
+        await client.create_video(prompt="a", model="sora-2", seconds="4", size=None, idempotency_key=None)
+    await client.aclose()
+    assert env.create_calls() == 1 and env.sleeps.calls == []
+
+
+@pytest.mark.anyio
 async def test_a_generated_idempotency_key_is_reused_on_retries(env: Env) -> None:
     env.emulator.inject_fault(503)
 
@@ -477,7 +508,12 @@ async def test_moderation_blocked_is_permanent_and_keeps_openais_words(env: Env)
         "prompt",
     )
     assert error.message == "Your request was blocked by our moderation system."
-    assert error.as_job_error() == {"code": "moderation_blocked", "message": error.message}
+    assert error.as_job_error() == {
+        "code": "moderation_blocked",
+        "message": error.message,
+        "category": "content_policy",
+        "user_message": USER_MESSAGES["content_policy"],
+    }
     assert env.create_calls() == 1 and env.sleeps.calls == [] and env.emulator.videos == {}
     assert env.sample("create_video", "400") == 1
 

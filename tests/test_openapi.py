@@ -292,7 +292,9 @@ async def test_answers_of_a_whole_job_and_delivery_life_match_the_document(tmp_p
         )
         assert status == 202
         again = await client.post(
-            "/v1/jobs", json={"prompt": "a fox"}, headers={"idempotency-key": "openapi-1"}
+            "/v1/jobs",
+            json={"prompt": "a fox", "seconds": 4, "metadata": {"k": "v"}},
+            headers={"idempotency-key": "openapi-1"},
         )
         assert assert_conforms(document, "POST", "/v1/jobs", again)["id"] == job["id"]
         assert again.headers["idempotent-replayed"] == "true"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -16,16 +18,15 @@ from service.api.assets import serve_archived
 from service.api.common import json_object, limit_arg, list_page
 from service.domain import KINDS, STATUSES, Kind, Observation, is_terminal, kind_for_resource_id
 from service.errors import ApiError, OpenAIError, PermanentOpenAIError
+from service.models import DEFAULT_MODEL_TABLE, ModelTable, refusal
 from service.quotas import NewJob, QuotaExceeded, Quotas
-from service.store.records import Job
+from service.store.records import IdempotencyKeyReused, Job
 
 if TYPE_CHECKING:
     from service.app import Runtime
 
 log = logging.getLogger("sorahook.api.jobs")
 
-SECONDS = ("4", "8", "12")
-SIZES = ("720x1280", "1280x720", "1024x1792", "1792x1024")
 VARIANTS = ("video", "thumbnail", "spritesheet")
 MAX_PROMPT = 10_000
 MAX_METADATA_KEYS = 16
@@ -33,10 +34,18 @@ MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 MAX_IDEMPOTENCY_KEY = 255
 MAX_BATCH = 100
+LIST_PARAMETERS = ("status", "kind", "limit", "after", "before", "order")
+METADATA_PREFIX = "metadata."
 
 
 def _field_error(param: str, message: str) -> ApiError:
     return ApiError(422, "invalid_field", message, param=param)
+
+
+def fingerprint(body: Any) -> str:
+    """SHA-256 of the body's canonical JSON (sorted keys, no spaces): key order and spacing do not count."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def validate_metadata(value: Any) -> dict[str, str]:
@@ -74,7 +83,10 @@ async def validate_callback_url(value: Any, runtime: Runtime, param: str = "call
     return value
 
 
-def validate_create(body: dict[str, Any], models: tuple[str, ...]) -> dict[str, Any]:
+def validate_create(
+    body: dict[str, Any], models: tuple[str, ...], table: ModelTable = DEFAULT_MODEL_TABLE
+) -> dict[str, Any]:
+    """The video request, checked against the model table: a refused combination names what the model allows."""
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise _field_error("prompt", "prompt is required and must be a non-empty string")
@@ -83,14 +95,21 @@ def validate_create(body: dict[str, Any], models: tuple[str, ...]) -> dict[str, 
     model = body.get("model", models[0])
     if not isinstance(model, str) or model not in models:
         raise _field_error("model", f"model must be one of {', '.join(models)} (SORAHOOK_MODELS)")
-    seconds = body.get("seconds", "4")
+    spec = table.spec(model)
+    seconds = body.get("seconds", spec.default_seconds)
     if isinstance(seconds, int) and not isinstance(seconds, bool):
         seconds = str(seconds)
-    if seconds not in SECONDS:
-        raise _field_error("seconds", "seconds must be one of 4, 8, 12")
-    size = body.get("size", "720x1280")
-    if size not in SIZES:
-        raise _field_error("size", f"size must be one of {', '.join(SIZES)}")
+    size = body.get("size", spec.default_size)
+    if not isinstance(seconds, str):
+        raise _field_error(
+            "seconds",
+            f"seconds must be a string or a whole number; {spec.name} allows {', '.join(spec.seconds)}",
+        )
+    if not isinstance(size, str):
+        raise _field_error("size", f"size must be a string like {spec.default_size}")
+    refused = refusal(spec, seconds, size)
+    if refused is not None:
+        raise _field_error(*refused)
     return {"model": model, "prompt": prompt, "seconds": seconds, "size": size}
 
 
@@ -111,7 +130,7 @@ class JobsApi:
             name = sorted(unknown)[0]
             raise _field_error(name, f"unknown field {name!r}")
         settings = self.rt.settings
-        req = validate_create(body, settings.models)
+        req = validate_create(body, settings.models, settings.model_table)
         callback_url = await validate_callback_url(body.get("callback_url"), self.rt)
         metadata = validate_metadata(body.get("metadata"))
         return NewJob(
@@ -123,7 +142,7 @@ class JobsApi:
         )
 
     async def _store_new(
-        self, request: Request, specs: list[NewJob], *, batch: bool
+        self, request: Request, specs: list[NewJob], *, batch: bool, body: dict[str, Any]
     ) -> tuple[list[Job], dict[str, str]]:
         """Store the jobs under the quotas; a quota refusal is a 429 naming the limit, with Retry-After."""
         key = request.headers.get("idempotency-key")
@@ -138,17 +157,32 @@ class JobsApi:
                 quotas=Quotas(s.quota_concurrent, s.quota_per_hour, s.quota_daily_usd),
                 idempotency_key=key,
                 batch=batch,
+                request_hash=fingerprint(body) if key is not None else None,
             )
+        except IdempotencyKeyReused as exc:
+            raise ApiError(
+                422,
+                "idempotency_key_reused",
+                f"Idempotency-Key {exc.key!r} was already used with a different request body "
+                f"(it made {', '.join(exc.job_ids)}); send the same body to get that answer again, "
+                "or use a new key for a new request",
+                param="Idempotency-Key",
+            ) from None
         except QuotaExceeded as exc:
             retry_after = str(max(1, math.ceil(exc.retry_after)))
             raise ApiError(
                 429, "quota_exceeded", exc.message, param=exc.param, headers={"Retry-After": retry_after}
             ) from None
-        return jobs, ({} if created else {"Idempotent-Replayed": "true"})
+        if not created:
+            return jobs, {"Idempotent-Replayed": "true"}
+        for job in jobs:
+            self.rt.metrics.count_created("video", (job.request or {}).get("model"), job.estimated_cost_usd)
+        return jobs, {}
 
     async def create(self, request: Request) -> Response:
-        spec = await self._new_job(await json_object(request))
-        jobs, headers = await self._store_new(request, [spec], batch=False)
+        body = await json_object(request)
+        spec = await self._new_job(body)
+        jobs, headers = await self._store_new(request, [spec], batch=False, body=body)
         return JSONResponse(jobs[0].to_api(), status_code=202, headers=headers)
 
     async def create_batch(self, request: Request) -> Response:
@@ -179,7 +213,7 @@ class JobsApi:
                 status_code=422,
             )
         specs = [c for c in checked if isinstance(c, NewJob)]
-        jobs, headers = await self._store_new(request, specs, batch=True)
+        jobs, headers = await self._store_new(request, specs, batch=True, body=body)
         return JSONResponse(
             {"object": "list", "data": [j.to_api() for j in jobs]}, status_code=202, headers=headers
         )
@@ -204,6 +238,8 @@ class JobsApi:
         job, created = await self.rt.store.track_job(
             kind=kind, resource_id=resource_id, callback_url=callback_url, metadata=metadata
         )
+        if created:
+            self.rt.metrics.count_created(kind, None, None)
         return JSONResponse(job.to_api(), status_code=201 if created else 200)
 
     async def get(self, request: Request) -> Response:
@@ -212,6 +248,32 @@ class JobsApi:
 
     async def list(self, request: Request) -> Response:
         q = request.query_params
+        metadata: tuple[str, str] | None = None
+        for name in q:
+            if name.startswith(METADATA_PREFIX):
+                key = name[len(METADATA_PREFIX) :]
+                if not key or len(key) > MAX_METADATA_KEY:
+                    raise ApiError(
+                        422,
+                        "invalid_parameter",
+                        f"a metadata filter is metadata.<key>=<value> with a key of 1 to {MAX_METADATA_KEY} "
+                        "characters",
+                        param=name,
+                    )
+                values = q.getlist(name)
+                if metadata is not None or len(values) > 1:
+                    raise ApiError(
+                        422, "invalid_parameter", "filter by one metadata key and value at most", param=name
+                    )
+                metadata = (key, values[0])
+            elif name not in LIST_PARAMETERS:
+                raise ApiError(
+                    400,
+                    "unknown_parameter",
+                    f"unknown query parameter {name!r}; GET /v1/jobs takes "
+                    f"{', '.join(LIST_PARAMETERS)} and metadata.<key>",
+                    param=name,
+                )
         status, kind = q.get("status") or None, q.get("kind") or None
         if status is not None and status not in STATUSES:
             raise ApiError(
@@ -219,8 +281,21 @@ class JobsApi:
             )
         if kind is not None and kind not in KINDS:
             raise ApiError(422, "invalid_parameter", f"kind must be one of {', '.join(KINDS)}", param="kind")
+        order = q.get("order") or "desc"
+        if order not in ("asc", "desc"):
+            raise ApiError(422, "invalid_parameter", "order must be asc or desc", param="order")
+        cursors = {name: q.get(name) or None for name in ("after", "before")}
+        for name, value in cursors.items():
+            if value is not None and len(value) > 256:
+                raise ApiError(422, "invalid_parameter", f"{name} must be a job id", param=name)
         jobs, has_more = await self.rt.store.list_jobs(
-            status=status, kind=kind, limit=limit_arg(request), after=q.get("after") or None
+            status=status,
+            kind=kind,
+            limit=limit_arg(request),
+            after=cursors["after"],
+            before=cursors["before"],
+            order=order,
+            metadata=metadata,
         )
         return JSONResponse(list_page([j.to_api() for j in jobs], has_more))
 

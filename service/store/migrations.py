@@ -265,6 +265,28 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE delivery_attempts ADD COLUMN response_body TEXT;
         """,
     ),
+    (
+        13,
+        "idempotency fingerprints; job metadata by key and value for GET /v1/jobs?metadata.<key>=<value>",
+        # A key reused with a different body is refused (422 idempotency_key_reused) rather than answered
+        # with the first job. Rows from before this migration have no fingerprint and keep replaying.
+        # job_metadata holds one row per metadata entry (written with the job; metadata never changes), so
+        # a metadata filter is a seek on (key, value) walking job ids in order, not a scan of every job's
+        # JSON. Jobs first heard of by webhook have no metadata and write no rows.
+        """
+        ALTER TABLE jobs ADD COLUMN request_hash TEXT;
+        ALTER TABLE batch_keys ADD COLUMN request_hash TEXT;
+        CREATE TABLE job_metadata (
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            PRIMARY KEY (key, value, job_id)
+        ) WITHOUT ROWID;
+        INSERT INTO job_metadata (key, value, job_id)
+            SELECT m.key, m.value, jobs.id FROM jobs, json_each(jobs.metadata) AS m
+            WHERE jobs.metadata != '{}' AND m.type = 'text';
+        """,
+    ),
 ]
 
 

@@ -5,10 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from service.domain import Kind, Origin, Status
+from service.domain import Kind, Origin, Status, categorized
 
 DeliveryStatus = Literal["pending", "succeeded", "failed", "dead"]
 DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = ("pending", "succeeded", "failed", "dead")
+
+
+class IdempotencyKeyReused(Exception):
+    """An Idempotency-Key came back with a different request body than the one it was first used with."""
+
+    def __init__(self, key: str, job_ids: list[str]) -> None:
+        super().__init__(key)
+        self.key = key
+        self.job_ids = job_ids
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,7 @@ class Job:
             "request": self.request,
             "estimated_cost_usd": self.estimated_cost_usd,
             "result": self.result,
-            "error": self.error,
+            "error": categorized(self.error),
             "callback_url": self.callback_url,
             "metadata": self.metadata,
             "created_at": int(self.created_at),

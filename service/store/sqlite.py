@@ -63,6 +63,7 @@ from service.store.records import (
     Delivery,
     DeliveryStatus,
     EventRecord,
+    IdempotencyKeyReused,
     IncomingWebhook,
     Job,
     Subscription,
@@ -230,6 +231,46 @@ class _Rows:
                 rows.clear()
         if new_jobs:
             _count_new_jobs(conn, new_jobs)
+
+
+def list_jobs_sql(
+    *,
+    status: str | None,
+    kind: str | None,
+    after: str | None,
+    before: str | None,
+    order: str,
+    metadata: tuple[str, str] | None,
+) -> tuple[str, list[str], bool]:
+    """The job listing query (its last parameter is the row limit), its arguments, and whether it walks
+    backwards (paging back from `before`: the page is read the other way from it, then turned round)."""
+    col = "m.job_id" if metadata else "id"
+    where: list[str] = []
+    args: list[str] = []
+    if metadata:
+        where += ["m.key = ?", "m.value = ?"]
+        args += list(metadata)
+    # With a metadata filter, `+` keeps status and kind off their indexes: the walk stays on job_metadata's
+    # key in id order (no sort), checking each job's status and kind as it goes.
+    plain = "+" if metadata else ""
+    if status:
+        where.append(f"{plain}status = ?")
+        args.append(status)
+    if kind:
+        where.append(f"{plain}kind = ?")
+        args.append(kind)
+    newer, older = f"{col} > ?", f"{col} < ?"
+    if after:
+        where.append(older if order == "desc" else newer)
+        args.append(after)
+    if before:
+        where.append(newer if order == "desc" else older)
+        args.append(before)
+    backwards = before is not None and after is None
+    walk = ("ASC" if order == "desc" else "DESC") if backwards else order.upper()
+    source = "job_metadata AS m JOIN jobs ON jobs.id = m.job_id" if metadata else "jobs"
+    sql = f"SELECT jobs.* FROM {source}" + (" WHERE " + " AND ".join(where) if where else "")
+    return sql + f" ORDER BY {col} {walk} LIMIT ?", args, backwards
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -404,6 +445,11 @@ class _Ops:
             ),
         )
         _count_new_jobs(conn, [(kind, status)])
+        if metadata:
+            conn.executemany(
+                "INSERT INTO job_metadata (key, value, job_id) VALUES (?, ?, ?)",
+                [(key, value, job_id) for key, value in metadata.items()],
+            )
         if next_submit_at is not None:
             self.flag_submissions = True
         if refresh_at is not None:
@@ -1421,22 +1467,30 @@ class SqliteStore:
         return await self._read(read)
 
     async def list_jobs(
-        self, *, status: str | None, kind: str | None, limit: int, after: str | None
+        self,
+        *,
+        status: str | None,
+        kind: str | None,
+        limit: int,
+        after: str | None,
+        before: str | None = None,
+        order: str = "desc",
+        metadata: tuple[str, str] | None = None,
     ) -> tuple[list[Job], bool]:
+        """A page of jobs in id (creation) order, `desc` newest first; `after` and `before` are ids.
+
+        `after` pages onward in the listing order; `before` pages back (the page nearest to it, still shown
+        in the listing order). With a metadata (key, value) the walk is over job_metadata's primary key,
+        so every filter is an index seek plus a walk in id order (see EXPLAIN in tests/test_job_requests.py).
+        """
+        sql, args, backwards = list_jobs_sql(
+            status=status, kind=kind, after=after, before=before, order=order, metadata=metadata
+        )
+
         def read(c: sqlite3.Connection) -> tuple[list[Job], bool]:
-            where, args = [], []
-            if status:
-                where.append("status = ?")
-                args.append(status)
-            if kind:
-                where.append("kind = ?")
-                args.append(kind)
-            if after:
-                where.append("id < ?")
-                args.append(after)
-            sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-            rows = c.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit + 1)).fetchall()
-            return [_job(r) for r in rows[:limit]], len(rows) > limit
+            rows = c.execute(sql, (*args, limit + 1)).fetchall()
+            page = [_job(r) for r in rows[:limit]]
+            return (page[::-1] if backwards else page), len(rows) > limit
 
         return await self._read(read)
 
@@ -2082,6 +2136,15 @@ class SqliteStore:
             ]
         )
 
+    async def subscription_counts(self) -> tuple[int, int]:
+        """(enabled, disabled) subscriptions: few rows, counted at scrape time."""
+
+        def read(c: sqlite3.Connection) -> tuple[int, int]:
+            row = c.execute("SELECT TOTAL(enabled != 0), TOTAL(enabled = 0) FROM subscriptions").fetchone()
+            return int(row[0]), int(row[1])
+
+        return await self._read(read)
+
     # -- retention --------------------------------------------------------------------------------
 
     # Each a range seek on an index (migration 6); tests/test_retention.py holds the plans to that.
@@ -2144,6 +2207,7 @@ class SqliteStore:
         quotas: Quotas,
         idempotency_key: str | None = None,
         batch: bool = False,
+        request_hash: str | None = None,
     ) -> tuple[list[Job], bool]:
         """Store new `pending` video jobs, all or none, in one transaction with the quota checks.
 
@@ -2151,12 +2215,17 @@ class SqliteStore:
         another, so two requests racing for a client's last slot cannot both pass. Raises QuotaExceeded
         (nothing stored). The same idempotency key returns the same jobs and `False`: a single job's key
         is the job's own `idempotency_key`; a batch's is a row in `batch_keys` naming its jobs in order.
+        `request_hash` is the request body's fingerprint, kept with the key: the same key with another
+        fingerprint raises IdempotencyKeyReused (a key stored without one replays, as before).
         """
 
         def op(c: sqlite3.Connection) -> tuple[list[Job], bool]:
             if idempotency_key is not None:
-                earlier = self._jobs_for_key(c, idempotency_key, batch)
-                if earlier is not None:
+                found = self._jobs_for_key(c, idempotency_key, batch)
+                if found is not None:
+                    earlier, earlier_hash = found
+                    if earlier_hash is not None and request_hash is not None and earlier_hash != request_hash:
+                        raise IdempotencyKeyReused(idempotency_key, [j.id for j in earlier])
                     return earlier, False
             now = self.clock.now()
             if quotas.any:
@@ -2175,29 +2244,38 @@ class SqliteStore:
                     next_submit_at=now,
                 )
                 c.execute(
-                    "UPDATE jobs SET client = ?, estimated_cost_usd = ? WHERE id = ?",
-                    (spec.client, spec.estimated_cost_usd, row["id"]),
+                    "UPDATE jobs SET client = ?, estimated_cost_usd = ?, request_hash = ? WHERE id = ?",
+                    (
+                        spec.client,
+                        spec.estimated_cost_usd,
+                        None if batch or idempotency_key is None else request_hash,
+                        row["id"],
+                    ),
                 )
                 created.append(_job(c.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()))
             if batch and idempotency_key is not None:
                 c.execute(
-                    "INSERT INTO batch_keys (idempotency_key, job_ids, created_at) VALUES (?, ?, ?)",
-                    (idempotency_key, json.dumps([j.id for j in created]), now),
+                    "INSERT INTO batch_keys (idempotency_key, job_ids, created_at, request_hash)"
+                    " VALUES (?, ?, ?, ?)",
+                    (idempotency_key, json.dumps([j.id for j in created]), now, request_hash),
                 )
             return created, True
 
         return await self._write(op)
 
     @staticmethod
-    def _jobs_for_key(c: sqlite3.Connection, key: str, batch: bool) -> list[Job] | None:
+    def _jobs_for_key(c: sqlite3.Connection, key: str, batch: bool) -> tuple[list[Job], str | None] | None:
+        """The jobs an idempotency key made, with the fingerprint of the body that made them."""
         if not batch:
             row = c.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
-            return [_job(row)] if row is not None else None
-        found = c.execute("SELECT job_ids FROM batch_keys WHERE idempotency_key = ?", (key,)).fetchone()
+            return ([_job(row)], row["request_hash"]) if row is not None else None
+        found = c.execute(
+            "SELECT job_ids, request_hash FROM batch_keys WHERE idempotency_key = ?", (key,)
+        ).fetchone()
         if found is None:
             return None
         rows = [c.execute("SELECT * FROM jobs WHERE id = ?", (i,)).fetchone() for i in json.loads(found[0])]
-        return [_job(r) for r in rows if r is not None]
+        return [_job(r) for r in rows if r is not None], found[1]
 
     def _check_quotas(self, c: sqlite3.Connection, jobs: list[NewJob], quotas: Quotas, now: float) -> None:
         """Raise QuotaExceeded for the first limit the jobs would break, client by client.
