@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -18,9 +19,16 @@ import httpx
 import uvicorn
 from starlette.routing import BaseRoute, Mount
 
-from service.config import ConfigError, check_webhook_secret, load_settings, with_generated_secrets
+from service.config import (
+    ConfigError,
+    check_webhook_secret,
+    load_settings,
+    private_targets,
+    with_generated_secrets,
+)
 from service.logs import configure_logging, uvicorn_log_config
 from service.signing import Signer
+from service.ssrf import ALLOW_LOOPBACK, ALLOW_NONE, ALLOW_VARIABLE, PrivateTargets
 
 log = logging.getLogger("sorahook")
 
@@ -124,7 +132,12 @@ def serve(args: argparse.Namespace) -> int:
     self_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     self_url = f"http://{self_host}:{args.port}"
     if emulator_mode:
-        settings = replace(settings, emulator=True, openai_base_url=f"{self_url}/_emulator/v1")
+        settings = replace(
+            settings,
+            emulator=True,
+            openai_base_url=f"{self_url}/_emulator/v1",
+            allow_private_targets=private_targets(os.environ, emulator=True),
+        )
     settings, generated = with_generated_secrets(settings)
     extra_routes: list[BaseRoute] = []
     background: list[Callable[[], Awaitable[None]]] = []
@@ -143,6 +156,7 @@ def serve(args: argparse.Namespace) -> int:
             extra={"openai_base_url": settings.openai_base_url},
         )
         log.info("webhook secret for the emulator: %s", settings.webhook_secrets[0])
+    _log_private_targets(settings.allow_private_targets, emulator_mode)
     if emulator_mode or "SORAHOOK_ADMIN_TOKEN" in generated:
         log.info("admin token (Authorization: Bearer …): %s", settings.admin_token)
     if "SORAHOOK_ADMIN_TOKEN" in generated:
@@ -162,6 +176,18 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.Server(config).run()
     return 0
+
+
+def _log_private_targets(policy: PrivateTargets, emulator_mode: bool) -> None:
+    """Say at start which non-public subscriber addresses this process will deliver to."""
+    if policy is ALLOW_LOOPBACK and emulator_mode and not os.environ.get(ALLOW_VARIABLE, "").strip():
+        log.info(
+            "emulator mode: loopback subscriber URLs (127.0.0.0/8, ::1, localhost) are allowed;"
+            " private networks are not (set %s to change this)",
+            ALLOW_VARIABLE,
+        )
+    elif policy is not ALLOW_NONE:
+        log.info("subscriber URLs may use non-public addresses: %s (%s)", policy.describe(), ALLOW_VARIABLE)
 
 
 def migrate() -> int:
