@@ -1,4 +1,4 @@
-"""The command line: serve, migrate, emulator, send-test-webhook."""
+"""The command line: serve, migrate, emulator, listen, send-test-webhook."""
 
 from __future__ import annotations
 
@@ -87,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--duplicate-rate", type=_rate, default=0.0)
     emulator.add_argument("--error-rate", type=_rate, default=0.0)
 
+    listen = commands.add_parser(
+        "listen",
+        help="a local subscriber that verifies and prints events (SORAHOOK_URL, SORAHOOK_ADMIN_TOKEN)",
+    )
+    listen.add_argument("--port", type=_port, default=9000, help="port on 127.0.0.1 (default 9000)")
+    listen.add_argument(
+        "--subscribe", action="store_true", help="subscribe through the admin API; Ctrl-C deletes it"
+    )
+    listen.add_argument(
+        "--event-types",
+        action="append",
+        default=[],
+        metavar="TYPES",
+        help="event types to subscribe to, e.g. video.* (comma-separated or repeated; default all)",
+    )
+    listen.add_argument("--secret", default=None, help="whsec_… to verify with, without --subscribe")
+
     send = commands.add_parser("send-test-webhook", help="sign and send one OpenAI-style event")
     send.add_argument("--url", required=True)
     send.add_argument("--secret", required=True)
@@ -111,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_emulator(args)
         if args.command == "send-test-webhook":
             return send_test_webhook(args)
+        if args.command == "listen":
+            return run_listen(args)
     except ConfigError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -223,6 +242,16 @@ def run_emulator(args: argparse.Namespace) -> int:
     log.info("emulator: OpenAI Videos API at http://%s:%s/v1", args.host, args.port)
     uvicorn.run(emulator.app, host=args.host, port=args.port, log_config=uvicorn_log_config())
     return 0
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    from service.listen import ListenOptions, run
+
+    event_types = tuple(t for item in args.event_types for t in item.replace(",", " ").split())
+    options = ListenOptions(
+        port=args.port, subscribe=args.subscribe, event_types=event_types, secret=args.secret
+    )
+    return run(options, sys.stdout, sys.stderr)
 
 
 def send_test_webhook(args: argparse.Namespace) -> int:
