@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +131,32 @@ def test_the_readme_walk_through_runs_against_real_processes(tmp_path: Path, ser
             proc.kill()
             proc.wait()
     svc.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("SORAHOOK_TEST_NO_NETWORK") == "1", reason="already inside the namespace")
+def test_the_walk_through_needs_no_network() -> None:
+    # The same walk-through inside a new network namespace that has nothing but loopback (no DNS, no route
+    # out), where unprivileged namespaces are available.
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    if (
+        unshare is None
+        or ip is None
+        or subprocess.run([unshare, "-rn", "true"], capture_output=True).returncode
+    ):
+        pytest.skip("unprivileged network namespaces (unshare -rn) are not available here")
+    test = "tests/test_listen.py::test_the_readme_walk_through_runs_against_real_processes"
+    script = f"{ip} link set lo up && {sys.executable} -m pytest -rA {test}"
+    done = subprocess.run(
+        [unshare, "-rn", "sh", "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "SORAHOOK_TEST_NO_NETWORK": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "PASSED" in done.stdout and "1 passed" in done.stdout
 
 
 @pytest.mark.slow
