@@ -1,4 +1,4 @@
-"""The command line: serve, migrate, emulator, send-test-webhook."""
+"""The command line: serve, migrate, emulator, listen, send-test-webhook."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from service.config import (
     EnvReader,
     check_webhook_secret,
     load_settings,
+    private_targets,
     with_generated_secrets,
 )
 from service.logs import configure_logging, uvicorn_log_config
@@ -39,6 +40,7 @@ from service.server import (
     refusal_counter,
 )
 from service.signing import Signer
+from service.ssrf import ALLOW_LOOPBACK, ALLOW_NONE, ALLOW_VARIABLE, PrivateTargets
 
 log = logging.getLogger("sorahook")
 
@@ -161,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--error-rate", type=_rate, default=0.0, metavar="F", help="share of API calls answered 429/5xx, 0..1"
     )
 
+    listen = commands.add_parser(
+        "listen",
+        help="a local subscriber that verifies and prints events (SORAHOOK_URL, SORAHOOK_ADMIN_TOKEN)",
+    )
+    listen.add_argument("--port", type=_port, default=9000, help="port on 127.0.0.1 (default 9000)")
+    listen.add_argument(
+        "--subscribe", action="store_true", help="subscribe through the admin API; Ctrl-C deletes it"
+    )
+    listen.add_argument(
+        "--event-types",
+        action="append",
+        default=[],
+        metavar="TYPES",
+        help="event types to subscribe to, e.g. video.* (comma-separated or repeated; default all)",
+    )
+    listen.add_argument("--secret", default=None, help="whsec_… to verify with, without --subscribe")
+
     send = commands.add_parser("send-test-webhook", help="sign and send one OpenAI-style event")
     send.add_argument(
         "--url", required=True, metavar="URL", help="the receiver, e.g. http://127.0.0.1:8000/webhooks/openai"
@@ -189,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_emulator(args)
         if args.command == "send-test-webhook":
             return send_test_webhook(args)
+        if args.command == "listen":
+            return run_listen(args)
     except (ConfigError, ListenError) as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -216,7 +237,12 @@ def serve(args: argparse.Namespace) -> int:
     self_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     self_url = f"http://[{self_host}]:{port}" if ":" in self_host else f"http://{self_host}:{port}"
     if emulator_mode:
-        settings = replace(settings, emulator=True, openai_base_url=f"{self_url}/_emulator/v1")
+        settings = replace(
+            settings,
+            emulator=True,
+            openai_base_url=f"{self_url}/_emulator/v1",
+            allow_private_targets=private_targets(os.environ, emulator=True),
+        )
     settings, generated = with_generated_secrets(settings)
     extra_routes: list[BaseRoute] = []
     background: list[Callable[[], Awaitable[None]]] = []
@@ -229,6 +255,7 @@ def serve(args: argparse.Namespace) -> int:
             extra={"openai_base_url": settings.openai_base_url},
         )
         log.info("webhook secret for the emulator: %s", settings.webhook_secrets[0])
+    _log_private_targets(settings.allow_private_targets, emulator_mode)
     # Printed once, on the start that generated it: never a token the operator supplied, never every start.
     if "SORAHOOK_ADMIN_TOKEN" in generated:
         log.info("admin token (Authorization: Bearer …): %s", settings.admin_token)
@@ -266,6 +293,18 @@ def _warn_unknown_env(env: EnvReader) -> None:
     for name, closest in env.unknown(also_known=ENV_READ_ELSEWHERE):
         hint = f"; did you mean {closest}?" if closest else ""
         log.warning("%s is not a sorahook setting and is ignored%s", name, hint, extra={"variable": name})
+
+
+def _log_private_targets(policy: PrivateTargets, emulator_mode: bool) -> None:
+    """Say at start which non-public subscriber addresses this process will deliver to."""
+    if emulator_mode and policy is ALLOW_LOOPBACK:  # the default, not a value someone set
+        log.info(
+            "emulator mode: loopback subscriber URLs (127.0.0.0/8, ::1, localhost) are allowed;"
+            " private networks are not (set %s to change this)",
+            ALLOW_VARIABLE,
+        )
+    elif policy is not ALLOW_NONE:
+        log.info("subscriber URLs may use non-public addresses: %s (%s)", policy.describe(), ALLOW_VARIABLE)
 
 
 def migrate() -> int:
@@ -308,6 +347,16 @@ def run_emulator(args: argparse.Namespace) -> int:
     log.info("emulator: OpenAI Videos API at http://%s:%s/v1", args.host, args.port)
     uvicorn.run(emulator.app, host=args.host, port=args.port, log_config=uvicorn_log_config())
     return 0
+
+
+def run_listen(args: argparse.Namespace) -> int:
+    from service.listen import ListenOptions, run
+
+    event_types = tuple(t for item in args.event_types for t in item.replace(",", " ").split())
+    options = ListenOptions(
+        port=args.port, subscribe=args.subscribe, event_types=event_types, secret=args.secret
+    )
+    return run(options, sys.stdout, sys.stderr)
 
 
 def send_test_webhook(args: argparse.Namespace) -> int:

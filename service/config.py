@@ -15,6 +15,7 @@ from typing import TypedDict
 
 from service.models import DEFAULT_MODEL_TABLE, ModelsFileError, ModelTable, load_models_file
 from service.pricing import DEFAULT_PRICE_TABLE, PriceError, PriceTable, load_price_file
+from service.ssrf import ALLOW_LOOPBACK, ALLOW_NONE, ALLOW_VARIABLE, PrivateTargets
 
 DEFAULT_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 
@@ -34,7 +35,7 @@ class Settings:
     max_body_bytes: int = 1_048_576
     retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     delivery_timeout: float = 10.0
-    allow_private_targets: bool = False
+    allow_private_targets: PrivateTargets = ALLOW_NONE
     callback_secret: str | None = None
     reconcile_interval: float = 30.0
     reconcile_after: float = 120.0
@@ -125,6 +126,17 @@ def _limit(env: Mapping[str, str], name: str) -> int | None:
 
 def _list(raw: str) -> tuple[str, ...]:
     return tuple(part for part in raw.replace(",", " ").split() if part)
+
+
+def private_targets(env: Mapping[str, str], *, emulator: bool) -> PrivateTargets:
+    """SORAHOOK_ALLOW_PRIVATE_TARGETS; unset, emulator mode allows loopback (a local subscriber) and nothing else."""
+    raw = env.get(ALLOW_VARIABLE, "").strip()
+    if not raw:
+        return ALLOW_LOOPBACK if emulator else ALLOW_NONE
+    try:
+        return PrivateTargets.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{ALLOW_VARIABLE} {exc}") from None
 
 
 def check_webhook_secret(name: str, secret: str) -> str:
@@ -370,7 +382,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=_int(env, "SORAHOOK_MAX_BODY_BYTES", 1_048_576, minimum=1024),
         retry_schedule=schedule,
         delivery_timeout=_float(env, "SORAHOOK_DELIVERY_TIMEOUT", 10.0, minimum=0.001),
-        allow_private_targets=_bool(env, "SORAHOOK_ALLOW_PRIVATE_TARGETS", False),
+        allow_private_targets=private_targets(env, emulator=_bool(env, "SORAHOOK_EMULATOR", False)),
         callback_secret=callback_secret,
         reconcile_interval=_float(env, "SORAHOOK_RECONCILE_INTERVAL", 30.0, minimum=0.01),
         reconcile_after=_float(env, "SORAHOOK_RECONCILE_AFTER", 120.0),

@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from service.retry_after import parse_retry_after
-from service.ssrf import ResolveError, Resolver, Target, UnsafeTarget, literal_ip, vet
+from service.ssrf import PrivateTargets, ResolveError, Resolver, Target, UnsafeTarget, literal_ip, vet
 
 __all__ = ["MAX_RESPONSE_BYTES", "SendResult", "Sender", "parse_retry_after"]
 
@@ -163,7 +163,9 @@ class Sender:
     as statuses, not followed; `timeout` bounds the whole attempt, DNS included.
     """
 
-    def __init__(self, *, resolver: Resolver, allow_private: bool, max_connections: int = 256) -> None:
+    def __init__(
+        self, *, resolver: Resolver, allow_private: bool | PrivateTargets, max_connections: int = 256
+    ) -> None:
         self._resolver = resolver
         self._allow_private = allow_private
         self._max_connections = max_connections

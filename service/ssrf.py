@@ -14,7 +14,12 @@ from typing import Protocol
 from yarl import URL
 
 __all__ = [
+    "ALLOW_ALL",
+    "ALLOW_LOOPBACK",
+    "ALLOW_NONE",
+    "ALLOW_VARIABLE",
     "CachingResolver",
+    "PrivateTargets",
     "ResolveError",
     "Resolver",
     "StaticResolver",
@@ -282,6 +287,98 @@ def literal_ip(host: str) -> str | None:
     return str(ipaddress.IPv4Address(number))
 
 
+# --- which non-public destinations are allowed ---
+
+ALLOW_VARIABLE = "SORAHOOK_ALLOW_PRIVATE_TARGETS"
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class PrivateTargets:
+    """The non-public destinations a URL may lead to (SORAHOOK_ALLOW_PRIVATE_TARGETS); public ones always may.
+
+    `everything` lifts the address checks altogether. Otherwise an address is allowed when it lies in one
+    of `networks` (an IPv4-mapped IPv6 address counts as the IPv4 address it connects to), or when the URL
+    names one of `hosts`, whatever that name resolves to. The URL checks (scheme, host shape, no
+    credentials) are never lifted. `entries` is the list as written, for messages and the start-up log.
+    """
+
+    everything: bool = False
+    networks: tuple[_Network, ...] = ()
+    hosts: frozenset[str] = frozenset()
+    entries: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> PrivateTargets:
+        """`true`, `false`, or hosts and CIDRs separated by commas or spaces; ValueError names a bad entry."""
+        raw = text.strip().lower()
+        if raw in _TRUE:
+            return ALLOW_ALL
+        if raw in _FALSE or not raw:
+            return ALLOW_NONE
+        networks: list[_Network] = []
+        hosts: list[str] = []
+        entries = tuple(part for part in raw.replace(",", " ").split() if part)
+        for entry in entries:
+            if entry in _TRUE or entry in _FALSE:
+                raise ValueError(f"takes true, false or a list of hosts and CIDRs, not {entry!r} in a list")
+            try:
+                networks.append(ipaddress.ip_network(entry.replace("[", "").replace("]", ""), strict=False))
+                continue
+            except ValueError:
+                pass
+            name = entry.rstrip(".")
+            if (
+                "/" in name
+                or _HOST_NAME.fullmatch(name) is None
+                or name.replace(".", "").isdigit()  # "300.1.1.1" is a bad address, not a name
+            ):
+                raise ValueError(f"holds {entry!r}, which is neither a host name, an IP address nor a CIDR")
+            hosts.append(name)
+        return cls(networks=tuple(networks), hosts=frozenset(hosts), entries=entries)
+
+    def allows(self, host: str, address: str) -> bool:
+        """Whether `address`, which URL host `host` led to, may be connected to despite not being public."""
+        if self.everything:
+            return True
+        if host.rstrip(".") in self.hosts:
+            return True
+        if not self.networks:
+            return False
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            candidates.append(ip.ipv4_mapped)
+        return any(c.version == n.version and c in n for c in candidates for n in self.networks)
+
+    def describe(self) -> str:
+        """One phrase for the start-up log."""
+        if self.everything:
+            return "every address (true)"
+        return ", ".join(self.entries) if self.entries else "none (only public addresses)"
+
+    def suggestion(self, entry: str) -> str:
+        """The setting that would allow `entry` too, keeping what is allowed now."""
+        return ",".join(dict.fromkeys((*self.entries, entry)))
+
+
+ALLOW_NONE = PrivateTargets()
+ALLOW_ALL = PrivateTargets(everything=True, entries=("true",))
+# Emulator mode's default: this machine only (127.0.0.0/8 and ::1), not the private networks around it.
+ALLOW_LOOPBACK = PrivateTargets(
+    networks=(ipaddress.IPv4Network("127.0.0.0/8"), ipaddress.IPv6Network("::1/128")),
+    entries=("127.0.0.0/8", "::1"),
+)
+
+
+def _policy(allow_private: bool | PrivateTargets) -> PrivateTargets:
+    if isinstance(allow_private, PrivateTargets):
+        return allow_private
+    return ALLOW_ALL if allow_private else ALLOW_NONE
+
+
 # --- URLs ---
 
 _HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_\-.]*[a-z0-9_])?\.?")
@@ -325,28 +422,36 @@ def check_url_syntax(url: str) -> None:
     _parse(url)
 
 
-async def vet(url: str, resolver: Resolver, *, allow_private: bool) -> Target:
+async def vet(url: str, resolver: Resolver, *, allow_private: bool | PrivateTargets) -> Target:
     """Resolve `url`'s host and return the address to connect to.
 
-    Refuses (UnsafeTarget) when any address the host resolves to is not public, unless
-    `allow_private`: a name with one public and one private address could be steered to either.
-    A failed lookup raises ResolveError, which callers treat as transient.
+    Refuses (UnsafeTarget) when any address the host resolves to is not public and `allow_private`
+    (True: all; a PrivateTargets: those it allows) does not allow it: a name with one public and one
+    private address could be steered to either. A failed lookup raises ResolveError, which callers
+    treat as transient.
     """
     scheme, host, port = _parse(url)
     literal = literal_ip(host)
     addresses = [literal] if literal is not None else await resolver.resolve(host, port)
     if not addresses:
         raise ResolveError(f"cannot resolve {host}: no addresses")
-    if not allow_private:
+    policy = _policy(allow_private)
+    if not policy.everything:
         for address in addresses:
             problem = address_problem(address)
-            if problem is not None:
+            if problem is not None and (problem == "invalid" or not policy.allows(host, address)):
                 if literal is None:
                     where = f"{host} resolves to {address},"
                 else:
                     where = f"{host} is" if host == address else f"{host} ({address}) is"
                 described = _DESCRIPTIONS.get(problem, problem)
-                raise UnsafeTarget(problem, f"{where} {described}; only public addresses are allowed")
+                # An address as written is allowed by itself; a name by its name (its addresses may move).
+                entry = address.split("%", 1)[0] if literal is not None else host.rstrip(".")
+                raise UnsafeTarget(
+                    problem,
+                    f"{where} {described}; set {ALLOW_VARIABLE}={policy.suggestion(entry)} (or true)"
+                    " to allow it",
+                )
     ip = literal_ip(addresses[0])
     if ip is None:
         raise ResolveError(f"cannot resolve {host}: resolver returned {addresses[0]!r}")

@@ -331,8 +331,7 @@ def test_compose_builds_the_dockerfile_and_wires_prometheus_and_grafana() -> Non
     assert context == ROOT.resolve(), "the build context must be the repository root"
     assert (context / app["build"]["dockerfile"]).resolve() == (DEPLOY / "Dockerfile").resolve()
     env = {e.split("=", 1)[0]: e.partition("=")[2] for e in app["environment"]}
-    for name in ("OPENAI_API_KEY", "OPENAI_WEBHOOK_SECRET", "SORAHOOK_ADMIN_TOKEN"):
-        assert name in env and env[name] == "", f"{name} passes through from the environment, never a value"
+    assert set(env) == {"SORAHOOK_DATABASE_URL"}, "settings come from the env file, never values in compose"
     assert parse_database_url(env["SORAHOOK_DATABASE_URL"]) == Path("/data/sorahook.db")
     assert any(v.endswith(":/data") for v in app["volumes"])
     assert "8000:8000" in app["ports"]
@@ -346,6 +345,117 @@ def test_compose_builds_the_dockerfile_and_wires_prometheus_and_grafana() -> Non
             source = volume.split(":", 1)[0]
             if source.startswith("."):
                 assert (DEPLOY / source).exists(), volume
+
+
+# Names the service reads that the env file leaves out: compose fixes the database on its volume and the
+# image's command fixes the listening address; SORAHOOK_URL is read by `sorahook listen`, a client.
+NOT_IN_ENV_FILE = {"SORAHOOK_DATABASE_URL", "SORAHOOK_HOST", "SORAHOOK_PORT", "SORAHOOK_URL"}
+# Settings the example documents that are being added to the service alongside it (the models file, the
+# OpenAI client's limits), and the AWS credentials the S3 client reads itself.
+DOCUMENTED_AHEAD = {"SORAHOOK_MODELS_FILE", "SORAHOOK_OPENAI_TIMEOUT", "SORAHOOK_OPENAI_MAX_RETRIES"}
+SETTING = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
+
+
+def _env_example() -> tuple[dict[str, str], dict[str, str]]:
+    """(set, shown): the lines that set a value, and the commented-out lines that show a default."""
+    set_lines: dict[str, str] = {}
+    shown: dict[str, str] = {}
+    for raw in (DEPLOY / "sorahook.env.example").read_text().splitlines():
+        line = raw.strip()
+        match = SETTING.match(line)
+        if match is None:
+            assert not line or line.startswith("#"), f"not NAME=VALUE nor a comment: {raw!r}"
+            continue
+        commented, name, value = match.groups()
+        assert "#" not in value, f"{name}: keep comments on their own line (systemd has no inline comments)"
+        target = shown if commented else set_lines
+        assert name not in set_lines and name not in shown, f"{name} appears twice"
+        target[name] = value
+    return set_lines, shown
+
+
+def _settings_the_service_reads() -> set[str]:
+    names: set[str] = set()
+    for path in (ROOT / "service").rglob("*.py"):
+        names.update(
+            n for n in re.findall(r"\b(SORAHOOK_[A-Z0-9_]*[A-Z0-9]|OPENAI_[A-Z_]*[A-Z])\b", path.read_text())
+        )
+    return {
+        n
+        for n in names
+        if n.startswith("SORAHOOK_") or n in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_WEBHOOK_SECRET")
+    }
+
+
+def test_compose_takes_every_setting_from_the_env_file_whose_example_lists_them_all() -> None:
+    app = load_yaml(DEPLOY / "docker-compose.yml")["services"]["sorahook"]
+    assert app["env_file"] == ["sorahook.env"]
+    assert "deploy/sorahook.env" in (ROOT / ".gitignore").read_text().splitlines(), "it holds secrets"
+    set_lines, shown = _env_example()
+    listed = set(set_lines) | set(shown)
+    read = _settings_the_service_reads()
+    missing = sorted(read - NOT_IN_ENV_FILE - listed)
+    assert not missing, f"settings the service reads that sorahook.env.example does not list: {missing}"
+    unknown = sorted(n for n in listed - read - DOCUMENTED_AHEAD if not n.startswith("AWS_"))
+    assert not unknown, f"sorahook.env.example lists settings the service does not read: {unknown}"
+    for group in (
+        "SORAHOOK_QUOTA_",
+        "SORAHOOK_ARCHIVE",
+        "SORAHOOK_S3_",
+        "SORAHOOK_MODERATION",
+        "SORAHOOK_PRICES_FILE",
+    ):
+        assert any(n.startswith(group) for n in listed), group
+
+
+def test_the_env_example_starts_as_is_and_its_defaults_are_the_real_ones() -> None:
+    set_lines, shown = _env_example()
+    env = {"SORAHOOK_DATABASE_URL": "sqlite:////data/sorahook.db"}
+    as_is = load_settings({**env, **set_lines})
+    assert as_is.emulator, "copied as it is, the example runs the built-in emulator"
+    # Uncommenting every default shown changes nothing: each shown value is the service's own default.
+    read = _settings_the_service_reads()
+    defaults = {name: value for name, value in shown.items() if name in read}
+    assert load_settings({**env, **set_lines, **defaults}) == as_is
+
+
+def test_compose_services_wait_on_health_conditions() -> None:
+    services = load_yaml(DEPLOY / "docker-compose.yml")["services"]
+    waited_on: set[str] = set()
+    for name, service in services.items():
+        depends = service.get("depends_on", {})
+        assert isinstance(depends, dict), f"{name}: depends_on must name conditions, not only services"
+        for target, rule in depends.items():
+            assert rule == {"condition": "service_healthy"}, f"{name} -> {target}"
+            assert "healthcheck" in services[target], f"{name} waits on {target}, which has no healthcheck"
+            waited_on.add(target)
+    assert waited_on >= {"sorahook", "prometheus"}
+    assert services["prometheus"]["depends_on"].keys() == {"sorahook"}
+    assert services["grafana"]["depends_on"].keys() == {"prometheus"}
+    for service in services.values():
+        if "healthcheck" in service:
+            check = service["healthcheck"]
+            assert check["test"][0] == "CMD" and all(k in check for k in ("interval", "timeout", "retries"))
+    assert "/-/ready" in " ".join(services["prometheus"]["healthcheck"]["test"])
+    assert "/api/health" in " ".join(services["grafana"]["healthcheck"]["test"])
+
+
+@pytest.mark.anyio
+async def test_the_compose_healthcheck_passes_once_sorahook_is_ready_and_fails_without_it(
+    tmp_path: Path,
+) -> None:
+    test = load_yaml(DEPLOY / "docker-compose.yml")["services"]["sorahook"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    code = str(test[3])
+    assert "127.0.0.1:8000/readyz" in code
+    app = create_app(make_settings(tmp_path))
+    async with live_server(app) as url:
+        port = url.rsplit(":", 1)[1]
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code.replace(":8000", f":{port}"))
+        assert await proc.wait() == 0
+    dead = code.replace(":8000", f":{free_port()}")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", dead, stderr=asyncio.subprocess.DEVNULL)
+    assert await proc.wait() != 0
 
 
 # --- Dockerfile --------------------------------------------------------------------------------------------

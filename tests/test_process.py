@@ -59,7 +59,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         ("SORAHOOK_RETRY_SCHEDULE", "1,x"),
         ("SORAHOOK_DATABASE_URL", "mysql://db"),
         ("OPENAI_WEBHOOK_SECRET", "not-a-secret"),
-        ("SORAHOOK_ALLOW_PRIVATE_TARGETS", "maybe"),
+        ("SORAHOOK_ALLOW_PRIVATE_TARGETS", "10.0.0.0/33"),
         ("SORAHOOK_LOG_FORMAT", "xml"),
         ("SORAHOOK_DELIVERY_TIMEOUT", "-1"),
     ],

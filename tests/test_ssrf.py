@@ -5,14 +5,23 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from service.app import create_app
 from service.clock import ManualClock
+from service.config import ConfigError, load_settings, private_targets
 from service.ssrf import (
+    ALLOW_ALL,
+    ALLOW_LOOPBACK,
+    ALLOW_NONE,
     CachingResolver,
+    PrivateTargets,
     ResolveError,
     StaticResolver,
     SystemResolver,
@@ -23,6 +32,8 @@ from service.ssrf import (
     literal_ip,
     vet,
 )
+from tests.subscriber import Subscriber
+from tests.support import auth, live_server, make_settings, signed_webhook, wait_until
 
 PUBLIC_V4 = "93.184.216.34"
 PUBLIC_V4_B = "151.101.1.69"
@@ -40,7 +51,7 @@ RESOLVER = StaticResolver(
 )
 
 
-def run_vet(url: str, *, allow_private: bool = False) -> Target:
+def run_vet(url: str, *, allow_private: bool | PrivateTargets = False) -> Target:
     return asyncio.run(vet(url, RESOLVER, allow_private=allow_private))
 
 
@@ -103,11 +114,19 @@ def test_protected_addresses_are_refused_with_their_reason(url: str, reason: str
     assert refusal(url).reason == reason
 
 
-def test_refusal_message_names_the_host_and_the_address() -> None:
+def test_refusal_message_names_the_host_the_address_and_the_setting_that_allows_it() -> None:
     assert str(refusal("http://hooks.example/")) == (
-        "hooks.example resolves to 10.1.2.3, a private-network address; only public addresses are allowed"
+        "hooks.example resolves to 10.1.2.3, a private-network address;"
+        " set SORAHOOK_ALLOW_PRIVATE_TARGETS=hooks.example (or true) to allow it"
+    )
+    assert str(refusal("http://127.0.0.1:9000/")) == (
+        "127.0.0.1 is a loopback address; set SORAHOOK_ALLOW_PRIVATE_TARGETS=127.0.0.1 (or true) to allow it"
     )
     assert "0x7f.1 (127.0.0.1) is a loopback address" in str(refusal("http://0x7f.1/"))
+    # The suggestion keeps what is allowed now (here emulator mode's loopback default).
+    with pytest.raises(UnsafeTarget) as caught:
+        run_vet("http://10.0.0.5/", allow_private=ALLOW_LOOPBACK)
+    assert "set SORAHOOK_ALLOW_PRIVATE_TARGETS=127.0.0.0/8,::1,10.0.0.5 (or true)" in str(caught.value)
 
 
 def test_a_name_with_one_public_and_one_private_address_is_refused() -> None:
@@ -178,6 +197,79 @@ def test_allow_private_lifts_the_address_checks_but_not_the_url_checks() -> None
     assert run_vet("http://[::1]/", allow_private=True).ip == "::1"
     with pytest.raises(UnsafeTarget):
         run_vet("file:///etc/passwd", allow_private=True)
+
+
+# --- SORAHOOK_ALLOW_PRIVATE_TARGETS: true, false, or a list of hosts and CIDRs ---
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("true", ALLOW_ALL), ("TRUE", ALLOW_ALL), ("1", ALLOW_ALL), ("false", ALLOW_NONE), ("off", ALLOW_NONE)],
+)
+def test_allow_private_targets_takes_true_or_false(text: str, expected: PrivateTargets) -> None:
+    assert PrivateTargets.parse(text) == expected
+
+
+def test_allow_private_targets_takes_a_list_of_hosts_and_cidrs() -> None:
+    policy = PrivateTargets.parse("127.0.0.1, 10.0.0.0/8 localhost [fd00::]/8 Hooks.Example.")
+    assert policy.hosts == {"localhost", "hooks.example"}
+    assert [str(n) for n in policy.networks] == ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]
+    assert policy.describe() == "127.0.0.1, 10.0.0.0/8, localhost, [fd00::]/8, hooks.example."
+    assert run_vet("http://127.0.0.1:9000/", allow_private=policy).ip == "127.0.0.1"
+    assert run_vet("http://10.200.0.1/", allow_private=policy).ip == "10.200.0.1"
+    assert run_vet("http://[fd12::1]/", allow_private=policy).ip == "fd12::1"
+    assert run_vet("http://hooks.example/", allow_private=policy).ip == "10.1.2.3"
+    # a name is allowed by its own entry only, not by the addresses it resolves to being listed elsewhere
+    assert run_vet("http://HOOKS.example./x", allow_private=PrivateTargets.parse("hooks.example")).ip
+    for url, reason in [
+        ("http://127.0.0.2/", "loopback"),
+        ("http://192.168.0.1/", "private"),
+        ("http://169.254.169.254/", "link_local"),
+        ("http://mixed.example/", "private"),
+    ]:
+        with pytest.raises(UnsafeTarget) as caught:
+            run_vet(url, allow_private=policy)
+        assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize("text", ["10.0.0.0/33", "true,10.0.0.0/8", "300.1.1.1", "bad_host!", "http://x/"])
+def test_a_bad_allow_private_targets_entry_is_named(text: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        PrivateTargets.parse(text)
+    entry = text.split(",")[0] if text.startswith("true") else text
+    assert repr(entry) in str(caught.value)
+    with pytest.raises(ConfigError) as config_error:
+        load_settings({"SORAHOOK_ALLOW_PRIVATE_TARGETS": text})
+    assert str(config_error.value).startswith("SORAHOOK_ALLOW_PRIVATE_TARGETS ")
+
+
+def test_emulator_mode_allows_loopback_only_by_default() -> None:
+    assert private_targets({}, emulator=False) is ALLOW_NONE
+    assert private_targets({}, emulator=True) is ALLOW_LOOPBACK
+    assert load_settings({"SORAHOOK_EMULATOR": "true"}).allow_private_targets is ALLOW_LOOPBACK
+    assert load_settings({}).allow_private_targets is ALLOW_NONE
+    # an explicit value wins in either mode
+    assert private_targets({"SORAHOOK_ALLOW_PRIVATE_TARGETS": "false"}, emulator=True) == ALLOW_NONE
+    assert private_targets({"SORAHOOK_ALLOW_PRIVATE_TARGETS": "true"}, emulator=False) == ALLOW_ALL
+    for url in (
+        "http://127.0.0.1:9000/",
+        "http://127.1/",
+        "http://[::1]:9000/",
+        "http://[::ffff:127.0.0.1]/",
+    ):
+        assert run_vet(url, allow_private=ALLOW_LOOPBACK).ip
+    # loopback is this machine; the networks around it stay protected
+    for url in ("http://10.0.0.1/", "http://169.254.169.254/", "http://0.0.0.0/", "http://[::127.0.0.1]/"):
+        with pytest.raises(UnsafeTarget):
+            run_vet(url, allow_private=ALLOW_LOOPBACK)
+
+
+def test_system_resolver_resolves_localhost_which_emulator_mode_allows() -> None:
+    async def go() -> None:
+        target = await vet("http://localhost:9000/", SystemResolver(), allow_private=ALLOW_LOOPBACK)
+        assert target.ip in ("127.0.0.1", "::1")
+
+    asyncio.run(go())
 
 
 # --- resolution failures are not refusals ---
@@ -359,3 +451,88 @@ def test_concurrent_lookups_of_one_name_share_one_call_and_survive_a_waiter_leav
         assert inner.calls == 1
 
     asyncio.run(go())
+
+
+# --- the policy at subscribe time and again at delivery time, through the real service ---
+
+
+class _Names:
+    """A resolver whose table a test changes between subscribing and delivering."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        if host in self.table:
+            return self.table[host]
+        ip = literal_ip(host)
+        if ip is None:
+            raise ResolveError(f"cannot resolve {host}")
+        return [ip]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("policy", "url", "allowed"),
+    [
+        (ALLOW_LOOPBACK, "http://127.0.0.1:9000/hook", True),
+        (ALLOW_LOOPBACK, "http://local.test:9000/hook", True),
+        (ALLOW_LOOPBACK, "http://10.0.0.7/hook", False),
+        (ALLOW_NONE, "http://127.0.0.1:9000/hook", False),
+        (PrivateTargets.parse("10.0.0.0/8"), "http://10.0.0.7/hook", True),
+        (PrivateTargets.parse("10.0.0.0/8"), "http://127.0.0.1:9000/hook", False),
+    ],
+)
+async def test_subscribe_time_check_follows_the_policy_and_names_the_setting(
+    tmp_path: Path, policy: PrivateTargets, url: str, allowed: bool
+) -> None:
+    settings = make_settings(tmp_path, allow_private_targets=policy)
+    resolver = _Names({"local.test": ["127.0.0.1"]})
+    async with live_server(create_app(settings, resolver=resolver, start_workers=False)) as base:
+        async with httpx.AsyncClient(base_url=base) as client:
+            response = await client.post("/v1/subscriptions", json={"url": url}, headers=auth())
+    if allowed:
+        assert response.status_code == 201, response.text
+    else:
+        assert response.status_code == 422
+        error = response.json()["error"]
+        assert error["code"] == "invalid_url" and error["param"] == "url"
+        assert "set SORAHOOK_ALLOW_PRIVATE_TARGETS=" in error["message"] and "(or true)" in error["message"]
+
+
+@pytest.mark.anyio
+async def test_delivery_time_check_follows_the_policy(tmp_path: Path) -> None:
+    # Emulator mode's loopback default: a loopback subscriber is delivered to; a name that was public when
+    # subscribed and resolves to a private-network address at delivery is refused without being sent to.
+    subscriber = Subscriber()
+    settings = make_settings(tmp_path, allow_private_targets=ALLOW_LOOPBACK)
+    resolver = _Names({"moved.test": [PUBLIC_V4], "localhost": ["127.0.0.1"]})
+    async with (
+        live_server(subscriber.app()) as sub_url,
+        live_server(create_app(settings, resolver=resolver)) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        port = httpx.URL(sub_url).port
+        ids = []
+        for url in (f"http://localhost:{port}/local", f"http://moved.test:{port}/moved"):
+            created = await client.post("/v1/subscriptions", json={"url": url}, headers=auth())
+            assert created.status_code == 201, created.text
+            ids.append(created.json()["id"])
+        resolver.table["moved.test"] = ["10.0.0.7"]
+        body, headers = signed_webhook(settings.webhook_secrets[0], "video.completed", "video_loop")
+        assert (await client.post("/webhooks/openai", content=body, headers=headers)).status_code == 200
+
+        async def refused() -> list[dict[str, Any]]:
+            response = await client.get(
+                "/v1/deliveries", params={"subscription_id": ids[1], "limit": "100"}, headers=auth()
+            )
+            return [d for d in response.json()["data"] if d["attempts"]]
+
+        [delivery] = await wait_until(refused)
+        assert delivery["attempts"][0]["error"] == "unsafe target: private"
+
+        async def delivered() -> bool:
+            return bool(subscriber.on("/local"))
+
+        await wait_until(delivered)
+        assert subscriber.on("/moved") == []
