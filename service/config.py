@@ -61,6 +61,8 @@ class Settings:
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    # the operator console (service/ui): how long a signed-in session lasts
+    ui_session_ttl: float = 8 * 3600.0
 
     @property
     def data_dir(self) -> Path:
@@ -295,6 +297,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         moderation=_bool(env, "SORAHOOK_MODERATION", False),
         progress_interval=_float(env, "SORAHOOK_PROGRESS_INTERVAL", 0.0),
         progress_step=_int(env, "SORAHOOK_PROGRESS_STEP", 25, minimum=1),
+        ui_session_ttl=_float(env, "SORAHOOK_UI_SESSION_TTL", 8 * 3600.0, minimum=1.0),
         **archive_settings(env),
     )
 

@@ -2295,6 +2295,50 @@ class SqliteStore:
             ).fetchone()[0]
         )
 
+    # -- console reads (service/ui) -----------------------------------------------------------------
+
+    async def job_by_idempotency_key(self, key: str) -> Job | None:
+        def read(c: sqlite3.Connection) -> Job | None:
+            row = c.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+            return _job(row) if row is not None else None
+
+        return await self._read(read)
+
+    async def console_counts(self, since: float) -> dict[str, int]:
+        """Webhooks received since `since` and deliveries waiting or dead: each an index range count."""
+
+        def read(c: sqlite3.Connection) -> dict[str, int]:
+            out = {"received": 0, "pending": 0, "failed": 0, "dead": 0}
+            out["received"] = int(
+                c.execute(
+                    "SELECT COUNT(*) FROM events INDEXED BY events_received"
+                    " WHERE direction = 'received' AND created_at >= ?",
+                    (since,),
+                ).fetchone()[0]
+            )
+            for status, n in c.execute(
+                "SELECT status, COUNT(*) FROM deliveries WHERE status IN ('pending', 'failed', 'dead')"
+                " GROUP BY status"
+            ).fetchall():
+                out[status] = int(n)
+            return out
+
+        return await self._read(read)
+
+    async def subscription_attempts(self, sub_id: str, since: float, limit: int = 10_000) -> list[Attempt]:
+        """The subscription's delivery attempts since `since`, newest first (for its success rate and latency)."""
+
+        def read(c: sqlite3.Connection) -> list[Attempt]:
+            rows = c.execute(
+                "SELECT a.attempted_at, a.status_code, a.latency_ms, a.error FROM delivery_attempts a"
+                " JOIN deliveries d ON d.id = a.delivery_id"
+                " WHERE d.subscription_id = ? AND a.attempted_at >= ? ORDER BY a.attempted_at DESC LIMIT ?",
+                (sub_id, since, limit),
+            ).fetchall()
+            return [Attempt(r[0], r[1], r[2], r[3]) for r in rows]
+
+        return await self._read(read)
+
 
 def _archive(row: sqlite3.Row) -> Archive:
     return Archive(
