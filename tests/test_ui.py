@@ -168,6 +168,16 @@ async def test_find_a_job_by_id_resource_id_or_idempotency_key(tmp_path: Path) -
         ):
             response = await client.get("/ui/jobs", params={"find": find})
             assert response.status_code == 303 and response.headers["location"] == f"/ui/jobs/{expected}"
+        batch = await client.post(
+            "/v1/jobs/batch",
+            headers={**auth(), "idempotency-key": "batch-7"},
+            json={"jobs": [{"prompt": "a"}] * 2},
+        )
+        listed = await client.get("/ui/jobs", params={"find": "batch-7"})
+        assert listed.status_code == 200 and "The 2 jobs of the batch" in listed.text
+        assert set(re.findall(r'href="/ui/jobs/(job_[0-9a-v]+)"', listed.text)) == {
+            j["id"] for j in batch.json()["data"]
+        }
         missing = await client.get("/ui/jobs", params={"find": "job_nope"})
         assert missing.status_code == 200 and "No job has" in missing.text
         page = await client.get(f"/ui/jobs/{job_id}")
@@ -321,3 +331,9 @@ async def test_events_a_subscriber_receives_match_their_documented_schema(tmp_pa
         errors = [e.message for e in jsonschema_rs.validator_for(root).iter_errors(event)]
         assert not errors, (event["type"], errors)
     assert {"video.queued", "video.completed", "video.archived"} <= types, (types, job["id"])
+
+
+def test_docs_code_spans_escape_everything_else() -> None:
+    from service.ui.console import code_spans
+
+    assert str(code_spans("a `<b>` & <i>c</i>")) == "a <code>&lt;b&gt;</code> &amp; &lt;i&gt;c&lt;/i&gt;"

@@ -2297,12 +2297,11 @@ class SqliteStore:
 
     # -- console reads (service/ui) -----------------------------------------------------------------
 
-    async def job_by_idempotency_key(self, key: str) -> Job | None:
-        def read(c: sqlite3.Connection) -> Job | None:
-            row = c.execute("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
-            return _job(row) if row is not None else None
-
-        return await self._read(read)
+    async def jobs_by_idempotency_key(self, key: str) -> list[Job]:
+        """The job one POST /v1/jobs made under `key`, or every job of the batch made under it."""
+        return await self._read(
+            lambda c: self._jobs_for_key(c, key, False) or self._jobs_for_key(c, key, True) or []
+        )
 
     async def console_counts(self, since: float) -> dict[str, int]:
         """Webhooks received since `since` and deliveries waiting or dead: each an index range count."""

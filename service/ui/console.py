@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import statistics
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
+from markupsafe import Markup, escape
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -54,10 +56,19 @@ def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
 
+def code_spans(text: str) -> Markup:
+    """The OpenAPI descriptions' `code` spans as <code>, everything else escaped."""
+    return Markup(_CODE.sub(r"<code>\1</code>", str(escape(text))))
+
+
+_CODE = re.compile(r"`([^`]+)`")
+
+
 def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["utc"] = utc
     templates.env.filters["pretty"] = pretty
+    templates.env.filters["code_spans"] = code_spans
     return templates
 
 
@@ -171,7 +182,7 @@ class Console:
                 return await handler(request, session, form)
             except ApiError as err:
                 session.flash(err.message, "error")
-                return RedirectResponse(request.headers.get("referer") or "/ui/", status_code=303)
+                return RedirectResponse(_back(request), status_code=303)
 
         return endpoint
 
@@ -280,9 +291,24 @@ class Console:
         find = q.get("find", "").strip()
         message = None
         if find:
-            found = await store.get_job(find) or await store.job_by_idempotency_key(find)
-            if found is not None:
-                return RedirectResponse(f"/ui/jobs/{found.id}", status_code=303)
+            found = await store.get_job(find)
+            keyed = [] if found is not None else await store.jobs_by_idempotency_key(find)
+            if found is not None or len(keyed) == 1:
+                return RedirectResponse(f"/ui/jobs/{(found or keyed[0]).id}", status_code=303)
+            if keyed:  # a batch's Idempotency-Key: its jobs
+                return self.render(
+                    request,
+                    "jobs.html",
+                    session,
+                    {
+                        "title": "Jobs",
+                        "jobs": keyed,
+                        "statuses": STATUSES,
+                        "kinds": KINDS,
+                        "find": find,
+                        "note": f"The {len(keyed)} jobs of the batch made with Idempotency-Key {find!r}.",
+                    },
+                )
             message = f"No job has the id, resource id or Idempotency-Key {find!r}."
         status = q.get("status") or None
         kind = q.get("kind") or None
@@ -528,6 +554,14 @@ class Console:
         else:
             session.flash(f"The delivery is {previous}; only dead or failed ones are retried.", "error")
         return RedirectResponse(f"/ui/deliveries/{delivery_id}", status_code=303)
+
+
+def _back(request: Request) -> str:
+    """The console page the form was on (from Referer), to show a refusal there; the overview otherwise."""
+    parts = urlsplit(request.headers.get("referer", ""))
+    if parts.path.startswith("/ui/") and parts.netloc in ("", request.url.netloc):
+        return parts.path + (f"?{parts.query}" if parts.query else "")
+    return "/ui/"
 
 
 def _counter_by_label(counter: Any, label: str) -> dict[str, float]:
