@@ -337,3 +337,22 @@ def test_docs_code_spans_escape_everything_else() -> None:
     from service.ui.console import code_spans
 
     assert str(code_spans("a `<b>` & <i>c</i>")) == "a <code>&lt;b&gt;</code> &amp; &lt;i&gt;c&lt;/i&gt;"
+
+
+async def test_every_console_route_but_sign_in_needs_a_session(tmp_path: Path) -> None:
+    from starlette.routing import Mount, Route
+
+    app = create_app(make_settings(tmp_path), start_workers=False)
+    (mount,) = [r for r in app.routes if isinstance(r, Mount) and r.path == "/ui"]
+    checked = 0
+    async with live_server(app) as url, httpx.AsyncClient(base_url=url) as client:
+        for route in mount.routes:
+            if not isinstance(route, Route) or route.path == "/signin":
+                continue
+            path = "/ui" + re.sub(r"\{[^}]+\}", "x_1", route.path)
+            for method in sorted((route.methods or set()) - {"HEAD"}):
+                response = await client.request(method, path, data={"csrf": "x"})
+                assert response.status_code == 303, (method, path)
+                assert response.headers["location"] == "/ui/signin", (method, path)
+                checked += 1
+    assert checked >= 18
