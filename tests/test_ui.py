@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +203,7 @@ async def test_the_jobs_list_pages_by_cursor_and_filters(tmp_path: Path) -> None
         none = await client.get("/ui/jobs", params={"status": "completed"})
         assert "No jobs." in none.text
         odd = await client.get("/ui/jobs", params={"status": "bogus"})
-        assert odd.status_code == 200 and "Unknown status" in odd.text
+        assert odd.status_code == 200 and "unknown status &#39;bogus&#39;; showing every job" in odd.text
 
 
 async def test_every_page_renders_and_links_its_figures(tmp_path: Path) -> None:
@@ -356,3 +357,37 @@ async def test_every_console_route_but_sign_in_needs_a_session(tmp_path: Path) -
                 assert response.headers["location"] == "/ui/signin", (method, path)
                 checked += 1
     assert checked >= 18
+
+
+async def test_jobs_filter_by_origin_created_range_and_metadata(tmp_path: Path) -> None:
+    clock = ManualClock(time.time())
+    async with console(tmp_path, clock=clock) as client:
+        await sign_in(client)
+        a = (
+            await client.post("/v1/jobs", headers=auth(), json={"prompt": "x", "metadata": {"client": "a"}})
+        ).json()
+        clock.advance(3600)
+        b = (
+            await client.post("/v1/jobs", headers=auth(), json={"prompt": "y", "metadata": {"client": "b"}})
+        ).json()
+        t = (await client.post("/v1/jobs/track", headers=auth(), json={"resource_id": "batch_xyz"})).json()
+
+        async def shown(**params: str) -> list[str]:
+            page = await client.get("/ui/jobs", params=params)
+            assert page.status_code == 200
+            return re.findall(r'href="/ui/jobs/(job_[0-9a-v]+)"', page.text)
+
+        assert await shown(metadata="client=a") == [a["id"]]
+        assert await shown(metadata="client = b", kind="video") == [b["id"]]
+        assert await shown(origin="track") == [t["id"]]
+        assert await shown(origin="api") == [b["id"], a["id"]]
+        middle = str(int(a["created_at"]) + 1800)
+        assert await shown(created_from=middle) == [t["id"], b["id"]]
+        assert await shown(created_to=middle) == [a["id"]]
+        as_typed = datetime.fromtimestamp(int(middle), UTC).strftime(
+            "%Y-%m-%dT%H:%M"
+        )  # a datetime-local field
+        assert await shown(created_from=as_typed) == [t["id"], b["id"]]
+        assert await shown(created_from=middle, metadata="client=a") == []
+        refused = await client.get("/ui/jobs", params={"created_to": "yesterday"})
+        assert "not a time" in refused.text and len(await shown()) == 3

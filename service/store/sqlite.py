@@ -2303,6 +2303,51 @@ class SqliteStore:
             lambda c: self._jobs_for_key(c, key, False) or self._jobs_for_key(c, key, True) or []
         )
 
+    async def find_jobs(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        origin: str | None = None,
+        created_from: float | None = None,
+        created_to: float | None = None,
+        metadata: tuple[str, str] | None = None,
+        limit: int,
+        after: str | None = None,
+    ) -> tuple[list[Job], bool]:
+        """list_jobs with the console's further filters: origin, a created range and one metadata key=value.
+
+        Newest first by id; a metadata filter reads each candidate's metadata (no index), so it costs up
+        to a scan of the jobs the other filters leave, stopping at a page of matches.
+        """
+
+        def read(c: sqlite3.Connection) -> tuple[list[Job], bool]:
+            where: list[str] = []
+            args: list[Any] = []
+            for column, value in (("status", status), ("kind", kind), ("origin", origin)):
+                if value:
+                    where.append(f"{column} = ?")
+                    args.append(value)
+            if created_from is not None:
+                where.append("created_at >= ?")
+                args.append(created_from)
+            if created_to is not None:
+                where.append("created_at < ?")
+                args.append(created_to)
+            if metadata is not None:
+                where.append(
+                    "EXISTS (SELECT 1 FROM json_each(jobs.metadata) m WHERE m.key = ? AND m.value = ?)"
+                )
+                args.extend(metadata)
+            if after:
+                where.append("id < ?")
+                args.append(after)
+            sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+            rows = c.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit + 1)).fetchall()
+            return [_job(r) for r in rows[:limit]], len(rows) > limit
+
+        return await self._read(read)
+
     async def console_counts(self, since: float) -> dict[str, int]:
         """Webhooks received since `since` and deliveries waiting or dead: each an index range count."""
 

@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 from urllib.parse import urlencode, urlsplit
 
 from markupsafe import Markup, escape
@@ -27,7 +27,7 @@ from starlette.templating import Jinja2Templates
 from service.api.jobs import JobsApi, validate_callback_url
 from service.api.subscriptions import ROTATION_OVERLAP, validate_event_types
 from service.config import new_webhook_secret
-from service.domain import KINDS, STATUSES
+from service.domain import KINDS, STATUSES, Origin
 from service.errors import ApiError
 from service.store.records import DELIVERY_STATUSES, Attempt, Subscription
 from service.ui.sessions import COOKIE, Session, Sessions
@@ -87,6 +87,29 @@ def _parse_utc(raw: str) -> float:
         return datetime.fromisoformat(raw).replace(tzinfo=UTC).timestamp()
     except ValueError:
         raise ApiError(422, "invalid_field", f"not a time: {raw!r} (use YYYY-MM-DDTHH:MM, UTC)") from None
+
+
+JOB_FILTERS = ("status", "kind", "origin", "created_from", "created_to", "metadata")
+ORIGINS: tuple[str, ...] = get_args(Origin)
+
+
+def _job_criteria(filters: dict[str, str]) -> dict[str, Any]:
+    """The jobs page's query (status, kind, origin, created range in UTC, metadata `key=value`) for find_jobs."""
+    out: dict[str, Any] = {}
+    for name, allowed in (("status", STATUSES), ("kind", KINDS), ("origin", ORIGINS)):
+        if name in filters:
+            if filters[name] not in allowed:
+                raise ApiError(422, "invalid_parameter", f"unknown {name} {filters[name]!r}")
+            out[name] = filters[name]
+    for name in ("created_from", "created_to"):
+        if name in filters:
+            out[name] = _parse_utc(filters[name])
+    if "metadata" in filters:
+        key, sep, value = filters["metadata"].partition("=")
+        if not sep or not key.strip():
+            raise ApiError(422, "invalid_parameter", "metadata must be key=value")
+        out["metadata"] = (key.strip(), value.strip())
+    return out
 
 
 def subscription_stats(attempts: list[Attempt]) -> dict[str, Any]:
@@ -305,19 +328,20 @@ class Console:
                         "jobs": keyed,
                         "statuses": STATUSES,
                         "kinds": KINDS,
+                        "origins": ORIGINS,
+                        "filters": {},
                         "find": find,
                         "note": f"The {len(keyed)} jobs of the batch made with Idempotency-Key {find!r}.",
                     },
                 )
             message = f"No job has the id, resource id or Idempotency-Key {find!r}."
-        status = q.get("status") or None
-        kind = q.get("kind") or None
-        if status not in (None, *STATUSES) or kind not in (None, *KINDS):
-            message = "Unknown status or kind; showing every job."
-            status = kind = None
+        filters = {name: q[name].strip() for name in JOB_FILTERS if q.get(name, "").strip()}
+        try:
+            criteria = _job_criteria(filters)
+        except ApiError as err:
+            message, filters, criteria = f"{err.message}; showing every job.", {}, {}
         after = q.get("after") or None
-        found_jobs, has_more = await store.list_jobs(status=status, kind=kind, limit=PAGE_SIZE, after=after)
-        filters = {k: v for k, v in (("status", status), ("kind", kind)) if v}
+        found_jobs, has_more = await store.find_jobs(**criteria, limit=PAGE_SIZE, after=after)
         next_url = None
         if has_more and found_jobs:
             next_url = "/ui/jobs?" + urlencode({**filters, "after": found_jobs[-1].id})
@@ -330,8 +354,8 @@ class Console:
                 "jobs": found_jobs,
                 "statuses": STATUSES,
                 "kinds": KINDS,
-                "status": status,
-                "kind": kind,
+                "origins": ORIGINS,
+                "filters": filters,
                 "find": find,
                 "message": message,
                 "next_url": next_url,
