@@ -18,10 +18,11 @@ import pytest
 
 from service.app import create_app
 from service.clock import ManualClock
+from service.config import new_webhook_secret
 from service.domain import KINDS, STATUSES, emitted_type
 from service.openapi import openapi_document
 from tests.subscriber import Subscriber
-from tests.support import auth, emulated_service, live_server, make_settings, wait_until
+from tests.support import auth, emulated_service, live_server, make_settings, signed_webhook, wait_until
 
 pytestmark = pytest.mark.anyio
 TOKEN = "test-admin-token"
@@ -216,6 +217,7 @@ async def test_every_page_renders_and_links_its_figures(tmp_path: Path) -> None:
         overview = (await client.get("/ui/")).text
         assert 'href="/ui/jobs?kind=video&amp;status=pending"' in overview
         assert 'href="/ui/deliveries?status=dead"' in overview
+        assert "Webhooks received, last hour</dt><dd>0<" in overview and "0 passes" in overview
         for path in (
             "/ui/subscriptions",
             f"/ui/subscriptions/{sub['id']}",
@@ -391,3 +393,47 @@ async def test_jobs_filter_by_origin_created_range_and_metadata(tmp_path: Path) 
         assert await shown(created_from=middle, metadata="client=a") == []
         refused = await client.get("/ui/jobs", params={"created_to": "yesterday"})
         assert "not a time" in refused.text and len(await shown()) == 3
+
+
+async def test_a_jobs_page_plays_its_archived_assets_with_range_requests(tmp_path: Path) -> None:
+    async with emulated_service(tmp_path) as (url, _, _), httpx.AsyncClient(base_url=url) as client:
+        await sign_in(client)
+        job = (await client.post("/v1/jobs", headers=auth(), json={"prompt": "a fox"})).json()
+
+        async def archived() -> dict[str, Any] | None:
+            found = (await client.get(f"/v1/jobs/{job['id']}", headers=auth())).json()
+            assets = (found.get("result") or {}).get("assets") or {}
+            return assets if {"video", "thumbnail"} <= set(assets) else None
+
+        assets = await wait_until(archived, timeout=20)
+        page = (await client.get(f"/ui/jobs/{job['id']}")).text
+        assert f'src="/ui/jobs/{job["id"]}/content?variant=thumbnail"' in page
+        assert (
+            f'<video controls preload="metadata" width="320" src="/ui/jobs/{job["id"]}/content?variant=video"'
+            in page
+        )
+        content = f"/ui/jobs/{job['id']}/content"
+        thumbnail = await client.get(content, params={"variant": "thumbnail"})
+        assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
+        assert len(thumbnail.content) == assets["thumbnail"]["size"]
+        head = await client.get(content, params={"variant": "video"}, headers={"range": "bytes=0-99"})
+        assert head.status_code == 206 and len(head.content) == 100
+        assert head.headers["content-range"] == f"bytes 0-99/{assets['video']['size']}"
+        assert (await client.get(content, params={"variant": "nope"})).status_code == 422
+        client.cookies.clear()
+        assert (await client.get(content, params={"variant": "video"})).status_code == 303
+
+
+async def test_the_overview_counts_webhooks_received_and_rejected_and_dead_deliveries(tmp_path: Path) -> None:
+    secret = new_webhook_secret()
+    async with console(tmp_path, webhook_secrets=(secret,)) as client:
+        await sign_in(client)
+        for i in range(2):
+            body, headers = signed_webhook(secret, "video.completed", f"video_o{i}")
+            assert (await client.post("/webhooks/openai", content=body, headers=headers)).status_code == 200
+        body, headers = signed_webhook(new_webhook_secret(), "video.completed", "video_bad")
+        assert (await client.post("/webhooks/openai", content=body, headers=headers)).status_code == 401
+        overview = (await client.get("/ui/")).text
+        assert "Webhooks received, last hour</dt><dd>2<" in overview
+        assert "Webhooks rejected since start</dt><dd>1 <small>(invalid_signature 1)" in overview
+        assert 'href="/ui/jobs?kind=video&amp;status=completed">2</a>' in overview

@@ -158,6 +158,27 @@ async def test_an_operator_finds_a_job_retries_a_dead_delivery_and_rotates_a_sec
         assert refused.status == 403
         assert (await api.get(f"/v1/subscriptions/{sub_id}")).json()["secret"] == after
 
+        # On a phone the pages reflow: nothing is wider than the screen (wide tables scroll inside their box).
+        phone = await browser.new_context(viewport={"width": 390, "height": 844})
+        await phone.add_cookies(await context.cookies())
+        small = await phone.new_page()
+        for path in (
+            "/ui/",
+            "/ui/jobs",
+            f"/ui/jobs/{job['id']}",
+            f"/ui/subscriptions/{sub_id}",
+            "/ui/deliveries",
+        ):
+            await small.goto(svc.url + path)
+            width = await small.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, (path, width)
+        await phone.close()
+
+        # The keyboard reaches the skip link first, and it moves focus past the navigation.
+        await page.goto(f"{svc.url}/ui/jobs")
+        await page.keyboard.press("Tab")
+        assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
+
         # Sign out: the console is closed again.
         await page.get_by_role("button", name="Sign out").click()
         assert page.url == f"{svc.url}/ui/signin"

@@ -289,6 +289,7 @@ class Console:
         subs = await store.list_subscriptions()
         rejected = _counter_by_label(self.rt.metrics.webhook_rejections, "reason")
         reconciled = _counter_by_label(self.rt.metrics.reconciliations, "outcome")
+        passes = _observations(self.rt.metrics.reconcile_calls)
         return self.render(
             request,
             "overview.html",
@@ -300,6 +301,7 @@ class Console:
                 "counts": counts,
                 "rejected": rejected,
                 "reconciled": reconciled,
+                "reconcile_passes": passes,
                 "disabled": [s for s in subs if not s.enabled],
                 "failing": [s for s in subs if s.enabled and s.failing_since is not None],
                 "subscription_total": len(subs),
@@ -588,15 +590,27 @@ def _back(request: Request) -> str:
     return "/ui/"
 
 
+def _observations(histogram: Any) -> int:
+    """How many values a prometheus Histogram has observed since start."""
+    return int(
+        sum(
+            sample.value
+            for family in histogram.collect()
+            for sample in family.samples
+            if sample.name.endswith("_count")
+        )
+    )
+
+
 def _counter_by_label(counter: Any, label: str) -> dict[str, float]:
-    """A labelled prometheus Counter's totals since start, by one label's value."""
+    """A labelled prometheus Counter's totals since start, by one label's value (the ones above zero)."""
     out: dict[str, float] = {}
     for family in counter.collect():
         for sample in family.samples:
             if sample.name.endswith("_total"):
                 key = sample.labels.get(label, "")
                 out[key] = out.get(key, 0.0) + sample.value
-    return out
+    return {key: value for key, value in out.items() if value}
 
 
 def console_routes(rt: Runtime) -> list[BaseRoute]:
