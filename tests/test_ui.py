@@ -257,6 +257,14 @@ async def test_retry_all_dead_makes_a_subscriptions_dead_deliveries_delivered(tm
 
         await wait_until(dead)
         subscriber.defaults["/hook"] = 200
+        later = str(int(time.time()) + 3600)  # none was made since then: nothing is retried
+        none = await client.post(
+            f"/ui/subscriptions/{sub['id']}/retry-dead", data={"csrf": csrf, "since": later}
+        )
+        assert (
+            "Retrying 0 dead deliveries now (made since" in (await client.get(none.headers["location"])).text
+        )
+        assert await dead()
         response = await client.post(f"/ui/subscriptions/{sub['id']}/retry-dead", data={"csrf": csrf})
         assert response.status_code == 303
 

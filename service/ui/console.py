@@ -507,22 +507,29 @@ class Console:
         return RedirectResponse(f"/ui/subscriptions/{sub.id}", status_code=303)
 
     async def retry_dead(self, request: Request, session: Session, form: FormData) -> Response:
-        """Retry every dead delivery of the subscription, one by one through the API's retry operation."""
+        """Retry the subscription's dead deliveries (all, or those made since a time), one by one through
+        the API's retry operation."""
         sub = await self._sub(request.path_params["sub_id"])
+        raw_since = str(form.get("since") or "").strip()
+        since = _parse_utc(raw_since) if raw_since else None
         store, retried, after = self.rt.store, 0, None
         while True:
             # Walk by id (the cursor), not from the top: a retried one that dies again is not retried twice.
             page, more = await store.list_deliveries(
                 subscription_id=sub.id, job_id=None, status="dead", limit=100, after=after
             )
-            for found in page:
+            # Ids sort by creation time, newest first: the first one made before `since` ends the walk.
+            fresh = [d for d in page if since is None or d.created_at >= since]
+            for found in fresh:
                 if await store.retry_delivery(found.id) == "dead":
                     retried += 1
-            if not more or not page:
+            if not more or not page or len(fresh) < len(page):
                 break
             after = page[-1].id
-        self.audit(session, "subscription.retry_dead", sub.id, retried=retried)
-        session.flash(f"Retrying {retried} dead deliveries now.")
+        self.audit(session, "subscription.retry_dead", sub.id, retried=retried, since=since)
+        session.flash(
+            f"Retrying {retried} dead deliveries now" + (f" (made since {utc(since)})." if since else ".")
+        )
         return RedirectResponse(f"/ui/deliveries?subscription_id={sub.id}", status_code=303)
 
     # -- deliveries -------------------------------------------------------------------------------
