@@ -20,6 +20,7 @@ from service.app import create_app
 from service.clock import ManualClock
 from service.config import new_webhook_secret
 from service.domain import KINDS, STATUSES, emitted_type
+from service.errors import ApiError
 from service.openapi import openapi_document
 from tests.subscriber import Subscriber
 from tests.support import auth, emulated_service, live_server, make_settings, signed_webhook, wait_until
@@ -445,3 +446,33 @@ async def test_the_overview_counts_webhooks_received_and_rejected_and_dead_deliv
         assert "Webhooks received, last hour</dt><dd>2<" in overview
         assert "Webhooks rejected since start</dt><dd>1 <small>(invalid_signature 1)" in overview
         assert 'href="/ui/jobs?kind=video&amp;status=completed">2</a>' in overview
+
+
+def test_console_times_are_utc_and_bounded_like_the_apis() -> None:
+    from service.ui.console import _parse_utc
+
+    assert _parse_utc("1764806400") == 1764806400.0
+    assert _parse_utc("2025-12-04T00:00") == 1764806400.0
+    for bad in ("nan", "inf", "-1", "1e12", "yesterday", ""):
+        with pytest.raises(ApiError):
+            _parse_utc(bad)
+
+
+async def test_an_oversized_form_is_refused_before_it_is_read_whole(tmp_path: Path) -> None:
+    async with console(tmp_path) as client:
+        big = {"token": "x" * 70_000}
+        assert (await client.post("/ui/signin", data=big)).status_code == 413
+        csrf = await sign_in(client)
+        response = await client.post(
+            "/ui/subscriptions", data={"csrf": csrf, "url": "http://x/" + "a" * 70_000}
+        )
+        assert response.status_code == 413
+        assert (await client.get("/v1/subscriptions", headers=auth())).json()["data"] == []
+        # Percent-encoded UTF-8 is read as such.
+        response = await client.post(
+            "/ui/subscriptions", data={"csrf": csrf, "url": "http://127.0.0.1:9/h", "description": "café ☕"}
+        )
+        assert response.status_code == 303
+        assert (await client.get("/v1/subscriptions", headers=auth())).json()["data"][0][
+            "description"
+        ] == "café ☕"

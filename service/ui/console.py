@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from markupsafe import Markup, escape
 from starlette.datastructures import FormData
@@ -41,6 +41,8 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 50
 STATS_WINDOW = 24 * 3600.0
 MAX_DESCRIPTION = 500
+MAX_FORM_BYTES = 65_536
+MAX_TIME = 1e11  # the API's bound on a Unix time in seconds (replay's `since`)
 
 Handler = Callable[[Request, Session], Awaitable[Response]]
 
@@ -77,16 +79,34 @@ def _split_types(raw: str) -> list[str] | None:
 
 
 def _parse_utc(raw: str) -> float:
-    """A `datetime-local` value (`YYYY-MM-DDTHH:MM[:SS]`) read as UTC, or Unix seconds."""
+    """A `datetime-local` value (`YYYY-MM-DDTHH:MM[:SS]`) read as UTC, or Unix seconds (as the API's `since`)."""
     raw = raw.strip()
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(raw).replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        raise ApiError(422, "invalid_field", f"not a time: {raw!r} (use YYYY-MM-DDTHH:MM, UTC)") from None
+        try:
+            value = datetime.fromisoformat(raw).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            value = -1.0
+    if not 0 <= value <= MAX_TIME:  # also refuses nan and inf
+        raise ApiError(422, "invalid_field", f"not a time: {raw!r} (use YYYY-MM-DDTHH:MM, UTC)")
+    return value
+
+
+async def read_form(request: Request, limit: int = 0) -> FormData | None:
+    """The urlencoded form of a POST, or None once it is larger than `limit` (MAX_FORM_BYTES) bytes.
+
+    Read here rather than by request.form(), which reads an urlencoded body whole whatever its size: the
+    sign-in form is open to anyone who can reach the port.
+    """
+    limit = limit or MAX_FORM_BYTES
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    fields = parse_qsl(body.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="replace")
+    return FormData([(name, value) for name, value in fields])
 
 
 JOB_FILTERS = ("status", "kind", "origin", "created_from", "created_to", "metadata")
@@ -114,7 +134,11 @@ def _job_criteria(filters: dict[str, str]) -> dict[str, Any]:
 
 def subscription_stats(attempts: list[Attempt]) -> dict[str, Any]:
     """Success rate, latency percentiles and the last errors of a subscription's recent attempts."""
-    ok = [a for a in attempts if a.status_code is not None and 200 <= a.status_code < 300]
+
+    def succeeded(a: Attempt) -> bool:
+        return a.status_code is not None and 200 <= a.status_code < 300
+
+    ok = [a for a in attempts if succeeded(a)]
     latencies = sorted(a.latency_ms for a in attempts)
     p95 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))] if latencies else None
     return {
@@ -123,7 +147,7 @@ def subscription_stats(attempts: list[Attempt]) -> dict[str, Any]:
         "success_rate": (100.0 * len(ok) / len(attempts)) if attempts else None,
         "p50_ms": statistics.median(latencies) if latencies else None,
         "p95_ms": p95,
-        "errors": [a for a in attempts if a not in ok][:5],
+        "errors": [a for a in attempts if not succeeded(a)][:5],
     }
 
 
@@ -191,7 +215,9 @@ class Console:
             session = self._session(request)
             if session is None:
                 return self._to_signin(request)
-            form = await request.form()
+            form = await read_form(request)
+            if form is None:
+                return self.too_large(request, session)
             given = form.get("csrf")
             if not session.csrf_ok(given if isinstance(given, str) else None):
                 return self.render(
@@ -232,6 +258,10 @@ class Console:
         )
         return response
 
+    def too_large(self, request: Request, session: Session | None) -> Response:
+        message = f"A console form is at most {MAX_FORM_BYTES} bytes."
+        return self.render(request, "error.html", session, {"title": "Too large", "message": message}, 413)
+
     def audit(self, session: Session, action: str, target: str, **details: Any) -> None:
         log.info(
             "console change",
@@ -250,7 +280,9 @@ class Console:
         return self.render(request, "signin.html", None, {"message": message})
 
     async def signin(self, request: Request) -> Response:
-        form = await request.form()
+        form = await read_form(request)
+        if form is None:
+            return self.too_large(request, None)
         given = form.get("token")
         if not isinstance(given, str) or not self.sessions.token_ok(given):
             log.warning("console sign-in refused", extra={"client": request.client and request.client.host})
