@@ -208,7 +208,9 @@ class Console:
 
         return endpoint
 
-    def _action(self, handler: Callable[[Request, Session, FormData], Awaitable[Response]]) -> Any:
+    def _action(
+        self, handler: Callable[[Request, Session, FormData], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
         """A state-changing POST: a live session and its CSRF token, or no change at all."""
 
         async def endpoint(request: Request) -> Response:
@@ -220,6 +222,10 @@ class Console:
                 return self.too_large(request, session)
             given = form.get("csrf")
             if not session.csrf_ok(given if isinstance(given, str) else None):
+                log.warning(
+                    "console change refused: CSRF token missing or wrong",
+                    extra={"session_id": session.id, "path": request.url.path},
+                )
                 return self.render(
                     request,
                     "error.html",
