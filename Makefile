@@ -46,5 +46,10 @@ bench: $(DEV_STAMP)
 soak: $(DEV_STAMP)
 	$(BIN)/python -m bench.soak
 
+# A 1280x800 PNG of each console page into docs/screenshots/ (needs Chromium: apt-get install chromium).
+.PHONY: screenshots
+screenshots: $(STAMP)
+	$(BIN)/python -m bench.screenshots
+
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

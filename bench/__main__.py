@@ -15,8 +15,8 @@ import traceback
 from pathlib import Path
 
 FIRST = ("receiver", "http_clients")
-# `soak` is a long run of its own (`make soak`), not part of `make bench`.
-NOT_BENCHMARKS = frozenset({"__main__", "loadgen", "soak"})
+# `soak` is a long run of its own (`make soak`), not part of `make bench`; `screenshots` is `make screenshots`.
+NOT_BENCHMARKS = frozenset({"__main__", "loadgen", "soak", "screenshots"})
 
 
 def benchmark_names() -> list[str]:

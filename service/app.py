@@ -42,6 +42,7 @@ from service.signing import Verifier
 from service.storage import Storage, storage_from_settings
 from service.store.sqlite import SqliteStore
 from service.submitter import Refresher, Submitter
+from service.ui import console_routes
 from service.workers import CallBudget, Worker
 
 log = logging.getLogger("sorahook.app")
@@ -251,6 +252,7 @@ def create_app(
         v1("/v1/deliveries/retry", {"POST": deliveries.retry_many}),
         v1("/v1/deliveries/{delivery_id}", {"GET": deliveries.get}),
         v1("/v1/deliveries/{delivery_id}/retry", {"POST": deliveries.retry}),
+        *console_routes(rt),  # /ui/ (the operator console) and /docs (the API reference)
         *(extra_routes or []),
     ]
 

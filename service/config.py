@@ -76,6 +76,8 @@ class Settings:
     model_table: ModelTable = DEFAULT_MODEL_TABLE
     openai_timeout: float = 30.0
     openai_max_retries: int = 3
+    # the operator console (service/ui): how long a signed-in session lasts
+    ui_session_ttl: float = 8 * 3600.0
 
     @property
     def data_dir(self) -> Path:
@@ -404,6 +406,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         moderation=_bool(env, "SORAHOOK_MODERATION", False),
         progress_interval=_float(env, "SORAHOOK_PROGRESS_INTERVAL", 0.0),
         progress_step=_int(env, "SORAHOOK_PROGRESS_STEP", 25, minimum=1),
+        ui_session_ttl=_float(env, "SORAHOOK_UI_SESSION_TTL", 8 * 3600.0, minimum=1.0),
         **archive_settings(env),
         **server_settings(env),
         model_table=model_table,

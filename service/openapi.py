@@ -1290,7 +1290,198 @@ def _paths() -> dict[str, Any]:
                 tags=["operations"],
             )
         },
+        "/docs": {
+            "get": _op(
+                "This document as an HTML page (rendered on the server; works offline)",
+                "docs",
+                {"200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+                auth=False,
+                tags=["operations"],
+            )
+        },
     }
+
+
+# -- the events sorahook sends (OpenAPI 3.1 `webhooks`) ---------------------------------------------
+
+_EXAMPLE_TIME = 1_764_806_400
+
+
+def _example_job(kind: str, status: str) -> dict[str, Any]:
+    """A job object as an event's `data`, for the examples."""
+    video = kind == "video"
+    done = status in ("completed", "failed", "cancelled", "expired")
+    result: dict[str, Any] | None = None
+    if video and status == "completed":
+        result = {"expires_at": _EXAMPLE_TIME + 3600, "size": "720x1280", "seconds": "4"}
+    return {
+        "id": "job_06bfv3s0ehk3r8t2q9m4p5n7a0",
+        "object": "job",
+        "kind": kind,
+        "resource_id": f"{_EXAMPLE_RESOURCE.get(kind, 'res')}_68d1c0e4f8a4",
+        "status": status,
+        "progress": 100 if status == "completed" else (40 if status == "in_progress" else 0),
+        "origin": "api" if video else "track",
+        "request": {"model": "sora-2", "prompt": "a red fox in the snow", "seconds": "4", "size": "720x1280"}
+        if video
+        else None,
+        "estimated_cost_usd": 0.4 if video else None,
+        "result": result,
+        "error": {"code": "generation_failed", "message": "The video could not be generated."}
+        if status == "failed"
+        else None,
+        "callback_url": None,
+        "metadata": {"client": "demo"} if video else {},
+        "created_at": _EXAMPLE_TIME,
+        "updated_at": _EXAMPLE_TIME + 12,
+        "completed_at": _EXAMPLE_TIME + 12 if done else None,
+        "sequence": 2,
+    }
+
+
+_EXAMPLE_RESOURCE = {"video": "video", "batch": "batch", "response": "resp", "fine_tuning_job": "ftjob"}
+
+
+def _emitted_events() -> dict[str, tuple[str, Schema, Any]]:
+    """Every event type sorahook emits: (summary, the schema of `data`, an example `data`)."""
+    from service.domain import emitted_type
+
+    job = _ref("Job")
+    events: dict[str, tuple[str, Schema, Any]] = {}
+    for kind in KINDS:
+        for status in STATUSES:
+            if status == "pending":
+                continue  # a new job is `pending` without an event; the first is its `queued`
+            summary = f"A {kind} job became `{status}`."
+            events[emitted_type(kind, status)] = (summary, job, _example_job(kind, status))
+    events["video.progress"] = (
+        "A video's `progress` moved by SORAHOOK_PROGRESS_STEP points (not a state change).",
+        job,
+        _example_job("video", "in_progress"),
+    )
+    archived = _example_job("video", "completed")
+    archived["result"] = {
+        **archived["result"],
+        "assets": {
+            "video": {
+                "size": 1048576,
+                "sha256": "9f" * 32,
+                "stored_at": _EXAMPLE_TIME + 20,
+                "uri": "file:///data/archive/job_06bfv3s0ehk3r8t2q9m4p5n7a0/video.mp4",
+            }
+        },
+    }
+    events["video.archived"] = ("Every configured asset of a completed video is stored.", job, archived)
+    failed = _example_job("video", "completed")
+    failed["result"] = {
+        **failed["result"],
+        "assets": {"video": {"status": "archive_failed", "error": "OpenAI answered 410"}},
+    }
+    events["video.archive_failed"] = ("Every asset is final and at least one failed to archive.", job, failed)
+    events["sorahook.test"] = (
+        "Sent by POST /v1/subscriptions/{sub_id}/test to that subscription only.",
+        {
+            "type": "object",
+            "required": ["subscription_id", "message"],
+            "properties": {"subscription_id": {"type": "string"}, "message": {"type": "string"}},
+        },
+        {
+            "subscription_id": "sub_06bfv3s0ehk3r8t2q9m4p5n7a0",
+            "message": "This is a test event from sorahook.",
+        },
+    )
+    events["sorahook.subscription.disabled"] = (
+        "A subscription was disabled (a 410, or failing too long); sent to the other subscriptions.",
+        _ref("Subscription"),
+        {
+            "id": "sub_06bfv3s0ehk3r8t2q9m4p5n7a0",
+            "object": "subscription",
+            "url": "https://example.com/hooks/sora",
+            "event_types": ["video.*"],
+            "description": None,
+            "enabled": False,
+            "ordered": False,
+            "disabled_reason": "the endpoint answered 410 Gone",
+            "created_at": _EXAMPLE_TIME,
+            "updated_at": _EXAMPLE_TIME + 60,
+        },
+    )
+    return events
+
+
+def _event_schema_name(event_type: str) -> str:
+    return "Event." + event_type
+
+
+def _event_schemas() -> dict[str, Schema]:
+    """One schema per emitted event type: the envelope with its `type` fixed, and an example."""
+    out: dict[str, Schema] = {}
+    for event_type, (summary, data, example) in _emitted_events().items():
+        out[_event_schema_name(event_type)] = {
+            "type": "object",
+            "description": summary,
+            "required": ["id", "object", "type", "created_at", "data"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^evt_", "description": "Also the `webhook-id` header."},
+                "object": {"const": "event"},
+                "type": {"const": event_type},
+                "created_at": _UNIX_TIME,
+                "data": data,
+            },
+            "examples": [
+                {
+                    "id": "evt_06bfv3s0ehk3r8t2q9m4p5n7a0",
+                    "object": "event",
+                    "type": event_type,
+                    "created_at": _EXAMPLE_TIME + 12,
+                    "data": example,
+                }
+            ],
+        }
+    return out
+
+
+def _webhooks() -> dict[str, Any]:
+    """OpenAPI 3.1 `webhooks`: what sorahook POSTs to subscriptions and to jobs' `callback_url`s."""
+    headers = [
+        {
+            "name": name,
+            "in": "header",
+            "required": True,
+            "description": description,
+            "schema": {"type": "string"},
+        }
+        for name, description in (
+            ("webhook-id", "The event id; the same on every attempt (deduplicate on it)."),
+            ("webhook-timestamp", "Unix seconds of this attempt."),
+            (
+                "webhook-signature",
+                "`v1,<base64 HMAC-SHA256>` entries, space-separated (two during a rotation).",
+            ),
+        )
+    ]
+    out: dict[str, Any] = {}
+    for event_type, (summary, _, _) in _emitted_events().items():
+        out[event_type] = {
+            "post": {
+                "summary": summary,
+                "operationId": "event." + event_type,
+                "tags": ["events"],
+                "parameters": headers,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref(_event_schema_name(event_type))}},
+                },
+                "responses": {
+                    "200": {"description": "Any 2xx: delivered."},
+                    "410": {"description": "Gone: the subscription is disabled."},
+                    "default": {
+                        "description": "Anything else, a timeout or a connection error: retried on the schedule."
+                    },
+                },
+            }
+        }
+    return out
 
 
 def _version() -> str:
@@ -1322,10 +1513,12 @@ def openapi_document(
             {"name": "subscriptions", "description": "Where sorahook delivers events."},
             {"name": "deliveries", "description": "Each event's delivery to each target, with attempts."},
             {"name": "operations", "description": "Health, readiness, metrics; no token."},
+            {"name": "events", "description": "What sorahook POSTs to your endpoints (`webhooks`)."},
         ],
         "paths": _paths(),
+        "webhooks": _webhooks(),
         "components": {
-            "schemas": _schemas(tuple(models) or DEFAULT_MODELS, table),
+            "schemas": {**_schemas(tuple(models) or DEFAULT_MODELS, table), **_event_schemas()},
             "responses": _responses(),
             "headers": {
                 "RequestId": {

@@ -14,7 +14,7 @@ from tests.support import auth, live_server, make_settings
 
 pytestmark = pytest.mark.anyio
 
-OPEN = {"/webhooks/openai", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+OPEN = {"/webhooks/openai", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"}
 
 
 async def test_every_v1_route_answers_401_without_the_right_token(tmp_path: Path) -> None:

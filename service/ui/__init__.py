@@ -1,0 +1,5 @@
+"""The operator console (`/ui/`) and the API reference page (`/docs`): server-rendered, no CDN, no JS build."""
+
+from service.ui.console import console_routes
+
+__all__ = ["console_routes"]
