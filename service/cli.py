@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         "listen",
         help="a local subscriber that verifies and prints events (SORAHOOK_URL, SORAHOOK_ADMIN_TOKEN)",
     )
-    listen.add_argument("--port", type=_port, default=9000, help="port on 127.0.0.1 (default 9000)")
+    listen.add_argument("--port", type=_port, default=9000, help="port on 127.0.0.1 (default: 9000)")
     listen.add_argument(
         "--subscribe", action="store_true", help="subscribe through the admin API; Ctrl-C deletes it"
     )
@@ -178,7 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TYPES",
         help="event types to subscribe to, e.g. video.* (comma-separated or repeated; default all)",
     )
-    listen.add_argument("--secret", default=None, help="whsec_… to verify with, without --subscribe")
+    listen.add_argument(
+        "--secret",
+        default=None,
+        metavar="WHSEC",
+        help="whsec_… to verify with when not subscribing (default: none)",
+    )
 
     send = commands.add_parser("send-test-webhook", help="sign and send one OpenAI-style event")
     send.add_argument(
