@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -48,7 +49,8 @@ class Rejection:
 # keeps coming), so that a connection the server then closes is not closed with unread bytes: the kernel
 # would answer those with a reset, which can reach the client before (and instead of) its 413.
 DRAIN_LIMIT = 64 * 1024 * 1024
-DRAIN_IDLE = 5.0
+DRAIN_IDLE = 5.0  # seconds without a chunk
+DRAIN_TOTAL = 30.0  # seconds in all: a trickling client does not hold the request open for long
 
 
 # The request headers the receiver reads, picked from the raw ASGI list in one pass (the first of each).
@@ -135,19 +137,18 @@ def _utf8(value: Any) -> bool:
     return True
 
 
-async def drain(receive: Receive, limit: int, idle: float) -> None:
-    """Read and discard the request body: until it ends, the client goes, `limit` bytes, or `idle` seconds
-    without a chunk."""
+async def drain(receive: Receive, limit: int, idle: float, total: float) -> None:
+    """Read and discard the request body: until it ends, the client goes, `limit` bytes, `idle` seconds
+    without a chunk or `total` seconds in all."""
     seen = 0
-    while seen <= limit:
-        try:
-            async with asyncio.timeout(idle):
-                message = await receive()
-        except TimeoutError:
-            return
-        if message["type"] == "http.disconnect" or not message.get("more_body", False):
-            return
-        seen += len(message.get("body", b""))
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(total):
+            while seen <= limit:
+                async with asyncio.timeout(idle):
+                    message = await receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    return
+                seen += len(message.get("body", b""))
 
 
 def parse_event(text: str) -> dict[str, Any] | str:
@@ -241,7 +242,7 @@ class Receiver:
         await send({"type": "http.response.body", "body": response.body, "more_body": True})
         # A client waiting on `Expect: 100-continue` has sent no body: reading now would invite it to.
         if not any(name == b"expect" for name, _ in scope["headers"]):
-            await drain(receive, DRAIN_LIMIT, DRAIN_IDLE)
+            await drain(receive, DRAIN_LIMIT, DRAIN_IDLE, DRAIN_TOTAL)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def handle(self, scope: Scope, receive: Receive) -> bytes | Rejection:

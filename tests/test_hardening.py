@@ -528,3 +528,29 @@ def test_an_exposed_emulator_is_warned_about(caplog: pytest.LogCaptureFixture, t
         False,
         False,
     ]
+
+
+async def test_draining_a_refused_body_is_bounded() -> None:
+    from service.receiver import drain
+
+    received = 0
+
+    async def endless() -> dict[str, Any]:
+        nonlocal received
+        received += 1
+        return {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+
+    await drain(endless, 10_000, idle=5.0, total=30.0)  # type: ignore[arg-type]
+    assert received == 11  # stops once past the byte limit
+
+    async def silent() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    await drain(silent, 10_000, idle=0.01, total=30.0)  # type: ignore[arg-type]  # returns: idle bound
+
+    async def trickle() -> dict[str, Any]:
+        await asyncio.sleep(0.005)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    await drain(trickle, 10_000, idle=5.0, total=0.05)  # type: ignore[arg-type]  # returns: total bound
