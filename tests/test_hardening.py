@@ -554,3 +554,40 @@ async def test_draining_a_refused_body_is_bounded() -> None:
         return {"type": "http.request", "body": b"x", "more_body": True}
 
     await drain(trickle, 10_000, idle=5.0, total=0.05)  # type: ignore[arg-type]  # returns: total bound
+
+
+async def test_a_malformed_resource_id_is_settled_by_the_reconciler(tmp_path: Path) -> None:
+    from service.emulator import Emulator, EmulatorConfig
+    from service.metrics import Metrics
+    from service.openai_client import OpenAIClient
+    from service.reconciler import Reconciler
+
+    clock = ManualClock()
+    emulator = Emulator(EmulatorConfig(duration=1.0), clock=clock)
+    store = await SqliteStore.open(tmp_path / "db.sqlite", clock=clock)
+    openai = OpenAIClient(
+        base_url="http://emulator/v1",
+        metrics=Metrics(),
+        transport=httpx.ASGITransport(app=emulator.app),
+        max_retries=0,
+    )
+    try:
+        jobs = [
+            (await store.track_job(kind=kind, resource_id=rid, callback_url=None, metadata={}))[0]
+            for kind, rid in (("batch", "batch_" + "x" * 100_000), ("video", "video\x00x"))
+        ]
+        reconciler = Reconciler(
+            store=store, openai=openai, clock=clock, metrics=Metrics(), interval=10.0, stale_after=60.0
+        )
+        clock.advance(120)
+        await reconciler.run_once()
+        for job in jobs:
+            settled = await store.get_job(job.id)
+            assert settled is not None and settled.status == "failed"
+        clock.advance(3600)
+        assert (await reconciler.run_once()).stale == 0  # never asked again
+        assert [call for call in emulator.calls if call[1] != "/v1/videos"] == []  # nothing sent by id
+    finally:
+        await openai.aclose()
+        await store.aclose()
+        await emulator.aclose()
