@@ -252,7 +252,7 @@ def serve(args: argparse.Namespace) -> int:
     extra_routes: list[BaseRoute] = []
     background: list[Callable[[], Awaitable[None]]] = []
     if emulator_mode:
-        emulator, settings = mounted_emulator(settings, self_url, args.host)
+        emulator, settings = mounted_emulator(settings, self_url, host)
         extra_routes.append(Mount("/_emulator", app=emulator.app))
         background.append(emulator.run)  # the mounted app's own lifespan does not run under Mount
         log.info(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -26,7 +28,9 @@ _DUPLICATE = b'{"status":"duplicate"}'
 
 
 class BodyTooLarge(Exception):
-    pass
+    def __init__(self, *, ended: bool) -> None:
+        super().__init__()
+        self.ended = ended  # the client has sent its whole body (nothing left to drain)
 
 
 class ClientGone(Exception):
@@ -38,6 +42,15 @@ class Rejection:
     status: int
     code: str
     message: str
+    drain: bool = False  # the request body is still arriving: read it away before the response ends
+
+
+# After a 413 the rest of an oversized body is read and thrown away (at most this much, and only while it
+# keeps coming), so that a connection the server then closes is not closed with unread bytes: the kernel
+# would answer those with a reset, which can reach the client before (and instead of) its 413.
+DRAIN_LIMIT = 64 * 1024 * 1024
+DRAIN_IDLE = 5.0  # seconds without a chunk
+DRAIN_TOTAL = 30.0  # seconds in all: a trickling client does not hold the request open for long
 
 
 # The request headers the receiver reads, picked from the raw ASGI list in one pass (the first of each).
@@ -61,7 +74,7 @@ async def read_limited(receive: Receive, declared: str | None, limit: int) -> by
     if declared is not None:
         try:
             if int(declared) > limit:
-                raise BodyTooLarge
+                raise BodyTooLarge(ended=False)
         except ValueError:
             pass
     chunks: list[bytes] = []
@@ -73,7 +86,7 @@ async def read_limited(receive: Receive, declared: str | None, limit: int) -> by
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge
+            raise BodyTooLarge(ended=not message.get("more_body", False))
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -122,6 +135,20 @@ def _utf8(value: Any) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+async def drain(receive: Receive, limit: int, idle: float, total: float) -> None:
+    """Read and discard the request body: until it ends, the client goes, `limit` bytes, `idle` seconds
+    without a chunk or `total` seconds in all."""
+    seen = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(total):
+            while seen <= limit:
+                async with asyncio.timeout(idle):
+                    message = await receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    return
+                seen += len(message.get("body", b""))
 
 
 def parse_event(text: str) -> dict[str, Any] | str:
@@ -189,6 +216,9 @@ class Receiver:
         if isinstance(body, Rejection):
             if body.status != 503:
                 self.metrics.webhook_rejections.labels(reason=body.code).inc()
+            if body.drain:
+                await self._refuse_then_drain(scope, receive, send, body)
+                return
             await error_response(body.status, body.code, body.message)(scope, receive, send)
             return
         await send(
@@ -200,6 +230,21 @@ class Receiver:
         )
         await send({"type": "http.response.body", "body": body})
 
+    async def _refuse_then_drain(
+        self, scope: Scope, receive: Receive, send: Send, rejection: Rejection
+    ) -> None:
+        """The whole error response first (the client can act on it at once), then the rest of the body read
+        away, and only then the end of the response, after which the server may close the connection."""
+        response = error_response(rejection.status, rejection.code, rejection.message)
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": response.body, "more_body": True})
+        # A client waiting on `Expect: 100-continue` has sent no body: reading now would invite it to.
+        if not any(name == b"expect" for name, _ in scope["headers"]):
+            await drain(receive, DRAIN_LIMIT, DRAIN_IDLE, DRAIN_TOTAL)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
     async def handle(self, scope: Scope, receive: Receive) -> bytes | Rejection:
         """The 200 answer's body once the webhook is committed, or why it was refused."""
         if not self.accepting:
@@ -207,9 +252,12 @@ class Receiver:
         headers = webhook_headers(scope["headers"])
         try:
             body = await read_limited(receive, headers.get(b"content-length"), self.max_body_bytes)
-        except BodyTooLarge:
+        except BodyTooLarge as exc:
             return Rejection(
-                413, "body_too_large", f"webhook bodies are limited to {self.max_body_bytes} bytes"
+                413,
+                "body_too_large",
+                f"webhook bodies are limited to {self.max_body_bytes} bytes",
+                drain=not exc.ended,
             )
         msg_id = headers.get(b"webhook-id")
         timestamp = headers.get(b"webhook-timestamp")

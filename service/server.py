@@ -204,6 +204,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._feed_at_the_limit(data, room)
                 return
             self._head_bytes += len(data)
+        elif self._body_timer is not None:  # bytes after a complete head are body bytes
+            self._last_body = self.loop.time()
         super().data_received(data)
         if self.transport.is_closing():
             return
@@ -249,11 +251,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._header_timer.cancel()
             self._header_timer = None
         super().on_headers_complete()
-
-    def on_body(self, body: bytes) -> None:
-        if self._body_timer is not None:
-            self._last_body = self.loop.time()
-        super().on_body(body)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

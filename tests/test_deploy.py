@@ -352,7 +352,7 @@ def test_compose_builds_the_dockerfile_and_wires_prometheus_and_grafana() -> Non
 NOT_IN_ENV_FILE = {"SORAHOOK_DATABASE_URL", "SORAHOOK_HOST", "SORAHOOK_PORT", "SORAHOOK_URL"}
 # Settings the example documents that are being added to the service alongside it (the models file, the
 # OpenAI client's limits), and the AWS credentials the S3 client reads itself.
-DOCUMENTED_AHEAD = {"SORAHOOK_MODELS_FILE", "SORAHOOK_OPENAI_TIMEOUT", "SORAHOOK_OPENAI_MAX_RETRIES"}
+DOCUMENTED_AHEAD: set[str] = set()
 SETTING = re.compile(r"^(#\s*)?([A-Z][A-Z0-9_]*)=(.*)$")
 
 

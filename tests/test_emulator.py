@@ -670,10 +670,10 @@ async def test_a_fault_rule_is_one_counter_whatever_its_count() -> None:
 
 def test_config_bounds_durations_and_sizes() -> None:
     for knobs in (
-        {"duration": 1e9},
+        {"duration": 1e9},  # the bounds: 30 days, 1 hour per chunk, 1 GiB
         {"duration": float("nan")},
         {"asset_ttl": -1.0},
-        {"content_delay": 3600.0},
+        {"content_delay": 7200.0},
         {"content_size": 1 << 40},
     ):
         with pytest.raises(ValueError):

@@ -393,36 +393,55 @@ async def test_a_401_names_the_bearer_scheme(tmp_path: Path) -> None:
 
 
 def _exchange(port: int, request: bytes, then: bytes = b"") -> list[bytes]:
-    """Send `request` whole (then `then` on the same connection) and read every answer's status line."""
+    """Send `request` whole (then `then` on the same connection), read until the server closes or both
+    answers are in, and return every answer's status line. A reset raises (ConnectionResetError)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        if then:
-            sock.sendall(then)
+        sock.sendall(request + then)
         received = b""
         wanted = 2 if then else 1
         while received.count(b"HTTP/1.1 ") < wanted or not received.endswith(b"}"):
-            chunk = sock.recv(65536)  # ECONNRESET here is the failure this test is about
+            chunk = sock.recv(65536)
             if not chunk:
                 break
             received += chunk
+        if not then:
+            sock.settimeout(10)
+            assert sock.recv(65536) == b""  # a clean close (FIN) after the answer, not a reset
     return re.findall(rb"HTTP/1\.1 [0-9]{3}[^\r]*", received)
 
 
-async def test_an_oversized_body_gets_its_413_on_a_connection_that_stays_usable(tmp_path: Path) -> None:
+async def test_an_oversized_body_gets_its_413_before_the_connection_closes(tmp_path: Path) -> None:
     s = make_settings(tmp_path, max_body_bytes=4096)
     async with live_server(create_app(s, start_workers=False)) as url:
         port = int(url.rsplit(":", 1)[1])
         healthz = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
         body = b"x" * 2_000_000
-        declared = b"POST /webhooks/openai HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%s" % (
-            len(body),
-            body,
-        )
         chunks = b"".join(b"%x\r\n%s\r\n" % (65536, b"y" * 65536) for _ in range(30)) + b"0\r\n\r\n"
-        chunked = b"POST /webhooks/openai HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n" + chunks
-        for request in (declared, chunked):
+
+        def declared(version: bytes = b"1.1", extra: bytes = b"") -> bytes:
+            head = b"POST /webhooks/openai HTTP/%s\r\nhost: x\r\n%scontent-length: %d\r\n\r\n"
+            return head % (version, extra, len(body)) + body
+
+        def chunked(extra: bytes = b"") -> bytes:
+            head = b"POST /webhooks/openai HTTP/1.1\r\nhost: x\r\n%stransfer-encoding: chunked\r\n\r\n"
+            return head % extra + chunks
+
+        too_large = [b"HTTP/1.1 413 Request Entity Too Large"]
+        # Kept alive: the 413, and the connection still serves the next request.
+        for request in (declared(), chunked()):
             statuses = await asyncio.to_thread(_exchange, port, request, healthz)
-            assert statuses == [b"HTTP/1.1 413 Request Entity Too Large", b"HTTP/1.1 200 OK"]
+            assert statuses == [*too_large, b"HTTP/1.1 200 OK"]
+        # Closed after the answer: the 413 arrives and the close is clean, never ECONNRESET.
+        close = b"connection: close\r\n"
+        for request in (declared(extra=close), declared(version=b"1.0"), chunked(close)):
+            for _ in range(3):
+                assert await asyncio.to_thread(_exchange, port, request) == too_large
+        # A client that waits for `100 Continue` is never invited to send the body it was refused.
+        waiting = (
+            b"POST /webhooks/openai HTTP/1.1\r\nhost: x\r\nconnection: close\r\nexpect: 100-continue\r\n"
+        )
+        waiting += b"content-length: %d\r\n\r\n" % len(body)
+        assert await asyncio.to_thread(_exchange, port, waiting) == too_large
 
 
 # --- the admin token in the log ----------------------------------------------------------------------------
@@ -509,3 +528,66 @@ def test_an_exposed_emulator_is_warned_about(caplog: pytest.LogCaptureFixture, t
         False,
         False,
     ]
+
+
+async def test_draining_a_refused_body_is_bounded() -> None:
+    from service.receiver import drain
+
+    received = 0
+
+    async def endless() -> dict[str, Any]:
+        nonlocal received
+        received += 1
+        return {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+
+    await drain(endless, 10_000, idle=5.0, total=30.0)  # type: ignore[arg-type]
+    assert received == 11  # stops once past the byte limit
+
+    async def silent() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    await drain(silent, 10_000, idle=0.01, total=30.0)  # type: ignore[arg-type]  # returns: idle bound
+
+    async def trickle() -> dict[str, Any]:
+        await asyncio.sleep(0.005)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    await drain(trickle, 10_000, idle=5.0, total=0.05)  # type: ignore[arg-type]  # returns: total bound
+
+
+async def test_a_malformed_resource_id_is_settled_by_the_reconciler(tmp_path: Path) -> None:
+    from service.emulator import Emulator, EmulatorConfig
+    from service.metrics import Metrics
+    from service.openai_client import OpenAIClient
+    from service.reconciler import Reconciler
+
+    clock = ManualClock()
+    emulator = Emulator(EmulatorConfig(duration=1.0), clock=clock)
+    store = await SqliteStore.open(tmp_path / "db.sqlite", clock=clock)
+    openai = OpenAIClient(
+        base_url="http://emulator/v1",
+        metrics=Metrics(),
+        transport=httpx.ASGITransport(app=emulator.app),
+        max_retries=0,
+    )
+    try:
+        jobs = [
+            (await store.track_job(kind=kind, resource_id=rid, callback_url=None, metadata={}))[0]
+            for kind, rid in (("batch", "batch_" + "x" * 100_000), ("video", "video\x00x"))
+        ]
+        reconciler = Reconciler(
+            store=store, openai=openai, clock=clock, metrics=Metrics(), interval=10.0, stale_after=60.0
+        )
+        clock.advance(120)
+        await reconciler.run_once()
+        for job in jobs:
+            settled = await store.get_job(job.id)
+            assert settled is not None and settled.status == "failed"
+        clock.advance(3600)
+        assert (await reconciler.run_once()).stale == 0  # never asked again
+        assert [call for call in emulator.calls if call[1] != "/v1/videos"] == []  # nothing sent by id
+    finally:
+        await openai.aclose()
+        await store.aclose()
+        await emulator.aclose()

@@ -18,7 +18,7 @@ from prometheus_client.samples import Sample
 from service.app import create_app
 from service.config import new_webhook_secret
 from service.domain import ERROR_CATEGORIES, Kind, Status
-from service.metrics import ARCHIVE_FAILURE_REASONS, KEY_ROTATION_REASONS
+from service.metrics import ARCHIVE_FAILURE_REASONS, CONNECTION_REFUSAL_REASONS, KEY_ROTATION_REASONS
 from service.openai_client import Operation
 from service.signing import Signer
 from service.store.records import DeliveryStatus
@@ -65,7 +65,10 @@ REJECTION_REASONS = {
 # Closed label-value sets; anything outside them is a bug (an id, a URL, a raw event type...).
 CLOSED: dict[str, set[str]] = {
     "kind": set(get_args(Kind)),
-    "reason": REJECTION_REASONS | set(ARCHIVE_FAILURE_REASONS) | set(KEY_ROTATION_REASONS),
+    "reason": REJECTION_REASONS
+    | set(ARCHIVE_FAILURE_REASONS)
+    | set(KEY_ROTATION_REASONS)
+    | set(CONNECTION_REFUSAL_REASONS),
     "operation": set(get_args(Operation)),
     "model": {"sora-2", "sora-2-pro", "other"},
     "category": set(ERROR_CATEGORIES),

@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,7 +30,7 @@ from starlette.routing import Route
 from service.config import new_webhook_secret
 from service.metrics import Metrics
 from service.server import Refusals, ServerLimits, limited_protocol, refusal_counter
-from tests.support import auth, make_settings, signed_webhook
+from tests.support import ROOT, auth, make_settings, signed_webhook
 
 pytestmark = pytest.mark.anyio
 
@@ -236,6 +238,45 @@ async def test_refusals_log_one_line_at_once_then_one_summary_per_interval(
         "closed 4 more connections (header_timeout) in the last 0.1 s",
     ]
     assert len(bursts) >= 2  # the memory the refused connections held is given back after each burst
+
+
+FIT_SCRIPT = """
+import json, logging, resource, sys
+from service.server import ServerLimits, fit_descriptor_limit
+logging.basicConfig(stream=sys.stdout, format="%(message)s")
+soft, hard = (int(v) for v in sys.argv[1:3])
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+fitted = fit_descriptor_limit(ServerLimits(max_connections=2048))
+print(json.dumps([fitted.max_connections, resource.getrlimit(resource.RLIMIT_NOFILE)[0]]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "cap", "limit"),
+    [
+        (1024, 8192, 2048, 2048 + 256),  # the usual soft limit is raised to fit the cap
+        (1024, 1024, 1024 - 256, 1024),  # a hard limit too low for it lowers the cap instead, and says so
+    ],
+)
+def test_the_open_files_limit_is_raised_to_fit_the_connection_cap(
+    soft: int, hard: int, cap: int, limit: int
+) -> None:
+    _, our_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if our_hard != resource.RLIM_INFINITY and our_hard < hard:
+        pytest.skip(f"this machine's hard open-files limit is {our_hard}")
+    done = subprocess.run(
+        [sys.executable, "-c", FIT_SCRIPT, str(soft), str(hard)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    *lines, result = done.stdout.strip().splitlines()
+    assert json.loads(result) == [cap, limit]
+    assert bool(lines) == (cap < 2048)
+    if lines:
+        assert "SORAHOOK_MAX_CONNECTIONS lowered from 2048 to 768" in lines[0] and "ulimit -n" in lines[0]
 
 
 # --- against a real `sorahook serve` ----------------------------------------------------------------------

@@ -63,10 +63,10 @@ WEBHOOK_TIMEOUT = 10.0
 MAX_FAULT_COUNT = 1_000_000  # requests one fault rule answers (a counter: O(1) memory whatever the count)
 MAX_FAULT_RULES = 1_000  # fault rules queued at once
 MAX_RETRY_AFTER = 3600.0  # seconds
-MAX_DURATION = 86_400.0  # seconds from creation to a video's final state
+MAX_DURATION = 30 * 86_400.0  # seconds from creation to a video's final state
 MAX_ASSET_TTL = 30 * 86_400.0
 MAX_CONTENT_SIZE = 1 << 30  # bytes of the `video` asset
-MAX_CONTENT_DELAY = 60.0  # seconds per 64 KiB chunk
+MAX_CONTENT_DELAY = 3600.0  # seconds per 64 KiB chunk
 MAX_TEXT = 256  # characters of a fault's code or path prefix
 MAX_RECORDED = 10_000  # entries kept in `calls` and `webhooks_sent` (the oldest half goes beyond it)
 
