@@ -2577,6 +2577,7 @@ class SqliteStore:
 
     async def jobs_by_idempotency_key(self, key: str) -> list[Job]:
         """The job one POST /v1/jobs made under `key`, or every job of the batch made under it."""
+
         def read(c: sqlite3.Connection) -> list[Job]:
             found = self._jobs_for_key(c, key, False) or self._jobs_for_key(c, key, True)
             return found[0] if found is not None else []
