@@ -1,4 +1,4 @@
-"""A load generator for POST /webhooks/openai: pre-signed raw HTTP/1.1 over keep-alive connections.
+"""A load generator for POST /webhooks/openai: signed raw HTTP/1.1 over keep-alive connections.
 
 Run as its own process (`python -m bench.loadgen ...`, normally started by `bench.receiver`), pinned to
 a core of its own. It writes pre-built request bytes to asyncio protocols and parses only the status
@@ -11,24 +11,27 @@ Two modes, one JSON line of results on stdout:
 - open loop: requests start on a fixed timeline (`rate` per second) whatever the server does, and
   latency is measured from each request's *scheduled* start, so a stall is not hidden by the generator
   waiting for it (coordinated omission).
+
+Its parts are the benches' one way to drive signed webhooks: `webhook_request` (signed by
+`service.signing.Signer`, the service's own signer), `Pool` (the keep-alive connections) and `pace`
+(the open-loop timeline). `bench.soak` builds its mixed traffic from the same three.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import contextlib
-import hashlib
-import hmac
 import json
 import os
 import secrets
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal, cast
+
+from service.signing import Signer
 
 Mode = Literal["closed", "open"]
 
@@ -39,18 +42,24 @@ PATH = "/webhooks/openai"
 # --- requests, built and signed before the clock starts ------------------------------------------------
 
 
-def _sign(key: bytes, msg_id: str, timestamp: int, body: str) -> str:
-    """The Standard Webhooks v1 signature, computed directly (the library takes ~20 us per call)."""
-    mac = hmac.new(key, f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
+def webhook_request(host: str, msg_id: str, timestamp: int, body: str, signature: str) -> bytes:
+    """One POST of a webhook as raw HTTP/1.1 bytes; `host` is the Host header (`127.0.0.1:8000`)."""
+    return (
+        f"POST {PATH} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body.encode())}\r\nwebhook-id: {msg_id}\r\n"
+        f"webhook-timestamp: {timestamp}\r\nwebhook-signature: {signature}\r\n\r\n{body}"
+    ).encode()
 
 
 def build_requests(host: str, port: int, secret: str, count: int) -> list[bytes]:
-    """`count` distinct signed `video.completed` webhooks: each a new webhook-id and a new video."""
-    key = base64.b64decode(secret.removeprefix("whsec_"))
+    """`count` distinct signed `video.completed` webhooks: each a new webhook-id and a new video.
+
+    Signed with the service's own `Signer` (held equal to standardwebhooks' `sign` by
+    tests/test_signing.py); signing happens here, before the clock starts, so it costs the run nothing.
+    """
+    signer = Signer()
     timestamp = int(time.time())
     run = secrets.token_hex(4)
-    head = f"POST {PATH} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
     out: list[bytes] = []
     for i in range(count):
         msg_id = f"msg_{run}{i:07d}"
@@ -58,40 +67,27 @@ def build_requests(host: str, port: int, secret: str, count: int) -> list[bytes]
             f'{{"id":"evt_{run}{i:07d}","object":"event","created_at":{timestamp},'
             f'"type":"video.completed","data":{{"id":"video_{run}{i:07d}"}}}}'
         )
-        out.append(
-            (
-                f"{head}content-length: {len(body)}\r\nwebhook-id: {msg_id}\r\n"
-                f"webhook-timestamp: {timestamp}\r\nwebhook-signature: {_sign(key, msg_id, timestamp, body)}"
-                f"\r\n\r\n{body}"
-            ).encode()
-        )
-    if count:
-        _check_against_library(secret, out[0])
+        signature = signer.sign(msg_id, timestamp, body, secret)
+        out.append(webhook_request(f"{host}:{port}", msg_id, timestamp, body, signature))
     return out
 
 
-def _check_against_library(secret: str, request: bytes) -> None:
-    """Our signature must equal what `service.signing.Signer` (standardwebhooks) makes for the message."""
-    from service.signing import Signer
-
-    head, _, body = request.partition(b"\r\n\r\n")
-    fields = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
-    expected = Signer().headers(
-        fields["webhook-id"], int(fields["webhook-timestamp"]), body.decode(), [secret]
-    )["webhook-signature"]
-    if expected != fields["webhook-signature"]:
-        raise SystemExit("loadgen: our signature differs from service.signing.Signer's")
-
-
-# --- one keep-alive connection with one request in flight ----------------------------------------------
+# --- keep-alive connections, and the open-loop timeline ------------------------------------------------
 
 
 class Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection with one request in flight."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.idle_since = 0.0  # time.monotonic() when its last answer arrived
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but quacks
@@ -143,12 +139,90 @@ class Connection(asyncio.Protocol):
             self._transport.close()
 
 
-async def _connect(host: str, port: int, n: int) -> list[Connection]:
+async def connect(host: str, port: int, n: int) -> list[Connection]:
     loop = asyncio.get_running_loop()
     made = await asyncio.gather(
         *(loop.create_connection(lambda: Connection(loop), host, port) for _ in range(n))
     )
     return [protocol for _, protocol in made]
+
+
+class Pool:
+    """Keep-alive connections to one server, at most `limit` busy at once.
+
+    A request beyond the limit waits its turn, in order, so an open loop's latency (counted from the
+    schedule) includes that wait. The most recently used idle connection goes first; one idle longer
+    than `max_idle` is closed rather than reused, before the server's keep-alive timeout (uvicorn's is
+    5 s) could close it under a request.
+    """
+
+    def __init__(self, host: str, port: int, limit: int, max_idle: float = 2.0) -> None:
+        self.host, self.port, self.limit, self.max_idle = host, port, limit, max_idle
+        self._slots = asyncio.Semaphore(limit)
+        self._idle: list[Connection] = []
+
+    async def fill(self, n: int) -> None:
+        """Open `n` connections now (before a clock starts), idle and ready."""
+        made = await connect(self.host, self.port, n)
+        now = time.monotonic()
+        for conn in made:
+            conn.idle_since = now
+        self._idle.extend(made)
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        """Send one request and return (status, body); ConnectionError or OSError if it got no answer."""
+        async with self._slots:
+            conn = self._take() or await self._connect()
+            try:
+                answer = await conn.send(data)
+            except BaseException:
+                conn.close()
+                raise
+            conn.idle_since = time.monotonic()
+            self._idle.append(conn)
+            return answer
+
+    def close(self) -> None:
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+    async def _connect(self) -> Connection:
+        [conn] = await connect(self.host, self.port, 1)
+        return conn
+
+    def _take(self) -> Connection | None:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.is_open and now - conn.idle_since < self.max_idle:
+                return conn
+            conn.close()
+        return None
+
+
+async def pace(
+    rate: float, count: int, fire: Callable[[int, int], None], *, start_ns: int, spin: float = 0.002
+) -> None:
+    """Open loop: `fire(i, scheduled)` for each i < count at scheduled = start_ns + i / rate
+    (`time.perf_counter_ns()`), whatever the server does meanwhile; `fire` must not block.
+
+    The loop's timers have millisecond resolution: it sleeps to within `spin` seconds of the next start,
+    then spins (still serving responses) so requests start on time, not up to a tick late. `spin=0`
+    only sleeps, for rates where a millisecond late does not matter and the spinning's CPU would.
+    """
+    interval = 1e9 / rate
+    spin_ns = int(spin * 1e9)
+    margin = spin_ns + 1_000_000 if spin_ns else 0
+    i = 0
+    while i < count:
+        now = time.perf_counter_ns()
+        while i < count and start_ns + int(i * interval) <= now:
+            fire(i, start_ns + int(i * interval))
+            i += 1
+        if i < count:
+            wait = start_ns + int(i * interval) - time.perf_counter_ns()
+            await asyncio.sleep((wait - spin_ns) / 1e9 if wait > margin else 0)
 
 
 # --- measuring ------------------------------------------------------------------------------------------
@@ -171,7 +245,7 @@ class Result:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     max_ms: float = 0.0
-    send_lag_p99_ms: float = 0.0  # open loop: how late the generator itself started requests
+    send_lag_p99_ms: float = 0.0  # open loop: how late the generator itself fired requests
     gen_cpu: float = 0.0  # this process's CPU over the window, 1.0 = one core
     server_cpu: float | None = None  # the server process's (all threads), if its pid was given
     other_cpu: float | None = None  # every other process on the machine: noise in the figures
@@ -257,6 +331,8 @@ async def closed_loop(
     duration: float,
     meter: CpuMeter,
 ) -> Result:
+    """Each connection sends the next request as soon as the previous answer arrives (no pool between:
+    each request costs the generator as little as it can)."""
     result = Result("closed", len(conns), duration)
     latencies: list[int] = []
     next_index = 0
@@ -304,7 +380,7 @@ async def closed_loop(
 
 
 async def open_loop(
-    conns: list[Connection],
+    pool: Pool,
     requests: list[bytes],
     tally: Tally,
     rate: float,
@@ -312,80 +388,53 @@ async def open_loop(
     duration: float,
     meter: CpuMeter,
 ) -> Result:
-    result = Result("open", len(conns), duration, offered_rate=rate)
+    """Requests start at `rate` per second on `pace`'s timeline, over at most `pool.limit` connections."""
+    result = Result("open", pool.limit, duration, offered_rate=rate)
     n = min(len(requests), int(rate * (warmup + duration)))
     result.exhausted = n < int(rate * (warmup + duration))
-    interval = int(1e9 / rate)
     start = time.perf_counter_ns() + 10_000_000
     window_start = start + int(warmup * 1e9)
     window_end = window_start + int(duration * 1e9)
     latencies: list[int] = []
     lags: list[int] = []
-    idle: list[Connection] = list(conns)
-    backlog: deque[int] = deque()  # scheduled requests waiting for a free connection
-    finished = asyncio.Event()
-    pending = n
     tasks: set[asyncio.Task[None]] = set()
-
-    async def run(conn: Connection, i: int) -> None:
-        nonlocal pending
-        while True:
-            scheduled = start + i * interval
-            sent = time.perf_counter_ns()
-            try:
-                status, body = await conn.send(requests[i])
-            except (ConnectionError, OSError):
-                tally.errors += 1  # this connection is gone; the others take over the backlog
-                pending -= 1
-                if pending == 0:
-                    finished.set()
-                return
-            done = time.perf_counter_ns()
-            tally.add(status, body)
-            if window_start <= scheduled < window_end:
-                latencies.append(done - scheduled)
-                lags.append(sent - scheduled)
-                if done <= window_end:
-                    result.in_window += 1
-            pending -= 1
-            if pending == 0:
-                finished.set()
-            if not backlog:
-                idle.append(conn)
-                return
-            i = backlog.popleft()
-
-    def launch(i: int) -> None:
-        if idle:
-            task = asyncio.create_task(run(idle.pop(), i))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        else:
-            backlog.append(i)
-
     metered = False
-    i = 0
-    while i < n:
+
+    async def one(i: int, scheduled: int) -> None:
+        try:
+            status, body = await pool.request(requests[i])
+        except (ConnectionError, OSError):
+            tally.errors += 1  # that connection is gone; the pool opens another for the next request
+            return
+        done = time.perf_counter_ns()
+        tally.add(status, body)
+        if window_start <= scheduled < window_end:
+            latencies.append(done - scheduled)
+            if done <= window_end:
+                result.in_window += 1
+
+    def fire(i: int, scheduled: int) -> None:
+        nonlocal metered
         now = time.perf_counter_ns()
         if not metered and now >= window_start:
             meter.start()
             metered = True
-        while i < n and start + i * interval <= now:
-            launch(i)
-            i += 1
-        if i < n:
-            # The loop's timers have millisecond resolution: sleep to within 2 ms of the next start,
-            # then spin (still serving responses) so requests start on time, not up to a tick late.
-            wait = start + i * interval - time.perf_counter_ns()
-            await asyncio.sleep((wait - 2_000_000) / 1e9 if wait > 3_000_000 else 0)
+        if window_start <= scheduled < window_end:
+            lags.append(now - scheduled)
+        task = asyncio.create_task(one(i, scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    await pace(rate, n, fire, start_ns=start)
     result.sent = n
     if not metered:
         meter.start()
     await asyncio.sleep(max(0.0, (window_end - time.perf_counter_ns()) / 1e9))
     meter.stop(result)
-    if pending > 0:
-        with contextlib.suppress(TimeoutError):  # every connection died: what is left is unanswered
-            await asyncio.wait_for(finished.wait(), timeout=10)
+    if tasks:  # what is still unanswered after 10 s more stays unanswered
+        _, late = await asyncio.wait(set(tasks), timeout=10)
+        for task in late:
+            task.cancel()
     result.throughput = result.in_window / duration
     latencies.sort()
     lags.sort()
@@ -412,21 +461,24 @@ class Plan:
 
 
 async def run_plan(plan: Plan, secret: str) -> Result:
-    if plan.mode == "closed":
-        count = plan.capacity
-    else:
-        count = int(plan.rate * (plan.warmup + plan.duration)) + 1
-    requests = build_requests(plan.host, plan.port, secret, count)
-    conns = await _connect(plan.host, plan.port, plan.connections)
     tally = Tally(plan.expect_status, plan.expect_body)
     meter = CpuMeter(plan.server_pid)
-    try:
-        if plan.mode == "closed":
+    if plan.mode == "closed":
+        requests = build_requests(plan.host, plan.port, secret, plan.capacity)
+        conns = await connect(plan.host, plan.port, plan.connections)
+        try:
             return await closed_loop(conns, requests, tally, plan.warmup, plan.duration, meter)
-        return await open_loop(conns, requests, tally, plan.rate, plan.warmup, plan.duration, meter)
+        finally:
+            for conn in conns:
+                conn.close()
+    count = int(plan.rate * (plan.warmup + plan.duration)) + 1
+    requests = build_requests(plan.host, plan.port, secret, count)
+    pool = Pool(plan.host, plan.port, plan.connections)
+    await pool.fill(plan.connections)
+    try:
+        return await open_loop(pool, requests, tally, plan.rate, plan.warmup, plan.duration, meter)
     finally:
-        for conn in conns:
-            conn.close()
+        pool.close()
 
 
 def pin_to_cpu(cpu: int | None) -> None:
