@@ -950,11 +950,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         if crowd_runs:
             alone, calm, hung = (r.percentile(99) * 1e3 for r in crowd_runs)
+            # None hanging is the same 30 subscribers all healthy; the 10 alone (a third of the rows to write
+            # per webhook) are shown for reference.
             goals.append(
                 f"goal: healthy p99 with {CROWD_HANGING} of {CROWD} hanging <= 2 x with none hanging: "
-                f"{hung:.1f} ms vs {alone:.1f} ms ({HEALTHY} subscribers) = {hung / alone:.2f} x, "
-                f"vs {calm:.1f} ms ({CROWD} healthy) = {hung / calm:.2f} x  "
-                f"{_verdict(hung <= 2 * min(alone, calm))}"
+                f"{hung:.1f} ms vs {calm:.1f} ms ({CROWD} healthy) = {hung / calm:.2f} x  "
+                f"{_verdict(hung <= 2 * calm)}; vs {alone:.1f} ms ({HEALTHY} subscribers alone) = {hung / alone:.2f} x"
             )
         lost = sum(r.missing for r in runs) + sum(r.rejected for r in runs)
         if lost:
