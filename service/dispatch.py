@@ -130,7 +130,7 @@ class CappedQueue(Generic[T]):
             self._slow_taken += 1
         if not waiting:
             del self._items[key]
-        self._sync(key)
+        self._sync(key, wake=False)  # the wake-up below covers it
         if self._runnable or (self._runnable_slow and self._slow_taken < self.slow_cap):
             self._wake_one()  # one wake-up per put: pass it on while there is more to take
         return key, item
@@ -163,7 +163,7 @@ class CappedQueue(Generic[T]):
                 waiter.set_result(None)
         return left
 
-    def _sync(self, key: str) -> None:
+    def _sync(self, key: str, *, wake: bool = True) -> None:
         """Make `key` runnable if it has items waiting and room under its limit; forget it otherwise."""
         runnable = key in self._items and self._taken.get(key, 0) < self._limits.get(key, self.per_key)
         if not runnable:
@@ -174,7 +174,8 @@ class CappedQueue(Generic[T]):
         token = next(self._tokens)
         self._ready[key] = token
         (self._runnable_slow if key in self._slow else self._runnable).append((key, token))
-        self._wake_one()
+        if wake:
+            self._wake_one()
 
     def _pick(self) -> str | None:
         """The next runnable key, taken off its deque: the classes alternate while both can hand out."""

@@ -160,3 +160,19 @@ async def test_a_jobs_callback_gets_its_events_in_order(tmp_path: Path) -> None:
         assert second.event_type == "video.completed" and second.url == "http://127.0.0.1:9/cb"
     finally:
         await store.aclose()
+
+
+async def test_a_callback_url_at_its_cap_is_left_out_of_the_claim(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = await SqliteStore.open(tmp_path / "cap.db", clock=clock, retry_schedule=(0.0, 10.0))
+    try:
+        for i in range(3):
+            job, _ = await store.track_job(
+                kind="video", resource_id=f"video_cap{i}", callback_url="http://127.0.0.1:9/busy", metadata={}
+            )
+            await store.apply_observation(job.id, Observation(status="in_progress"), "test")
+        # Busy: nothing of it is leased (and so nothing needs giving back).
+        assert await store.claim_deliveries(64, 30.0, busy=["http://127.0.0.1:9/busy"]) == []
+        assert len(await store.claim_deliveries(64, 30.0)) == 3
+    finally:
+        await store.aclose()

@@ -789,7 +789,9 @@ class _Ops:
                 break
             args: tuple[Any, ...]
             if group is None:
-                sql, args = self._CLAIM_SQL.format(target="d.subscription_id IS NULL"), (now, remaining)
+                # Callback URLs at their cap are left where they are, not leased and given back.
+                target = "d.subscription_id IS NULL AND d.url NOT IN (SELECT value FROM json_each(?))"
+                sql, args = self._CLAIM_SQL.format(target=target), (json.dumps(sorted(skip)), now, remaining)
             else:
                 take = remaining if per_key is None else min(remaining, per_key)
                 if room is not None:
