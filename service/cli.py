@@ -68,7 +68,7 @@ class _HelpFormatter(argparse.HelpFormatter):
         if action.nargs == 0:
             return f"{text} (default: off)".strip() if action.default is False else text
         if action.default is None:
-            return text
+            return f"{text} (default: none)".strip()
         return f"{text} (default: %(default)s)".strip()
 
 

@@ -338,7 +338,7 @@ async def _trickle_head(port: int, state: _Slow, started: asyncio.Event) -> None
 
 
 async def _stall_body(port: int, state: _Slow, sent: int, started: asyncio.Event) -> None:
-    """A webhook whose body declares 1 MiB, sends `sent` bytes of it and then nothing."""
+    """A webhook whose body declares 1 MiB, sends `sent` bytes of it, trickles a few more, then nothing."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     state.open += 1
     started.set()
@@ -348,6 +348,13 @@ async def _stall_body(port: int, state: _Slow, sent: int, started: asyncio.Event
         b"content-length: 1048576\r\n\r\n" + b" " * sent
     )
     try:
+        for _ in range(4):  # a byte every 0.5 s while the checks run, then a stall
+            try:
+                async with asyncio.timeout(0.5):
+                    if not await reader.read(4096):
+                        break
+            except TimeoutError:
+                writer.write(b" ")
         while await reader.read(4096):
             pass
     except ConnectionError:
@@ -443,7 +450,7 @@ async def test_thousands_of_slow_clients_do_not_take_the_service_down(
         await asyncio.sleep(0.5)
     rss_end = _rss_mb(pid)
     print(
-        f"{heads} trickling heads, {bodies} stalled 512 KiB bodies: /healthz answered in {healthz_took:.3f} s;"
+        f"{heads} trickling heads, {bodies} bodies (512 KiB, a trickle, a stall): /healthz answered in {healthz_took:.3f} s;"
         f" RSS {rss_start:.0f} MB before, {rss_loaded:.0f} MB while held, {rss_end:.0f} MB after"
     )
     assert rss_end <= rss_start + 25, (rss_start, rss_loaded, rss_end)
