@@ -12,7 +12,6 @@ from typing import Any, Self, cast
 
 from service.clock import Clock
 from service.secretbox import SealError, SecretBox
-from service.store.migrations import apply_migrations
 from service.store.records import (
     IncomingWebhook,
     WebhookOutcome,
@@ -32,6 +31,7 @@ from service.store.sqlite.common import (
     owner_only,
 )
 from service.store.sqlite.connection import Connection
+from service.store.sqlite.migrations import apply_migrations
 from service.store.sqlite.ops_deliveries import DeliveryOps
 from service.store.sqlite.ops_webhooks import WebhookOps
 
