@@ -40,7 +40,8 @@ from service.secretbox import SecretBox
 from service.sender import Sender
 from service.signing import Verifier
 from service.storage import Storage, storage_from_settings
-from service.store.sqlite import SqliteStore
+from service.store import open_store
+from service.store.protocol import Store
 from service.submitter import Refresher, Submitter
 from service.ui import console_routes
 from service.workers import CallBudget, Worker
@@ -78,7 +79,7 @@ class Runtime:
     metrics: Metrics
     resolver: ssrf.Resolver
     openai_transport: httpx.AsyncBaseTransport | None = None
-    store: SqliteStore = field(init=False)
+    store: Store = field(init=False)
     storage: Storage = field(init=False)
     openai: OpenAIClient = field(init=False)
     sender: Sender = field(init=False)
@@ -169,8 +170,13 @@ def create_app(
     background: list[Callable[[], Awaitable[None]]] | None = None,
     start_workers: bool = True,
     on_ready: Callable[[Runtime], None] | None = None,
+    store: Store | None = None,
 ) -> Starlette:
-    """Build the sorahook ASGI app. `settings` must already hold the admin token and secrets."""
+    """Build the sorahook ASGI app. `settings` must already hold the admin token and secrets.
+
+    `store` is an open store the caller owns (it stays open after shutdown); without one the lifespan
+    opens the store named by the settings and closes it on the way out.
+    """
     assert settings.admin_token is not None, "resolve secrets before create_app"
     rt = Runtime(
         settings=settings,
@@ -258,14 +264,17 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        rt.store = await SqliteStore.open(
-            settings.database_path,
-            clock=rt.clock,
-            retry_schedule=settings.retry_schedule,
-            callback_secret=settings.callback_secret,
-            disable_after=settings.disable_after,
-            box=SecretBox(settings.secret_key) if settings.secret_key else None,
-        )
+        if store is not None:
+            rt.store = store
+        else:
+            rt.store = await open_store(
+                settings.database_url,
+                clock=rt.clock,
+                retry_schedule=settings.retry_schedule,
+                callback_secret=settings.callback_secret,
+                disable_after=settings.disable_after,
+                box=SecretBox(settings.secret_key) if settings.secret_key else None,
+            )
         rt.store.on_job_finished = lambda kind, status, seconds: rt.metrics.job_duration.labels(
             kind=kind, status=status
         ).observe(seconds)
@@ -357,7 +366,8 @@ def create_app(
             await rt.sender.aclose()
             await rt.openai.aclose()
             await rt.storage.aclose()
-            await rt.store.aclose()
+            if store is None:
+                await rt.store.aclose()
             log.info("sorahook stopped; store closed")
 
     # With a trailing slash too: the router would answer 307, and a webhook sender that does not follow

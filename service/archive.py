@@ -29,8 +29,8 @@ from service.errors import OpenAIError, PermanentOpenAIError
 from service.metrics import Metrics
 from service.openai_client import OpenAIClient
 from service.storage import Storage, StorageError
+from service.store.protocol import Store
 from service.store.records import ClaimedArchive
-from service.store.sqlite import SqliteStore
 from service.workers import backoff, loop_forever, wait_for_signal
 
 log = logging.getLogger("sorahook.archive")
@@ -61,7 +61,7 @@ class Archiver:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: Store,
         openai: OpenAIClient,
         storage: Storage,
         clock: Clock,

@@ -18,8 +18,8 @@ from service.clock import Clock
 from service.errors import error_response
 from service.metrics import Metrics
 from service.signing import Verifier
+from service.store.protocol import InboxStore
 from service.store.records import IncomingWebhook
-from service.store.sqlite import SqliteStore
 
 log = logging.getLogger("sorahook.receiver")
 
@@ -189,7 +189,7 @@ def parse_event(text: str) -> dict[str, Any] | str:
 
 class Receiver:
     def __init__(
-        self, *, store: SqliteStore, verifier: Verifier, clock: Clock, metrics: Metrics, max_body_bytes: int
+        self, *, store: InboxStore, verifier: Verifier, clock: Clock, metrics: Metrics, max_body_bytes: int
     ) -> None:
         self.store = store
         self.verifier = verifier

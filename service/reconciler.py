@@ -31,8 +31,8 @@ from service.domain import Observation, observation_from_resource
 from service.errors import OpenAIError, TransientOpenAIError
 from service.metrics import Metrics
 from service.openai_client import OpenAIClient
+from service.store.protocol import JobStore
 from service.store.records import Job
-from service.store.sqlite import SqliteStore
 from service.workers import CallBudget, backoff, every
 
 log = logging.getLogger("sorahook.reconciler")
@@ -126,7 +126,7 @@ class Reconciler:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: JobStore,
         openai: OpenAIClient,
         clock: Clock,
         metrics: Metrics,

@@ -10,8 +10,8 @@ from service.clock import Clock
 from service.domain import Observation, error_category, job_error, observation_from_resource
 from service.errors import OpenAIError, PermanentOpenAIError, TransientOpenAIError
 from service.openai_client import OpenAIClient
+from service.store.protocol import Store
 from service.store.records import Job
-from service.store.sqlite import SqliteStore
 from service.workers import backoff, idle_until, loop_forever
 
 log = logging.getLogger("sorahook.submitter")
@@ -23,7 +23,7 @@ class Submitter:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: Store,
         openai: OpenAIClient,
         clock: Clock,
         batch: int = 16,
@@ -139,7 +139,7 @@ class Refresher:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: Store,
         openai: OpenAIClient,
         clock: Clock,
         batch: int = 16,

@@ -16,9 +16,10 @@ of queries per concern (`jobs`, `subscriptions`, `deliveries`, `archives`, `requ
 
 from __future__ import annotations
 
+from service.store.protocol import Signals
 from service.store.records import DeliveryOutcome
 from service.store.sqlite.archives import ArchiveQueries
-from service.store.sqlite.common import Signals, StoreClosed, owner_only
+from service.store.sqlite.common import StoreClosed, owner_only
 from service.store.sqlite.console import ConsoleQueries
 from service.store.sqlite.deliveries import DeliveryQueries
 from service.store.sqlite.jobs import JobQueries

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -10,7 +9,6 @@ import os
 import sqlite3
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,15 +53,6 @@ def owner_only(path: Path) -> None:
 
 class StoreClosed(Exception):
     """The store is closed (shutting down); the write was not attempted."""
-
-
-@dataclass
-class Signals:
-    """Set after a commit that gave a worker something to do, so workers need not poll tightly."""
-
-    deliveries: asyncio.Event
-    submissions: asyncio.Event
-    refreshes: asyncio.Event
 
 
 def _passive_checkpoint(conn: sqlite3.Connection) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from typing import Any, Self, cast
 
 from service.clock import Clock
 from service.secretbox import SealError, SecretBox
+from service.store.protocol import Signals
 from service.store.records import (
     IncomingWebhook,
     WebhookOutcome,
@@ -22,7 +23,6 @@ from service.store.sqlite.common import (
     MAX_BATCH,
     WAL_CATCH_UP_FRAMES,
     Op,
-    Signals,
     StoreClosed,
     T,
     _begin,
