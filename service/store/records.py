@@ -231,7 +231,7 @@ class ClaimedDelivery:
         return self.subscription_id or self.url
 
 
-# -- issue 9: archive
+# -- archive
 
 
 ArchiveStatus = Literal["pending", "stored", "archive_failed"]

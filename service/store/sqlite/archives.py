@@ -23,7 +23,7 @@ from service.store.sqlite.writer import StoreCore
 class ArchiveQueries(StoreCore):
     """Archives: the durable work of copying finished videos' assets to storage."""
 
-    # -- issue 9: archive -------------------------------------------------------------------------
+    # -- archive ---------------------------------------------------------------------------------
 
     async def configure_archive(self, variants: tuple[str, ...]) -> None:
         """Archive these variants of every video that completes from now on (none: archiving is off).

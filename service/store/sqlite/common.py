@@ -107,7 +107,7 @@ _ARCHIVE_INSERT = (
 
 
 def _count_new_jobs(conn: sqlite3.Connection, jobs: list[tuple[str, str]]) -> None:
-    """Add new jobs, as (kind, status), to job_counts (migration 9: no insert trigger does it)."""
+    """Add new jobs, as (kind, status), to job_counts (the statement that inserts them keeps the count; no per-row trigger)."""
     conn.executemany(
         "INSERT INTO job_counts (kind, status, n) VALUES (?, ?, ?)"
         " ON CONFLICT (kind, status) DO UPDATE SET n = n + excluded.n",

@@ -23,7 +23,7 @@ class ConsoleQueries(StoreCore):
         return await self._read(
             lambda c: [
                 (r[0], r[1], int(r[2]))
-                # Kept by triggers in the writing transactions (migration 7), not counted here.
+                # Kept current by the writing transactions, not counted here.
                 for r in c.execute("SELECT kind, status, n FROM job_counts WHERE n > 0").fetchall()
             ]
         )

@@ -62,7 +62,7 @@ class OpsCore:
         self.flag_refreshes = False
         # Jobs that reached a terminal state in the current batch: (kind, status, seconds since creation).
         self.finished: list[tuple[str, str, float]] = []
-        self.archive_variants: tuple[str, ...] = ()  # issue 9: set by SqliteStore.configure_archive
+        self.archive_variants: tuple[str, ...] = ()  # set by configure_archive
         self._opened: dict[tuple[str, str], str] = {}  # (sealed secret, owner) -> secret (open_secret)
 
     def open_secret(self, value: str, owner: str) -> str:
@@ -204,7 +204,7 @@ class OpsCore:
         pending = _Rows() if rows is None else rows
         if is_terminal(job.status):
             self.finished.append((job.kind, job.status, max(0.0, now - job.created_at)))
-        if self.archive_variants and job.status == "completed" and job.kind == "video":  # issue 9
+        if self.archive_variants and job.status == "completed" and job.kind == "video":
             pending.archives.extend((job.id, variant, now, now, now) for variant in self.archive_variants)
         event_type = emitted_type(job.kind, job.status)
         if obs.event_type and EVENT_TYPES.get(obs.event_type, (None, None))[1] == job.status:

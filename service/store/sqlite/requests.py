@@ -28,7 +28,7 @@ from service.store.sqlite.writer import StoreCore
 class RequestQueries(StoreCore):
     """Jobs made through the API: idempotency, quotas and usage."""
 
-    # -- issue 8: cost, quotas, usage, batches, progress -----------------------------------------
+    # -- cost, quotas, usage, batches ------------------------------------------------------------
 
     async def create_job(
         self,

@@ -13,7 +13,7 @@ class RetentionQueries(StoreCore):
 
     # -- retention --------------------------------------------------------------------------------
 
-    # Each a range seek on an index (migration 6); tests/test_retention.py holds the plans to that.
+    # Each a range seek on an index ; tests/test_retention.py holds the query plans to that.
     PRUNE_DELIVERIES_SQL = (
         "SELECT id FROM deliveries INDEXED BY deliveries_finished"
         " WHERE status IN ('succeeded', 'dead') AND updated_at < ? LIMIT ?"

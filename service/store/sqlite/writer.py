@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Self, cast
 
 from service.clock import Clock
-from service.secretbox import SealError, SecretBox
+from service.secretbox import SecretBox
 from service.store.protocol import Signals
 from service.store.records import (
     IncomingWebhook,
@@ -34,6 +34,7 @@ from service.store.sqlite.connection import Connection
 from service.store.sqlite.migrations import apply_migrations
 from service.store.sqlite.ops_deliveries import DeliveryOps
 from service.store.sqlite.ops_webhooks import WebhookOps
+from service.store.sqlite.startup import migrate_file, release_leases, seal_stored_secrets
 
 
 class _Ops(WebhookOps, DeliveryOps):
@@ -113,7 +114,7 @@ class StoreCore:
         await conn.execute("PRAGMA journal_mode = WAL")
         await conn.execute("PRAGMA synchronous = FULL")
         # Each operation in a batch runs in its own savepoint, whose undo pages go to a temp file by
-        # default: in memory they cost a copy instead of a write (the jobs insert: ~75 -> ~47 us).
+        # default: in memory they cost a copy instead of a write.
         await conn.execute("PRAGMA temp_store = MEMORY")
         return conn
 
@@ -127,7 +128,9 @@ class StoreCore:
         now = self.clock.now()
         await self._writer_conn.run(lambda c: apply_migrations(c, now))
         if self._ops.box is not None:
-            await self._write(self._seal_stored_secrets)
+            box = self._ops.box
+            await self._write(lambda c: seal_stored_secrets(c, box))
+            self._ops.forget_subscriptions()
         self._reader_conn = await self._connect()
         self._checkpoint_conn = await self._connect()
         # The writer never checkpoints: SQLite's automatic checkpoint runs inside whichever COMMIT pushes
@@ -137,71 +140,14 @@ class StoreCore:
         await self._writer_conn.execute("PRAGMA wal_autocheckpoint = 0")
         # When the WAL starts over, a file grown past this during a burst is cut back.
         await self._writer_conn.execute("PRAGMA journal_size_limit = 67108864")
-        await self._write(self._release_leases)
+        await self._write(lambda c: release_leases(c, self.clock.now()))
         self._writer_task = asyncio.create_task(self._writer_loop(), name="sorahook-store-writer")
         self._checkpoint_task = asyncio.create_task(self._checkpointer(), name="sorahook-store-checkpoint")
 
     @staticmethod
     async def migrate(path: Path, now: float) -> list[int]:
         """Apply migrations to the file and return the versions applied (for `sorahook migrate`)."""
-        owner_only(path)
-        conn = await Connection.open(path)
-        try:
-
-            def run(c: sqlite3.Connection) -> list[int]:
-                c.execute("PRAGMA journal_mode = WAL").fetchall()
-                return apply_migrations(c, now)
-
-            return await conn.run(run)
-        finally:
-            await conn.close()
-
-    def _seal_stored_secrets(self, conn: sqlite3.Connection) -> None:
-        """Seal, bound to their row, the secrets stored in plaintext or sealed before that binding.
-
-        A Python step rather than a migration: SQL has no key. It runs at every start and finds nothing
-        to do once every row is sealed.
-        """
-        box = self._ops.box
-        assert box is not None
-        rows = conn.execute(
-            "SELECT id, secret, previous_secret FROM subscriptions WHERE secret NOT LIKE 'sealed:v2:%'"
-            " OR (previous_secret IS NOT NULL AND previous_secret NOT LIKE 'sealed:v2:%')"
-        ).fetchall()
-        unopened = 0
-        for sub_id, secret, previous in rows:
-            try:
-                sealed = box.reseal(secret, sub_id)
-                sealed_previous = box.reseal(previous, sub_id) if previous else previous
-            except SealError:
-                unopened += 1
-                continue
-            conn.execute(
-                "UPDATE subscriptions SET secret = ?, previous_secret = ? WHERE id = ?",
-                (sealed, sealed_previous, sub_id),
-            )
-        if rows:
-            log.info("sealed stored subscription secrets", extra={"sealed": len(rows) - unopened})
-        if unopened:
-            log.warning(
-                "subscription secrets that do not open with SORAHOOK_SECRET_KEY were left as they are;"
-                " their deliveries will fail until the right key is set or the secret is rotated",
-                extra={"subscriptions": unopened},
-            )
-        self._ops.forget_subscriptions()
-
-    def _release_leases(self, conn: sqlite3.Connection) -> None:
-        """At start this process owns the file: claims left by a dead process are free again at once."""
-        now = self.clock.now()
-        conn.execute(
-            "UPDATE deliveries SET next_attempt_at = ?, lease_until = NULL"
-            " WHERE lease_until IS NOT NULL AND status IN ('pending', 'failed')",
-            (now,),
-        )
-        conn.execute(
-            "UPDATE jobs SET next_submit_at = ? WHERE status = 'pending' AND next_submit_at > ?", (now, now)
-        )
-        conn.execute("UPDATE jobs SET refresh_at = ? WHERE refresh_at > ?", (now, now))
+        return await migrate_file(path, now)
 
     async def aclose(self) -> None:
         if self._checkpoint_task is not None:
@@ -224,8 +170,8 @@ class StoreCore:
             raise StoreClosed("the store is closed")
         log_frames, copied = await self._checkpoint_conn.run(_passive_checkpoint)
         # Under steady writes this checkpoint never catches the writer (new frames land while it copies),
-        # and the WAL only starts over when a write begins with every frame copied: a 3-minute soak left
-        # a 577 MB WAL. Past WAL_CATCH_UP_FRAMES the writer copies the few remaining frames itself,
+        # and the WAL only starts over when a write begins with every frame copied, so under a long burst
+        # it grows without bound. Past WAL_CATCH_UP_FRAMES the writer copies the few remaining frames itself,
         # between two batches, so its next write starts the WAL over.
         if log_frames >= self.wal_catch_up_frames:
             self._catch_up = True
