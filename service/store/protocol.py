@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from service.domain import Kind, Observation
-from service.quotas import NewJob, Quotas
+from service.domain.quotas import NewJob, Quotas
 from service.store.records import (
     Archive,
     Attempt,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.clock import ManualClock
-from service.quotas import NewJob, QuotaExceeded, Quotas
+from service.domain.quotas import NewJob, QuotaExceeded, Quotas
 from service.store.protocol import Store
 from tests.contract.support import webhook
 

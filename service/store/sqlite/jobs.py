@@ -10,6 +10,7 @@ from service.domain import (
     emitted_type,
     is_terminal,
 )
+from service.domain.retry import reconcile_delay
 from service.store.records import (
     EventRecord,
     Job,
@@ -239,7 +240,7 @@ class JobQueries(StoreCore):
                 else:
                     outcomes.append((job_id, "unchanged"))
                     misses = row["reconcile_misses"] + 1
-                    delay = min(cap, base_delay * 2 ** min(misses - 1, 30))
+                    delay = reconcile_delay(misses, base=base_delay, cap=cap)
                     c.execute(
                         "UPDATE jobs SET reconcile_misses = ?, reconcile_at = ? WHERE id = ?",
                         (misses, now + delay, job_id),

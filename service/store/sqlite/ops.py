@@ -5,22 +5,18 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
-from dataclasses import replace
 from typing import Any
 
 from service import ids
 from service.clock import Clock
 from service.domain import (
-    EVENT_TYPES,
     Kind,
     Observation,
     Origin,
     Status,
-    decide,
-    emitted_type,
-    is_terminal,
-    matches_filter,
 )
+from service.domain.fanout import fan_out
+from service.domain.plan import new_webhook_job, plan_observation, status_effects
 from service.secretbox import SecretBox
 from service.store.records import (
     Job,
@@ -34,6 +30,8 @@ from service.store.sqlite.common import (
     _Rows,
 )
 from service.store.sqlite.rows import _job, _subscription
+
+_JSON_COLUMNS = frozenset({"result", "error"})  # job fields stored as JSON text
 
 
 class OpsCore:
@@ -153,40 +151,19 @@ class OpsCore:
         """
         now = self.clock.now()
         current = _job(row)
-        change = decide(current.status, current.progress, current.sequence, obs)
+        plan = plan_observation(current, obs, now)
         sets: dict[str, Any] = dict(extra or {})
-        fields: dict[str, Any] = {}
-        if obs.resource_id and current.resource_id is None:
-            sets["resource_id"] = fields["resource_id"] = obs.resource_id
-        if change.fields_changed:
-            sets["status"] = fields["status"] = change.status
-            sets["progress"] = fields["progress"] = change.progress
-            sets["sequence"] = fields["sequence"] = change.sequence
-        if change.status_changed and is_terminal(change.status):
-            sets["completed_at"] = fields["completed_at"] = obs.completed_at or int(now)
+        for name, value in plan.fields.items():
+            sets[name] = _dumps(value) if name in _JSON_COLUMNS else value
+        if plan.finishes_submission:
             sets["next_submit_at"] = None
-        # Details (result, error) are filled in whenever a source brings them, even without a status
-        # change (the follow-up retrieve after a terminal webhook); a terminal job's details only grow.
-        if obs.result is not None:
-            merged = dict(current.result or {})
-            merged.update(obs.result)
-            if merged != (current.result or None):
-                fields["result"] = merged
-                sets["result"] = _dumps(merged)
-        if obs.error is not None and (change.status == "failed" or change.status_changed):
-            if current.error != obs.error:
-                fields["error"] = obs.error
-                sets["error"] = _dumps(obs.error)
         if not sets:
             return current
-        if fields:
-            sets["updated_at"] = fields["updated_at"] = now
         assignments = ", ".join(f"{name} = ?" for name in sets)
         conn.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*sets.values(), current.id))
-        job = replace(current, **fields)  # the row as written, without reading it back
-        if change.status_changed:
-            self.on_status_change(conn, job, obs, source, now)
-        return job
+        if plan.status_changed:
+            self.on_status_change(conn, plan.job, obs, source, now)
+        return plan.job  # the row as written, without reading it back
 
     def on_status_change(
         self,
@@ -202,40 +179,31 @@ class OpsCore:
         The rows go into `rows` when given (the caller writes them), else they are written here.
         """
         pending = _Rows() if rows is None else rows
-        if is_terminal(job.status):
-            self.finished.append((job.kind, job.status, max(0.0, now - job.created_at)))
-        if self.archive_variants and job.status == "completed" and job.kind == "video":
-            pending.archives.extend((job.id, variant, now, now, now) for variant in self.archive_variants)
-        event_type = emitted_type(job.kind, job.status)
-        if obs.event_type and EVENT_TYPES.get(obs.event_type, (None, None))[1] == job.status:
-            event_type = obs.event_type  # OpenAI's own name (`response.incomplete`)
+        effects = status_effects(job, obs, now, self.archive_variants)
+        if effects.finished_after is not None:
+            self.finished.append((job.kind, job.status, effects.finished_after))
+        pending.archives.extend((job.id, variant, now, now, now) for variant in effects.archive_variants)
+        event_type = effects.event_type
         self.emit(conn, event_type, job.to_api(), source=source, job=job, rows=pending)
         if rows is None:
             pending.write(conn)
 
     def webhook_job(self, kind: Kind, resource_id: str, obs: Observation, now: float, rows: _Rows) -> Job:
         """A job first heard of by webhook, written once in its final state (the receiver's hot path)."""
-        change = decide("queued", 0, 0, obs)
-        completed_at = (obs.completed_at or int(now)) if is_terminal(change.status) else None
-        job = Job(
-            id=ids.job_id(),
-            kind=kind,
-            resource_id=resource_id,
-            status=change.status,
-            progress=change.progress,
-            origin="webhook",
-            request=None,
-            result=None,
-            error=None,
-            callback_url=None,
-            metadata={},
-            created_at=now,
-            updated_at=now,
-            completed_at=completed_at,
-            sequence=change.sequence,
-        )
+        job = new_webhook_job(ids.job_id(), kind, resource_id, obs, now)
         rows.jobs.append(
-            (job.id, kind, resource_id, job.status, job.progress, now, now, completed_at, job.sequence, now)
+            (
+                job.id,
+                kind,
+                resource_id,
+                job.status,
+                job.progress,
+                now,
+                now,
+                job.completed_at,
+                job.sequence,
+                now,
+            )
         )
         self.flag_refreshes = True
         return job
@@ -277,37 +245,32 @@ class OpsCore:
         job_id = job.id if job else None
         pending = _Rows() if rows is None else rows
         pending.events.append((event_id, "emitted", event_type, job_id, source, now, None, None, body, None))
-        # (subscription, callback url, ordering key, sequence) of each delivery to make
-        targets: list[tuple[str | None, str | None, str | None, int | None]] = []
-        for sub in self.subscriptions(conn):
-            if only_subscription is not None and sub.id != only_subscription:
-                continue
-            if sub.id == exclude_subscription:
-                continue
-            if only_subscription is None and not matches_filter(event_type, sub.event_types):
-                continue
-            ordering = f"{sub.id}:{job_id}" if (sub.ordered and job_id) else None
-            targets.append((sub.id, None, ordering, job.sequence if job else None))
-        if job is not None and job.callback_url and only_subscription is None:
-            # A job's callback gets its events in order, as an ordered subscription does.
-            targets.append((None, job.callback_url, f"callback:{job.id}", job.sequence))
+        targets = fan_out(
+            event_type,
+            self.subscriptions(conn),
+            job_id=job_id,
+            job_sequence=job.sequence if job else None,
+            callback_url=job.callback_url if job else None,
+            only_subscription=only_subscription,
+            exclude_subscription=exclude_subscription,
+        )
         first_at = now + self.retry_schedule[0]
         pending.deliveries.extend(
             (
                 ids.delivery_id(),
                 event_id,
                 event_type,
-                sub_id,
+                t.subscription_id,
                 job_id,
-                url,
+                t.url,
                 first_at,
-                ordering,
-                seq,
+                t.ordering_key,
+                t.sequence,
                 now,
                 now,
                 now,
             )
-            for sub_id, url, ordering, seq in targets
+            for t in targets
         )
         if targets:
             self.flag_deliveries = True

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from service.domain.retry import delivery_verdict, should_disable
 from service.secretbox import SealError
 from service.store.records import (
     ClaimedDelivery,
@@ -213,29 +214,21 @@ class DeliveryOps(OpsCore):
             step = attempts - row["retry_base"]
             sub_id = row["subscription_id"]
             code = out.status_code
-            status: DeliveryStatus
-            next_at: float | None
-            if code is not None and 200 <= code < 300:
-                status, next_at = "succeeded", None
-                if sub_id:
-                    conn.execute(
-                        # Only write when it changes something that matters (not on every success).
-                        "UPDATE subscriptions SET last_success_at = ?, failing_since = NULL WHERE id = ?"
-                        " AND (failing_since IS NOT NULL OR last_success_at IS NULL OR last_success_at < ?)",
-                        (now, sub_id, now - 60.0),
-                    )
-            elif code == 410:
-                status, next_at = "dead", None
-                error = error or "410 Gone: the endpoint asked to stop"
-                if sub_id:
-                    self.disable_subscription(conn, sub_id, "endpoint answered 410 Gone")
-            elif step >= len(schedule):
-                status, next_at = "dead", None
-            else:
-                delay = schedule[step] * self.rng.uniform(0.8, 1.2)
-                if out.retry_after is not None and code in (429, 503):
-                    delay = max(delay, min(out.retry_after, max(schedule)))
-                status, next_at = "failed", now + delay
+            verdict = delivery_verdict(
+                status_code=code,
+                error=error,
+                step=step,
+                schedule=schedule,
+                retry_after=out.retry_after,
+                now=now,
+                uniform=self.rng.uniform,
+            )
+            status: DeliveryStatus = verdict.status
+            next_at, error = verdict.next_attempt_at, verdict.error
+            if status == "succeeded" and sub_id:
+                succeeded_subs.add(sub_id)
+            if verdict.disable is not None and sub_id:
+                self.disable_subscription(conn, sub_id, verdict.disable)
             if status != "succeeded" and sub_id:
                 self.note_failure(conn, sub_id, now, disable_after)
             conn.execute(
@@ -316,7 +309,7 @@ class DeliveryOps(OpsCore):
             return
         if row["failing_since"] is None:
             conn.execute("UPDATE subscriptions SET failing_since = ? WHERE id = ?", (now, sub_id))
-        elif now - row["failing_since"] >= disable_after:
+        elif should_disable(row["failing_since"], now, disable_after):
             self.disable_subscription(conn, sub_id, "no successful delivery for too long")
 
     def disable_subscription(self, conn: sqlite3.Connection, sub_id: str, reason: str) -> None:

@@ -7,10 +7,9 @@ import sqlite3
 
 from service import ids
 from service.domain import (
-    EVENT_TYPES,
     Observation,
-    is_terminal,
 )
+from service.domain.plan import webhook_observation
 from service.store.records import (
     IncomingWebhook,
     Job,
@@ -67,17 +66,13 @@ class WebhookOps(OpsCore):
             our = ids.event_id()  # made in turn, so a job's timeline reads in arrival order
             rows.webhooks.append((hook.webhook_id, our, now))
             job_id = job_ids.get(hook.resource_id)
-            mapped = EVENT_TYPES.get(hook.type)
+            mapped = webhook_observation(hook.type, hook.created_at)
             obs: Observation | None = None
             job: Job | None = None
             if mapped is not None:
-                obs = Observation(
-                    status=mapped[1],
-                    completed_at=hook.created_at if is_terminal(mapped[1]) else None,
-                    event_type=hook.type,
-                )
+                kind, obs = mapped
                 if job_id is None:
-                    job = self.webhook_job(mapped[0], hook.resource_id, obs, now, rows)
+                    job = self.webhook_job(kind, hook.resource_id, obs, now, rows)
                     job_id = job_ids[hook.resource_id] = job.id
             rows.events.append(
                 (

@@ -6,16 +6,17 @@ import json
 import sqlite3
 from typing import Any
 
-from service.quotas import (
-    CONCURRENT_RETRY_AFTER,
+from service.domain.quotas import (
     DAY,
     HOUR,
     NewJob,
-    QuotaExceeded,
     Quotas,
-    client_label,
-    daily_retry_after,
-    per_hour_retry_after,
+    concurrent_refusal,
+    daily_exceeded,
+    daily_refusal,
+    demand,
+    per_hour_exceeded,
+    per_hour_refusal,
 )
 from service.store.records import (
     IdempotencyKeyReused,
@@ -129,25 +130,16 @@ class RequestQueries(StoreCore):
         Jobs first heard of by webhook belong to no client (they have no metadata), so they never count
         toward the limits of the clients that send no client key.
         """
-        wanted: dict[str | None, tuple[int, float]] = {}
-        for spec in jobs:
-            n, usd = wanted.get(spec.client, (0, 0.0))
-            wanted[spec.client] = (n + 1, usd + (spec.estimated_cost_usd or 0.0))
-        for client, (n, usd) in wanted.items():
-            who = client_label(client)
+        for client, (n, usd) in demand(jobs).items():
             if quotas.concurrent is not None:
                 active = c.execute(
                     "SELECT COUNT(*) FROM jobs INDEXED BY jobs_client_active WHERE client IS ?"
                     " AND status IN ('pending', 'queued', 'in_progress') AND origin != 'webhook'",
                     (client,),
                 ).fetchone()[0]
-                if active + n > quotas.concurrent:
-                    raise QuotaExceeded(
-                        "concurrent_jobs",
-                        f"client {who} has {active} unfinished job(s); {n} more would pass its limit of"
-                        f" {quotas.concurrent} concurrent jobs (SORAHOOK_QUOTA_CONCURRENT)",
-                        CONCURRENT_RETRY_AFTER,
-                    )
+                refusal = concurrent_refusal(client, active, n, quotas.concurrent)
+                if refusal is not None:
+                    raise refusal
             if quotas.per_hour is not None:
                 window = (client, now - HOUR)
                 recent = c.execute(
@@ -155,7 +147,7 @@ class RequestQueries(StoreCore):
                     " WHERE client IS ? AND created_at > ? AND origin != 'webhook'",
                     window,
                 ).fetchone()[0]
-                if recent + n > quotas.per_hour:
+                if per_hour_exceeded(recent, n, quotas.per_hour):
                     created = [
                         r[0]
                         for r in c.execute(
@@ -165,12 +157,7 @@ class RequestQueries(StoreCore):
                             window,
                         ).fetchall()
                     ]
-                    raise QuotaExceeded(
-                        "jobs_per_hour",
-                        f"client {who} created {recent} job(s) in the last hour; {n} more would pass its"
-                        f" limit of {quotas.per_hour} jobs per hour (SORAHOOK_QUOTA_PER_HOUR)",
-                        per_hour_retry_after(created, n, quotas.per_hour, now),
-                    )
+                    raise per_hour_refusal(client, created, n, quotas.per_hour, now)
             if quotas.daily_usd is not None:
                 # Jobs that failed or were cancelled before reaching OpenAI never cost anything.
                 spending = (
@@ -180,16 +167,11 @@ class RequestQueries(StoreCore):
                 )
                 window = (client, now - DAY)
                 spent = float(c.execute("SELECT TOTAL(estimated_cost_usd)" + spending, window).fetchone()[0])
-                if spent + usd > quotas.daily_usd + 1e-9:
+                if daily_exceeded(spent, usd, quotas.daily_usd):
                     rows = c.execute(
                         "SELECT created_at, estimated_cost_usd" + spending + " ORDER BY created_at", window
                     ).fetchall()
-                    raise QuotaExceeded(
-                        "daily_spend_usd",
-                        f"client {who} has an estimated ${spent:.4f} of videos in the last 24 h; ${usd:.4f}"
-                        f" more would pass its limit of ${quotas.daily_usd:.2f} a day (SORAHOOK_QUOTA_DAILY_USD)",
-                        daily_retry_after([(r[0], r[1]) for r in rows], usd, quotas.daily_usd, now),
-                    )
+                    raise daily_refusal(client, [(r[0], r[1]) for r in rows], usd, quotas.daily_usd, now)
 
     async def usage(self, *, since: float | None, until: float | None, client_key: str) -> dict[str, Any]:
         """Estimated cost and job counts of the jobs created in [since, until), by model, status and client."""

@@ -10,6 +10,7 @@ from service import ids
 from service.domain import (
     matches_filter,
 )
+from service.domain.fanout import subscription_ordering_key
 from service.store.records import (
     Subscription,
 )
@@ -188,7 +189,7 @@ class SubscriptionQueries(StoreCore):
         for ev in events:
             if not matches_filter(ev["type"], sub.event_types):
                 continue
-            ordering = f"{sub.id}:{ev['job_id']}" if (sub.ordered and ev["job_id"]) else None
+            ordering = subscription_ordering_key(sub, ev["job_id"])
             rows.append(
                 (
                     ids.delivery_id(),
