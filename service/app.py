@@ -32,6 +32,7 @@ from service.errors import error_response
 from service.metrics import Metrics
 from service.openai_client import OpenAIClient
 from service.openapi import openapi_endpoint
+from service.processor import Processor
 from service.progress import ProgressPoller
 from service.receiver import Receiver
 from service.reconciler import Reconciler
@@ -56,6 +57,7 @@ GC_GEN0_THRESHOLD = 10_000
 # How long the delivery sender keeps a subscriber host's addresses (ssrf.CachingResolver): every send is
 # still vetted, against answers at most this old, instead of a getaddrinfo per delivery.
 DELIVERY_DNS_TTL = 10.0
+INBOX_DRAIN_ON_STOP = 5.0  # seconds the shutdown waits for the processor to empty the inbox
 
 
 def settle_gc() -> None:
@@ -83,6 +85,7 @@ class Runtime:
     storage: Storage = field(init=False)
     openai: OpenAIClient = field(init=False)
     sender: Sender = field(init=False)
+    processor: Processor = field(init=False)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     ready: bool = False
 
@@ -339,6 +342,9 @@ def create_app(
                         step=settings.progress_step,
                     )
                 )
+        # The processor is part of the webhook's path, not an optional worker: without it no job follows.
+        rt.processor = Processor(store=rt.store, clock=rt.clock)
+        workers.insert(0, rt.processor)
         if start_workers and settings.archive:
             archiver = Archiver(
                 store=rt.store, openai=rt.openai, storage=rt.storage, clock=rt.clock, metrics=rt.metrics
@@ -359,6 +365,9 @@ def create_app(
         finally:
             rt.ready = False
             receiver.accepting = False
+            # Apply what was acknowledged before stopping (what is left waits in the inbox for the next start).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rt.processor.idle(), timeout=INBOX_DRAIN_ON_STOP)
             for task in rt.tasks.values():
                 task.cancel()
             await asyncio.gather(*rt.tasks.values(), return_exceptions=True)

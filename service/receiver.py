@@ -1,4 +1,7 @@
-"""POST /webhooks/openai: verify, parse, store durably (dedupe, job change, outbox), then answer."""
+"""POST /webhooks/openai: verify, parse, commit to the inbox with its dedupe key, then answer.
+
+The job change, timeline and outbox rows follow in the processor (service/processor.py).
+"""
 
 from __future__ import annotations
 
@@ -285,13 +288,13 @@ class Receiver:
             body=text,
             data=event["data"],
         )
-        outcome = await self.store.record_webhook(hook)
+        outcome = await self.store.enqueue_webhook(hook)
         self._counter(hook.type, outcome.status).inc()
         if outcome.status == "duplicate":
             return _DUPLICATE
         if log.isEnabledFor(logging.DEBUG):  # the extra dict is built per request otherwise
             log.debug(
                 "webhook accepted",
-                extra={"event_type": hook.type, "resource_id": hook.resource_id, "job_id": outcome.job_id},
+                extra={"event_type": hook.type, "resource_id": hook.resource_id},
             )
         return _ACCEPTED

@@ -40,6 +40,7 @@ class Signals:
     deliveries: asyncio.Event
     submissions: asyncio.Event
     refreshes: asyncio.Event
+    inbox: asyncio.Event  # a webhook was acknowledged: the processor has work
 
 
 class StoreLifecycle(Protocol):
@@ -57,10 +58,23 @@ class StoreLifecycle(Protocol):
 
 
 class InboxStore(Protocol):
-    """Verified webhooks as they arrive."""
+    """Verified webhooks as they arrive, and the processor's way through them."""
+
+    async def enqueue_webhook(self, hook: IncomingWebhook) -> WebhookOutcome:
+        """Acknowledge a verified webhook: its dedupe key and inbox row, committed; nothing else.
+
+        `duplicate` when its webhook id was seen before. `signals.inbox` is set after the commit.
+        """
+
+    async def process_inbox(self, limit: int) -> list[float]:
+        """Apply up to `limit` of the oldest acknowledged webhooks, in received order, through the
+        planner (job, timeline, outbox and archive rows in one transaction); their received times."""
+
+    async def inbox_depth(self) -> int:
+        """Webhooks acknowledged but not yet applied."""
 
     async def record_webhook(self, hook: IncomingWebhook) -> WebhookOutcome:
-        """Store a verified webhook once (deduplicated by its webhook id)."""
+        """Acknowledge and apply a webhook in one transaction (for callers that need the job at once)."""
 
     async def count_received(self) -> int:
         """How many distinct webhooks have been recorded."""

@@ -10,7 +10,7 @@ Group commit makes the fsync per batch, not per request, which is what keeps FUL
 
 Modules: `connection` (a sqlite3 connection on its own thread), `writer` (the store's core: the
 group-commit writer, checkpoints, reads), `ops*` (what runs inside a writer transaction), one module
-of queries per concern (`jobs`, `subscriptions`, `deliveries`, `archives`, `requests`, `retention`,
+of queries per concern (`inbox`, `jobs`, `subscriptions`, `deliveries`, `archives`, `requests`, `retention`,
 `console`), `rows` (rows to records) and `migrations/` (the schema, one `.sql` file per version).
 """
 
@@ -22,6 +22,7 @@ from service.store.sqlite.archives import ArchiveQueries
 from service.store.sqlite.common import StoreClosed, owner_only
 from service.store.sqlite.console import ConsoleQueries
 from service.store.sqlite.deliveries import DeliveryQueries
+from service.store.sqlite.inbox import InboxQueries
 from service.store.sqlite.jobs import JobQueries
 from service.store.sqlite.requests import RequestQueries
 from service.store.sqlite.retention import RetentionQueries
@@ -41,6 +42,7 @@ __all__ = [
 
 
 class SqliteStore(
+    InboxQueries,
     JobQueries,
     SubscriptionQueries,
     DeliveryQueries,

@@ -20,7 +20,7 @@ class ConsoleQueries(StoreCore):
     # -- metrics ----------------------------------------------------------------------------------
 
     async def job_counts(self) -> list[tuple[str, str, int]]:
-        return await self._read(
+        return await self._read_settled(
             lambda c: [
                 (r[0], r[1], int(r[2]))
                 # Kept current by the writing transactions, not counted here.
@@ -91,7 +91,7 @@ class ConsoleQueries(StoreCore):
             rows = c.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit + 1)).fetchall()
             return [_job(r) for r in rows[:limit]], len(rows) > limit
 
-        return await self._read(read)
+        return await self._read_settled(read)
 
     async def console_counts(self, since: float) -> dict[str, int]:
         """Webhooks received since `since` and deliveries waiting or dead: each an index range count."""
@@ -112,7 +112,7 @@ class ConsoleQueries(StoreCore):
                 out[status] = int(n)
             return out
 
-        return await self._read(read)
+        return await self._read_settled(read)
 
     async def subscription_attempts(self, sub_id: str, since: float, limit: int = 10_000) -> list[Attempt]:
         """The subscription's delivery attempts since `since`, newest first (for its success rate and latency)."""

@@ -61,7 +61,7 @@ class DeliveryQueries(StoreCore):
         )
 
     async def delivery_backlog(self) -> int:
-        return await self._read(
+        return await self._read_settled(
             lambda c: int(
                 c.execute("SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'failed')").fetchone()[
                     0
@@ -97,7 +97,7 @@ class DeliveryQueries(StoreCore):
             rows = c.execute(sql + " ORDER BY d.id DESC LIMIT ?", (*args, limit + 1)).fetchall()
             return _with_attempts(c, rows[:limit]), len(rows) > limit
 
-        return await self._read(read)
+        return await self._read_settled(read)
 
     async def get_delivery(self, delivery_id: str) -> Delivery | None:
 
@@ -109,7 +109,7 @@ class DeliveryQueries(StoreCore):
             ).fetchone()
             return _with_attempts(c, [row])[0] if row is not None else None
 
-        return await self._read(read)
+        return await self._read_settled(read)
 
     async def retry_delivery(self, delivery_id: str) -> str | None:
         """Make a dead or failed delivery due now on a fresh schedule; returns its previous status or None.

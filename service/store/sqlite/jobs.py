@@ -33,7 +33,7 @@ class JobQueries(StoreCore):
             row = self._ops.job_row(c, key)
             return _job(row) if row is not None else None
 
-        return await self._read(read)
+        return await self._read_settled(read)
 
     async def list_jobs(
         self,
@@ -61,7 +61,7 @@ class JobQueries(StoreCore):
             page = [_job(r) for r in rows[:limit]]
             return (page[::-1] if backwards else page), len(rows) > limit
 
-        return await self._read(read)
+        return await self._read_settled(read)
 
     async def job_events(self, job_id: str) -> list[EventRecord]:
         def read(c: sqlite3.Connection) -> list[EventRecord]:
@@ -82,7 +82,7 @@ class JobQueries(StoreCore):
                 for r in rows
             ]
 
-        return await self._read(read)
+        return await self._read_settled(read)
 
     async def track_job(
         self, *, kind: Kind, resource_id: str, callback_url: str | None, metadata: dict[str, str]

@@ -58,6 +58,8 @@ class OpsCore:
         self.flag_deliveries = False
         self.flag_submissions = False
         self.flag_refreshes = False
+        self.flag_inbox = False
+        self.flag_applied = False  # inbox rows were applied
         # Jobs that reached a terminal state in the current batch: (kind, status, seconds since creation).
         self.finished: list[tuple[str, str, float]] = []
         self.archive_variants: tuple[str, ...] = ()  # set by configure_archive

@@ -13,10 +13,6 @@ from typing import Any, Self, cast
 from service.clock import Clock
 from service.secretbox import SecretBox
 from service.store.protocol import Signals
-from service.store.records import (
-    IncomingWebhook,
-    WebhookOutcome,
-)
 from service.store.sqlite.common import (
     CHECKPOINT_INTERVAL,
     GATHER_TURNS,
@@ -33,7 +29,7 @@ from service.store.sqlite.common import (
 from service.store.sqlite.connection import Connection
 from service.store.sqlite.migrations import apply_migrations
 from service.store.sqlite.ops_deliveries import DeliveryOps
-from service.store.sqlite.ops_webhooks import WebhookOps
+from service.store.sqlite.ops_webhooks import WebhookOps, _WebhookOp, run_webhooks
 from service.store.sqlite.startup import migrate_file, release_leases, seal_stored_secrets
 
 
@@ -41,17 +37,8 @@ class _Ops(WebhookOps, DeliveryOps):
     """Every operation the writer runs: one object, so a batch shares its caches and flags."""
 
 
-class _WebhookOp:
-    """The write of one webhook: an op like any other, which the writer can store with its neighbours."""
-
-    __slots__ = ("hook", "ops")
-
-    def __init__(self, ops: _Ops, hook: IncomingWebhook) -> None:
-        self.ops = ops
-        self.hook = hook
-
-    def __call__(self, conn: sqlite3.Connection) -> WebhookOutcome:
-        return self.ops.record_webhooks(conn, [self.hook])[0]
+SETTLE_LIMIT = 1.0  # the longest a read waits for earlier webhooks to be applied
+SETTLE_POLL = 0.05
 
 
 class StoreCore:
@@ -79,7 +66,8 @@ class StoreCore:
         self._catch_up = False
         self._queue: asyncio.Queue[tuple[Op[Any], asyncio.Future[Any]] | None] = asyncio.Queue()
         self._writer_task: asyncio.Task[None] | None = None
-        self.signals = Signals(asyncio.Event(), asyncio.Event(), asyncio.Event())
+        self.signals = Signals(asyncio.Event(), asyncio.Event(), asyncio.Event(), asyncio.Event())
+        self.inbox_applied = asyncio.Event()  # set after a commit that applied inbox rows
         self.commits = 0
         self.committed_ops = 0
         # Called after a commit for each job that reached a terminal state (the duration metric).
@@ -345,10 +333,13 @@ class StoreCore:
                 i += 1
                 continue
             j = i + 1
-            while j < len(ops) and isinstance(ops[j], _WebhookOp):
+            while j < len(ops):
+                nxt = ops[j]
+                if not isinstance(nxt, _WebhookOp) or nxt.apply != op.apply:
+                    break
                 j += 1
             run = cast("list[_WebhookOp]", ops[i:j])
-            results.extend(self._ops.record_webhooks(conn, [w.hook for w in run]))
+            results.extend(run_webhooks(self._ops, conn, [w.hook for w in run], apply=op.apply))
             i = j
         return results
 
@@ -372,11 +363,42 @@ class StoreCore:
             self.signals.submissions.set()
         if ops.flag_refreshes:
             self.signals.refreshes.set()
-        ops.flag_deliveries = ops.flag_submissions = ops.flag_refreshes = False
+        if ops.flag_inbox:
+            self.signals.inbox.set()
+        if ops.flag_applied:
+            self.inbox_applied.set()
+        ops.flag_deliveries = ops.flag_submissions = ops.flag_refreshes = ops.flag_inbox = (
+            ops.flag_applied
+        ) = False
         finished, ops.finished = ops.finished, []
         if self.on_job_finished is not None:
             for kind, status, seconds in finished:
                 self.on_job_finished(kind, status, seconds)
+
+    async def _read_settled(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A read that first lets the processor apply every webhook acknowledged before it began.
+
+        The receiver answers once a webhook is in the inbox; a client that then reads its job expects
+        to see the webhook applied, and normally it already is. When it is not, the read waits (at most
+        SETTLE_LIMIT seconds) for the processor's batches to pass that point, then reads.
+        """
+
+        def first(c: sqlite3.Connection) -> tuple[int | None, T | None]:
+            last = c.execute("SELECT MAX(seq) FROM inbox").fetchone()[0]
+            return last, (fn(c) if last is None else None)
+
+        last, result = await self._read(first)
+        if last is None:
+            return cast(T, result)
+        deadline = asyncio.get_running_loop().time() + SETTLE_LIMIT
+        while asyncio.get_running_loop().time() < deadline:
+            self.inbox_applied.clear()
+            oldest = await self._read(lambda c: c.execute("SELECT MIN(seq) FROM inbox").fetchone()[0])
+            if oldest is None or oldest > last:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.inbox_applied.wait(), timeout=SETTLE_POLL)
+        return await self._read(fn)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader_conn is None:
@@ -391,14 +413,3 @@ class StoreCore:
         except Exception:
             return False
         return self.writer_alive
-
-    # -- webhooks ---------------------------------------------------------------------------------
-
-    async def record_webhook(self, hook: IncomingWebhook) -> WebhookOutcome:
-        """Store a verified webhook: dedupe, event row, job change and outbox rows in one transaction."""
-        return await self._write(_WebhookOp(self._ops, hook))
-
-    async def count_received(self) -> int:
-        return await self._read(
-            lambda c: int(c.execute("SELECT COUNT(*) FROM received_webhooks").fetchone()[0])
-        )
