@@ -172,7 +172,9 @@ class Archiver:
     async def _retry(
         self, item: ClaimedArchive, message: str, *, cap: float | None = None, at_least: float | None = None
     ) -> str:
-        delay = backoff(item.attempts - 1, base=self.backoff_base, cap=min(cap or self.backoff_cap, self.backoff_cap))
+        delay = backoff(
+            item.attempts - 1, base=self.backoff_base, cap=min(cap or self.backoff_cap, self.backoff_cap)
+        )
         if at_least is not None:
             delay = max(delay, at_least)
         at = self.clock.now() + delay

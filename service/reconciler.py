@@ -179,7 +179,9 @@ class Reconciler:
         if report.halted:
             # Retry-After is a floor; repeated storms push the pause further out, up to the cap.
             self._strikes += 1
-            pause = max(p.retry_after or 0.0, backoff(self._strikes, base=self.interval, cap=self.backoff_cap))
+            pause = max(
+                p.retry_after or 0.0, backoff(self._strikes, base=self.interval, cap=self.backoff_cap)
+            )
             self.paused_until = self.clock.now() + pause
             log.warning(
                 "OpenAI is refusing the reconciler; pausing",
