@@ -23,7 +23,7 @@ import httpx
 from service.app import create_app
 from service.clock import SystemClock
 from service.config import Settings, new_webhook_secret
-from service.quotas import NewJob, Quotas
+from service.domain.quotas import NewJob, Quotas
 from service.store.sqlite import SqliteStore
 
 BUDGET_MS = 50.0

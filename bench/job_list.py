@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from service import ids
-from service.store.migrations import apply_migrations
 from service.store.sqlite import list_jobs_sql
+from service.store.sqlite.migrations import apply_migrations
 
 PAGE = 20
 

@@ -32,6 +32,7 @@ from service.errors import error_response
 from service.metrics import Metrics
 from service.openai_client import OpenAIClient
 from service.openapi import openapi_endpoint
+from service.processor import Processor
 from service.progress import ProgressPoller
 from service.receiver import Receiver
 from service.reconciler import Reconciler
@@ -40,7 +41,8 @@ from service.secretbox import SecretBox
 from service.sender import Sender
 from service.signing import Verifier
 from service.storage import Storage, storage_from_settings
-from service.store.sqlite import SqliteStore
+from service.store import open_store
+from service.store.protocol import Store
 from service.submitter import Refresher, Submitter
 from service.ui import console_routes
 from service.workers import CallBudget, Worker
@@ -55,6 +57,7 @@ GC_GEN0_THRESHOLD = 10_000
 # How long the delivery sender keeps a subscriber host's addresses (ssrf.CachingResolver): every send is
 # still vetted, against answers at most this old, instead of a getaddrinfo per delivery.
 DELIVERY_DNS_TTL = 10.0
+INBOX_DRAIN_ON_STOP = 5.0  # seconds the shutdown waits for the processor to empty the inbox
 
 
 def settle_gc() -> None:
@@ -78,10 +81,11 @@ class Runtime:
     metrics: Metrics
     resolver: ssrf.Resolver
     openai_transport: httpx.AsyncBaseTransport | None = None
-    store: SqliteStore = field(init=False)
+    store: Store = field(init=False)
     storage: Storage = field(init=False)
     openai: OpenAIClient = field(init=False)
     sender: Sender = field(init=False)
+    processor: Processor = field(init=False)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     ready: bool = False
 
@@ -169,8 +173,13 @@ def create_app(
     background: list[Callable[[], Awaitable[None]]] | None = None,
     start_workers: bool = True,
     on_ready: Callable[[Runtime], None] | None = None,
+    store: Store | None = None,
 ) -> Starlette:
-    """Build the sorahook ASGI app. `settings` must already hold the admin token and secrets."""
+    """Build the sorahook ASGI app. `settings` must already hold the admin token and secrets.
+
+    `store` is an open store the caller owns (it stays open after shutdown); without one the lifespan
+    opens the store named by the settings and closes it on the way out.
+    """
     assert settings.admin_token is not None, "resolve secrets before create_app"
     rt = Runtime(
         settings=settings,
@@ -258,14 +267,17 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        rt.store = await SqliteStore.open(
-            settings.database_path,
-            clock=rt.clock,
-            retry_schedule=settings.retry_schedule,
-            callback_secret=settings.callback_secret,
-            disable_after=settings.disable_after,
-            box=SecretBox(settings.secret_key) if settings.secret_key else None,
-        )
+        if store is not None:
+            rt.store = store
+        else:
+            rt.store = await open_store(
+                settings.database_url,
+                clock=rt.clock,
+                retry_schedule=settings.retry_schedule,
+                callback_secret=settings.callback_secret,
+                disable_after=settings.disable_after,
+                box=SecretBox(settings.secret_key) if settings.secret_key else None,
+            )
         rt.store.on_job_finished = lambda kind, status, seconds: rt.metrics.job_duration.labels(
             kind=kind, status=status
         ).observe(seconds)
@@ -330,6 +342,9 @@ def create_app(
                         step=settings.progress_step,
                     )
                 )
+        # The processor is part of the webhook's path, not an optional worker: without it no job follows.
+        rt.processor = Processor(store=rt.store, clock=rt.clock)
+        workers.insert(0, rt.processor)
         if start_workers and settings.archive:
             archiver = Archiver(
                 store=rt.store, openai=rt.openai, storage=rt.storage, clock=rt.clock, metrics=rt.metrics
@@ -350,6 +365,9 @@ def create_app(
         finally:
             rt.ready = False
             receiver.accepting = False
+            # Apply what was acknowledged before stopping (what is left waits in the inbox for the next start).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rt.processor.idle(), timeout=INBOX_DRAIN_ON_STOP)
             for task in rt.tasks.values():
                 task.cancel()
             await asyncio.gather(*rt.tasks.values(), return_exceptions=True)
@@ -357,7 +375,8 @@ def create_app(
             await rt.sender.aclose()
             await rt.openai.aclose()
             await rt.storage.aclose()
-            await rt.store.aclose()
+            if store is None:
+                await rt.store.aclose()
             log.info("sorahook stopped; store closed")
 
     # With a trailing slash too: the router would answer 307, and a webhook sender that does not follow

@@ -25,13 +25,14 @@ import logging
 from collections.abc import Callable
 
 from service.clock import Clock
+from service.domain.retry import backoff
 from service.errors import OpenAIError, PermanentOpenAIError
 from service.metrics import Metrics
 from service.openai_client import OpenAIClient
 from service.storage import Storage, StorageError
+from service.store.protocol import Store
 from service.store.records import ClaimedArchive
-from service.store.sqlite import SqliteStore
-from service.workers import backoff, loop_forever, wait_for_signal
+from service.workers import loop_forever, wait_for_signal
 
 log = logging.getLogger("sorahook.archive")
 
@@ -61,7 +62,7 @@ class Archiver:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: Store,
         openai: OpenAIClient,
         storage: Storage,
         clock: Clock,
@@ -171,7 +172,9 @@ class Archiver:
     async def _retry(
         self, item: ClaimedArchive, message: str, *, cap: float | None = None, at_least: float | None = None
     ) -> str:
-        delay = backoff(item.attempts - 1, self.backoff_base, min(cap or self.backoff_cap, self.backoff_cap))
+        delay = backoff(
+            item.attempts - 1, base=self.backoff_base, cap=min(cap or self.backoff_cap, self.backoff_cap)
+        )
         if at_least is not None:
             delay = max(delay, at_least)
         at = self.clock.now() + delay

@@ -313,13 +313,13 @@ def _log_private_targets(policy: PrivateTargets, emulator_mode: bool) -> None:
 
 
 def migrate() -> int:
-    from service.store.sqlite import SqliteStore
+    from service.store import migrate_store
 
     env = EnvReader(os.environ)
     settings = load_settings(env)
     configure_logging(settings.log_format, settings.log_level)
     _warn_unknown_env(env)
-    applied = asyncio.run(SqliteStore.migrate(settings.database_path, time.time()))
+    applied = asyncio.run(migrate_store(settings.database_url, time.time()))
     if applied:
         print(f"applied migrations {', '.join(map(str, applied))} to {settings.database_path}")
     else:

@@ -83,6 +83,11 @@ class Settings:
     def data_dir(self) -> Path:
         return self.database_path.parent
 
+    @property
+    def database_url(self) -> str:
+        """The store's URL as `open_store` takes it (SORAHOOK_DATABASE_URL, normalised)."""
+        return f"sqlite:///{self.database_path}"
+
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
     raw = env.get(name, "").strip()

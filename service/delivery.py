@@ -29,8 +29,8 @@ from service.dispatch import AdaptiveLimits, CappedQueue, QueueClosed
 from service.metrics import Metrics
 from service.sender import Sender
 from service.signing import Signer
-from service.store.records import ClaimedDelivery, DeliveryStatus
-from service.store.sqlite import DeliveryOutcome, SqliteStore
+from service.store.protocol import Store
+from service.store.records import ClaimedDelivery, DeliveryOutcome, DeliveryStatus
 from service.workers import loop_forever, wait_for_signal
 
 log = logging.getLogger("sorahook.delivery")
@@ -50,7 +50,7 @@ class Deliverer:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: Store,
         sender: Sender,
         clock: Clock,
         metrics: Metrics,

@@ -30,7 +30,6 @@ import contextlib
 import json
 import logging
 import math
-import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -42,6 +41,7 @@ import httpx
 
 from service import ids
 from service.domain import error_category
+from service.domain.retry import backoff
 from service.errors import OpenAIError, PermanentOpenAIError, TransientOpenAIError
 from service.http_transport import AiohttpTransport
 from service.metrics import Metrics
@@ -369,7 +369,7 @@ class OpenAIClient:
 
     def _backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter: attempt 0 waits up to ``backoff_base``."""
-        return min(self._backoff_cap, self._backoff_base * 2.0 ** min(attempt, 64)) * random.random()
+        return backoff(attempt, base=self._backoff_base, cap=self._backoff_cap, jitter=(0.0, 1.0))
 
 
 # --- helpers -----------------------------------------------------------------------------------------------

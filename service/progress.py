@@ -18,8 +18,8 @@ from service.domain import Observation, observation_from_resource
 from service.errors import OpenAIError
 from service.openai_client import OpenAIClient
 from service.reconciler import CREATED_SLACK, LIST_PAGE, take_list_page
+from service.store.protocol import JobStore
 from service.store.records import Job
-from service.store.sqlite import SqliteStore
 from service.workers import CallBudget, every
 
 log = logging.getLogger("sorahook.progress")
@@ -33,7 +33,7 @@ class ProgressPoller:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: JobStore,
         openai: OpenAIClient,
         clock: Clock,
         budget: CallBudget,

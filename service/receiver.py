@@ -1,4 +1,7 @@
-"""POST /webhooks/openai: verify, parse, store durably (dedupe, job change, outbox), then answer."""
+"""POST /webhooks/openai: verify, parse, commit to the inbox with its dedupe key, then answer.
+
+The job change, timeline and outbox rows follow in the processor (service/processor.py).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ from service.clock import Clock
 from service.errors import error_response
 from service.metrics import Metrics
 from service.signing import Verifier
+from service.store.protocol import InboxStore
 from service.store.records import IncomingWebhook
-from service.store.sqlite import SqliteStore
 
 log = logging.getLogger("sorahook.receiver")
 
@@ -189,7 +192,7 @@ def parse_event(text: str) -> dict[str, Any] | str:
 
 class Receiver:
     def __init__(
-        self, *, store: SqliteStore, verifier: Verifier, clock: Clock, metrics: Metrics, max_body_bytes: int
+        self, *, store: InboxStore, verifier: Verifier, clock: Clock, metrics: Metrics, max_body_bytes: int
     ) -> None:
         self.store = store
         self.verifier = verifier
@@ -285,13 +288,13 @@ class Receiver:
             body=text,
             data=event["data"],
         )
-        outcome = await self.store.record_webhook(hook)
+        outcome = await self.store.enqueue_webhook(hook)
         self._counter(hook.type, outcome.status).inc()
         if outcome.status == "duplicate":
             return _DUPLICATE
         if log.isEnabledFor(logging.DEBUG):  # the extra dict is built per request otherwise
             log.debug(
                 "webhook accepted",
-                extra={"event_type": hook.type, "resource_id": hook.resource_id, "job_id": outcome.job_id},
+                extra={"event_type": hook.type, "resource_id": hook.resource_id},
             )
         return _ACCEPTED

@@ -28,12 +28,13 @@ from typing import Any
 
 from service.clock import Clock
 from service.domain import Observation, observation_from_resource
+from service.domain.retry import backoff
 from service.errors import OpenAIError, TransientOpenAIError
 from service.metrics import Metrics
 from service.openai_client import OpenAIClient
+from service.store.protocol import JobStore
 from service.store.records import Job
-from service.store.sqlite import SqliteStore
-from service.workers import CallBudget, backoff, every
+from service.workers import CallBudget, every
 
 log = logging.getLogger("sorahook.reconciler")
 
@@ -126,7 +127,7 @@ class Reconciler:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: JobStore,
         openai: OpenAIClient,
         clock: Clock,
         metrics: Metrics,
@@ -178,7 +179,9 @@ class Reconciler:
         if report.halted:
             # Retry-After is a floor; repeated storms push the pause further out, up to the cap.
             self._strikes += 1
-            pause = max(p.retry_after or 0.0, backoff(self._strikes, self.interval, self.backoff_cap))
+            pause = max(
+                p.retry_after or 0.0, backoff(self._strikes, base=self.interval, cap=self.backoff_cap)
+            )
             self.paused_until = self.clock.now() + pause
             log.warning(
                 "OpenAI is refusing the reconciler; pausing",

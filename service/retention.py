@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from service.clock import Clock
-from service.store.sqlite import SqliteStore
+from service.store.protocol import RetentionStore
 from service.workers import every
 
 log = logging.getLogger("sorahook.retention")
@@ -16,7 +16,7 @@ class Pruner:
     name = "pruner"
 
     def __init__(
-        self, *, store: SqliteStore, clock: Clock, keep: float, interval: float = 3600.0, batch: int = 200
+        self, *, store: RetentionStore, clock: Clock, keep: float, interval: float = 3600.0, batch: int = 200
     ) -> None:
         self.store, self.clock = store, clock
         self.keep, self.interval, self.batch = keep, interval, batch

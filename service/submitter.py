@@ -8,11 +8,12 @@ from typing import Any
 
 from service.clock import Clock
 from service.domain import Observation, error_category, job_error, observation_from_resource
+from service.domain.retry import backoff
 from service.errors import OpenAIError, PermanentOpenAIError, TransientOpenAIError
 from service.openai_client import OpenAIClient
+from service.store.protocol import Store
 from service.store.records import Job
-from service.store.sqlite import SqliteStore
-from service.workers import backoff, idle_until, loop_forever
+from service.workers import idle_until, loop_forever
 
 log = logging.getLogger("sorahook.submitter")
 
@@ -23,7 +24,7 @@ class Submitter:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: Store,
         openai: OpenAIClient,
         clock: Clock,
         batch: int = 16,
@@ -85,7 +86,7 @@ class Submitter:
                     job.id, Observation(status="failed", error=error), "submitter"
                 )
                 return
-            delay = backoff(job.submit_attempts, self.backoff_base, self.backoff_cap)
+            delay = backoff(job.submit_attempts, base=self.backoff_base, cap=self.backoff_cap)
             if exc.retry_after is not None:
                 delay = max(delay, exc.retry_after)
             log.info("submission will be retried", extra={"job_id": job.id, "delay": round(delay, 2)})
@@ -139,7 +140,7 @@ class Refresher:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: Store,
         openai: OpenAIClient,
         clock: Clock,
         batch: int = 16,
@@ -169,7 +170,7 @@ class Refresher:
                 await self.store.refresh_done(job.id, None)
             return
         except OpenAIError:
-            await self.store.refresh_retry(job.id, backoff(3, 1.0, 120.0), self.max_attempts)
+            await self.store.refresh_retry(job.id, backoff(3, base=1.0, cap=120.0), self.max_attempts)
             return
         await self.store.refresh_done(job.id, observation_from_resource(job.kind, obj))
 

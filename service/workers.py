@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -15,11 +14,6 @@ class Worker(Protocol):
     name: str
 
     async def run(self) -> None: ...
-
-
-def backoff(attempt: int, base: float = 1.0, cap: float = 300.0) -> float:
-    """Exponential backoff with jitter: about base·2^attempt, never above cap."""
-    return float(min(cap, base * (2 ** min(attempt, 30))) * random.uniform(0.5, 1.0))
 
 
 async def wait_for_signal(event: asyncio.Event, timeout: float) -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from service.api.jobs import fingerprint
 from service.app import create_app
-from service.store.migrations import apply_migrations
 from service.store.sqlite import list_jobs_sql
+from service.store.sqlite.migrations import apply_migrations
 from tests.support import auth, live_server, make_settings
 
 pytestmark = pytest.mark.anyio

@@ -17,9 +17,9 @@ from service import ssrf
 from service.api.assets import serve_archived
 from service.api.common import json_object, limit_arg, list_page
 from service.domain import KINDS, STATUSES, Kind, Observation, is_terminal, kind_for_resource_id
+from service.domain.quotas import NewJob, QuotaExceeded, Quotas
 from service.errors import ApiError, OpenAIError, PermanentOpenAIError
 from service.models import DEFAULT_MODEL_TABLE, ModelTable, refusal
-from service.quotas import NewJob, QuotaExceeded, Quotas
 from service.store.records import IdempotencyKeyReused, Job
 
 if TYPE_CHECKING:

@@ -231,7 +231,7 @@ class ClaimedDelivery:
         return self.subscription_id or self.url
 
 
-# -- issue 9: archive
+# -- archive
 
 
 ArchiveStatus = Literal["pending", "stored", "archive_failed"]
@@ -266,3 +266,15 @@ class ClaimedArchive:
     attempts: int
     created_at: float
     expires_at: float | None
+
+
+@dataclass(slots=True)  # not frozen: one per delivery attempt, and a frozen __init__ costs 5x
+class DeliveryOutcome:
+    """What a delivery attempt did, as the delivery worker reports it to the store."""
+
+    delivery_id: str
+    status_code: int | None
+    error: str | None
+    latency: float
+    retry_after: float | None = None
+    response_body: str | None = None  # the start of the answer; the store keeps a bounded prefix

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -69,3 +70,60 @@ def daily_retry_after(spent: list[tuple[float, float]], adding: float, limit: fl
         if total + adding <= limit + 1e-9:
             return max(1.0, created_at + DAY - now)
     return DAY
+
+
+SPEND_EPSILON = 1e-9  # sums of float dollars: a request exactly at the limit passes
+
+
+def demand(jobs: Iterable[NewJob]) -> dict[str | None, tuple[int, float]]:
+    """What a request asks of each client's quotas: (jobs, estimated dollars) per client."""
+    wanted: dict[str | None, tuple[int, float]] = {}
+    for spec in jobs:
+        n, usd = wanted.get(spec.client, (0, 0.0))
+        wanted[spec.client] = (n + 1, usd + (spec.estimated_cost_usd or 0.0))
+    return wanted
+
+
+def concurrent_refusal(client: str | None, active: int, adding: int, limit: int) -> QuotaExceeded | None:
+    """The refusal when `adding` jobs next to the client's `active` unfinished ones pass its limit."""
+    if active + adding <= limit:
+        return None
+    return QuotaExceeded(
+        "concurrent_jobs",
+        f"client {client_label(client)} has {active} unfinished job(s); {adding} more would pass its limit of"
+        f" {limit} concurrent jobs (SORAHOOK_QUOTA_CONCURRENT)",
+        CONCURRENT_RETRY_AFTER,
+    )
+
+
+def per_hour_exceeded(recent: int, adding: int, limit: int) -> bool:
+    return recent + adding > limit
+
+
+def per_hour_refusal(
+    client: str | None, created: list[float], adding: int, limit: int, now: float
+) -> QuotaExceeded:
+    """The refusal for a client whose jobs of the last hour (`created`, oldest first) leave no room."""
+    return QuotaExceeded(
+        "jobs_per_hour",
+        f"client {client_label(client)} created {len(created)} job(s) in the last hour; {adding} more would pass"
+        f" its limit of {limit} jobs per hour (SORAHOOK_QUOTA_PER_HOUR)",
+        per_hour_retry_after(created, adding, limit, now),
+    )
+
+
+def daily_exceeded(spent: float, adding: float, limit: float) -> bool:
+    return spent + adding > limit + SPEND_EPSILON
+
+
+def daily_refusal(
+    client: str | None, spent: list[tuple[float, float]], adding: float, limit: float, now: float
+) -> QuotaExceeded:
+    """The refusal for a client whose spend of the last 24 h (`spent`, oldest first) leaves no room."""
+    total = sum(usd for _, usd in spent)
+    return QuotaExceeded(
+        "daily_spend_usd",
+        f"client {client_label(client)} has an estimated ${total:.4f} of videos in the last 24 h; ${adding:.4f}"
+        f" more would pass its limit of ${limit:.2f} a day (SORAHOOK_QUOTA_DAILY_USD)",
+        daily_retry_after(spent, adding, limit, now),
+    )
