@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import ssrf
-from service.api.common import require_token
+from service.api.common import Late, UrlCheck, require_token
 from service.api.jobs import JobsApi
 from service.api.subscriptions import DeliveriesApi, SubscriptionsApi
 from service.api.usage import UsageApi
@@ -215,10 +215,23 @@ def create_app(
                 rt.metrics.set_subscription_counts(*await rt.store.subscription_counts())
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    jobs = JobsApi(rt)
-    subs = SubscriptionsApi(rt)
-    deliveries = DeliveriesApi(rt)
-    usage = UsageApi(rt)
+    # What the lifespan opens, handed to the routes one by one (a route gets what it uses, not the Runtime).
+    store: Late[SqliteStore] = Late("the store")
+    openai: Late[OpenAIClient] = Late("the OpenAI client")
+    storage: Late[Storage] = Late("the archive storage")
+    urls = UrlCheck(rt.resolver, allow_private=settings.allow_private_targets)
+    jobs = JobsApi(
+        store=store,
+        openai=openai,
+        storage=storage,
+        settings=settings,
+        metrics=rt.metrics,
+        clock=rt.clock,
+        urls=urls,
+    )
+    subs = SubscriptionsApi(store=store, urls=urls)
+    deliveries = DeliveriesApi(store=store)
+    usage = UsageApi(store=store, quota_key=settings.quota_key)
     token = settings.admin_token
 
     def v1(path: str, handlers: dict[str, Callable[[Request], Awaitable[Response]]]) -> Route:
@@ -252,7 +265,10 @@ def create_app(
         v1("/v1/deliveries/retry", {"POST": deliveries.retry_many}),
         v1("/v1/deliveries/{delivery_id}", {"GET": deliveries.get}),
         v1("/v1/deliveries/{delivery_id}/retry", {"POST": deliveries.retry}),
-        *console_routes(rt),  # /ui/ (the operator console) and /docs (the API reference)
+        # /ui/ (the operator console) and /docs (the API reference)
+        *console_routes(
+            store=store, settings=settings, clock=rt.clock, metrics=rt.metrics, urls=urls, jobs_api=jobs
+        ),
         *(extra_routes or []),
     ]
 
@@ -290,6 +306,9 @@ def create_app(
         )
         receiver_holder["receiver"] = receiver
         rt.storage = storage_from_settings(settings)
+        store.set(rt.store)
+        openai.set(rt.openai)
+        storage.set(rt.storage)
         await rt.store.configure_archive(settings.archive_variants if settings.archive else ())
         workers: list[Worker] = []
         # One ceiling on polling calls to OpenAI per reconcile interval, for the reconciler and progress.
@@ -350,6 +369,8 @@ def create_app(
         finally:
             rt.ready = False
             receiver.accepting = False
+            for late in (store, openai, storage):
+                late.set(None)
             for task in rt.tasks.values():
                 task.cancel()
             await asyncio.gather(*rt.tasks.values(), return_exceptions=True)

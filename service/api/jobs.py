@@ -13,17 +13,21 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from service import ssrf
 from service.api.assets import serve_archived
-from service.api.common import json_object, limit_arg, list_page
+from service.api.common import Late, UrlCheck, json_object, limit_arg, list_page
+from service.clock import Clock
+from service.config import Settings
 from service.domain import KINDS, STATUSES, Kind, Observation, is_terminal, kind_for_resource_id
 from service.errors import ApiError, OpenAIError, PermanentOpenAIError
+from service.metrics import Metrics
 from service.models import DEFAULT_MODEL_TABLE, ModelTable, refusal
 from service.quotas import NewJob, QuotaExceeded, Quotas
 from service.store.records import IdempotencyKeyReused, Job
 
 if TYPE_CHECKING:
-    from service.app import Runtime
+    from service.openai_client import OpenAIClient
+    from service.storage import Storage
+    from service.store.sqlite import SqliteStore
 
 log = logging.getLogger("sorahook.api.jobs")
 
@@ -65,24 +69,6 @@ def validate_metadata(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-async def validate_callback_url(value: Any, runtime: Runtime, param: str = "callback_url") -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise _field_error(param, f"{param} must be an http(s) URL")
-    if len(value) > 2048:
-        raise _field_error(param, f"{param} must be at most 2048 characters")
-    try:
-        await ssrf.vet(value, runtime.resolver, allow_private=runtime.settings.allow_private_targets)
-    except ssrf.UnsafeTarget as exc:
-        raise ApiError(422, "invalid_url", f"{param}: {exc}", param=param) from None
-    except OSError as exc:
-        raise ApiError(
-            422, "invalid_url", f"{param}: the host does not resolve ({exc})", param=param
-        ) from None
-    return value
-
-
 def validate_create(
     body: dict[str, Any], models: tuple[str, ...], table: ModelTable = DEFAULT_MODEL_TABLE
 ) -> dict[str, Any]:
@@ -114,11 +100,29 @@ def validate_create(
 
 
 class JobsApi:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    """The /v1/jobs routes, given exactly what they use."""
+
+    def __init__(
+        self,
+        *,
+        store: Late[SqliteStore],
+        openai: Late[OpenAIClient],
+        storage: Late[Storage],
+        settings: Settings,
+        metrics: Metrics,
+        clock: Clock,
+        urls: UrlCheck,
+    ) -> None:
+        self.store = store
+        self.openai = openai
+        self.storage = storage
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.urls = urls
 
     async def _job_or_404(self, key: str) -> Job:
-        job = await self.rt.store.get_job(key)
+        job = await self.store.get().get_job(key)
         if job is None:
             raise ApiError(404, "not_found", f"no job with id or resource id {key!r}")
         return job
@@ -129,9 +133,9 @@ class JobsApi:
         if unknown:
             name = sorted(unknown)[0]
             raise _field_error(name, f"unknown field {name!r}")
-        settings = self.rt.settings
+        settings = self.settings
         req = validate_create(body, settings.models, settings.model_table)
-        callback_url = await validate_callback_url(body.get("callback_url"), self.rt)
+        callback_url = await self.urls(body.get("callback_url"))
         metadata = validate_metadata(body.get("metadata"))
         return NewJob(
             request=req,
@@ -150,9 +154,9 @@ class JobsApi:
             raise ApiError(
                 422, "invalid_header", "Idempotency-Key must be 1 to 255 characters", param="Idempotency-Key"
             )
-        s = self.rt.settings
+        s = self.settings
         try:
-            jobs, created = await self.rt.store.create_api_jobs(
+            jobs, created = await self.store.get().create_api_jobs(
                 specs,
                 quotas=Quotas(s.quota_concurrent, s.quota_per_hour, s.quota_daily_usd),
                 idempotency_key=key,
@@ -176,7 +180,7 @@ class JobsApi:
         if not created:
             return jobs, {"Idempotent-Replayed": "true"}
         for job in jobs:
-            self.rt.metrics.count_created("video", (job.request or {}).get("model"), job.estimated_cost_usd)
+            self.metrics.count_created("video", (job.request or {}).get("model"), job.estimated_cost_usd)
         return jobs, {}
 
     async def create(self, request: Request) -> Response:
@@ -233,13 +237,13 @@ class JobsApi:
             kind = kind_value
         else:
             raise _field_error("kind", f"kind must be one of {', '.join(KINDS)}")
-        callback_url = await validate_callback_url(body.get("callback_url"), self.rt)
+        callback_url = await self.urls(body.get("callback_url"))
         metadata = validate_metadata(body.get("metadata"))
-        job, created = await self.rt.store.track_job(
+        job, created = await self.store.get().track_job(
             kind=kind, resource_id=resource_id, callback_url=callback_url, metadata=metadata
         )
         if created:
-            self.rt.metrics.count_created(kind, None, None)
+            self.metrics.count_created(kind, None, None)
         return JSONResponse(job.to_api(), status_code=201 if created else 200)
 
     async def get(self, request: Request) -> Response:
@@ -288,7 +292,7 @@ class JobsApi:
         for name, value in cursors.items():
             if value is not None and len(value) > 256:
                 raise ApiError(422, "invalid_parameter", f"{name} must be a job id", param=name)
-        jobs, has_more = await self.rt.store.list_jobs(
+        jobs, has_more = await self.store.get().list_jobs(
             status=status,
             kind=kind,
             limit=limit_arg(request),
@@ -301,7 +305,7 @@ class JobsApi:
 
     async def events(self, request: Request) -> Response:
         job = await self._job_or_404(request.path_params["job_id"])
-        events = await self.rt.store.job_events(job.id)
+        events = await self.store.get().job_events(job.id)
         return JSONResponse({"object": "list", "data": [e.to_api() for e in events], "has_more": False})
 
     async def cancel(self, request: Request) -> Response:
@@ -313,7 +317,7 @@ class JobsApi:
                 raise ApiError(409, "cancel_not_supported", f"sorahook cannot cancel a {job.kind} at OpenAI")
             if job.resource_id:
                 try:
-                    await self.rt.openai.delete_video(job.resource_id)
+                    await self.openai.get().delete_video(job.resource_id)
                 except PermanentOpenAIError as exc:
                     if exc.status != 404:
                         raise ApiError(
@@ -321,7 +325,9 @@ class JobsApi:
                         ) from None
                 except OpenAIError as exc:
                     raise ApiError(502, "openai_error", f"OpenAI failed: {exc.message}") from None
-        updated = await self.rt.store.apply_observation(job.id, Observation(status="cancelled"), source="api")
+        updated = await self.store.get().apply_observation(
+            job.id, Observation(status="cancelled"), source="api"
+        )
         if updated is None:
             raise ApiError(404, "not_found", "job disappeared")
         if updated.status != "cancelled":
@@ -341,17 +347,17 @@ class JobsApi:
             raise ApiError(
                 409, "job_not_completed", f"the video is {job.status}; content exists once it is completed"
             )
-        archived = await serve_archived(request, self.rt, job, variant)  # our own copy first (issue 9)
+        archived = await serve_archived(request, self.store.get(), self.storage.get(), job, variant)
         if archived is not None:
             return archived
         expires_at = (job.result or {}).get("expires_at")
-        if isinstance(expires_at, (int, float)) and self.rt.clock.now() >= expires_at:
+        if isinstance(expires_at, (int, float)) and self.clock.now() >= expires_at:
             raise ApiError(
                 410,
                 "content_expired",
                 "OpenAI no longer serves this video's assets (expires_at passed) and there is no archived copy",
             )
-        stream = self.rt.openai.download_content(job.resource_id, variant)
+        stream = self.openai.get().download_content(job.resource_id, variant)
         try:
             upstream = await stream.__aenter__()
         except PermanentOpenAIError as exc:

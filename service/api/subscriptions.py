@@ -7,14 +7,13 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.common import json_object, limit_arg, list_page
-from service.api.jobs import validate_callback_url
+from service.api.common import Late, UrlCheck, json_object, limit_arg, list_page
 from service.config import new_webhook_secret
 from service.errors import ApiError
 from service.store.records import DELIVERY_STATUSES, Subscription
 
 if TYPE_CHECKING:
-    from service.app import Runtime
+    from service.store.sqlite import SqliteStore
 
 ROTATION_OVERLAP = 24 * 3600.0
 SUBSCRIPTION_PAGE = 100  # the default and largest page of GET /v1/subscriptions
@@ -61,11 +60,12 @@ def _bool(body: dict[str, Any], name: str) -> bool:
 
 
 class SubscriptionsApi:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, *, store: Late[SqliteStore], urls: UrlCheck) -> None:
+        self.store = store
+        self.urls = urls
 
     async def _sub_or_404(self, sub_id: str) -> Subscription:
-        sub = await self.rt.store.get_subscription(sub_id)
+        sub = await self.store.get().get_subscription(sub_id)
         if sub is None:
             raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
         return sub
@@ -75,9 +75,9 @@ class SubscriptionsApi:
         url = body.get("url")
         if url is None:
             raise ApiError(422, "invalid_field", "url is required", param="url")
-        checked = await validate_callback_url(url, self.rt, param="url")
+        checked = await self.urls(url, param="url")
         assert checked is not None
-        sub = await self.rt.store.create_subscription(
+        sub = await self.store.get().create_subscription(
             url=checked,
             event_types=validate_event_types(body.get("event_types")),
             description=_description(body.get("description")),
@@ -89,7 +89,7 @@ class SubscriptionsApi:
     async def list(self, request: Request) -> Response:
         # Oldest first, as before pagination; the default page holds the most a page may.
         limit = limit_arg(request, default=SUBSCRIPTION_PAGE, maximum=SUBSCRIPTION_PAGE)
-        subs = await self.rt.store.list_subscriptions(limit + 1, request.query_params.get("after") or None)
+        subs = await self.store.get().list_subscriptions(limit + 1, request.query_params.get("after") or None)
         return JSONResponse(list_page([s.to_api() for s in subs[:limit]], len(subs) > limit))
 
     async def get(self, request: Request) -> Response:
@@ -106,7 +106,7 @@ class SubscriptionsApi:
             raise ApiError(422, "invalid_field", f"{name} cannot be changed", param=name)
         changes: dict[str, Any] = {}
         if "url" in body:
-            changes["url"] = await validate_callback_url(body["url"], self.rt, param="url")
+            changes["url"] = await self.urls(body["url"], param="url")
             if changes["url"] is None:
                 raise ApiError(422, "invalid_field", "url cannot be null", param="url")
         if "event_types" in body:
@@ -116,20 +116,20 @@ class SubscriptionsApi:
         for name in ("enabled", "ordered"):
             if name in body:
                 changes[name] = _bool(body, name)
-        updated = await self.rt.store.update_subscription(sub_id, changes)
+        updated = await self.store.get().update_subscription(sub_id, changes)
         if updated is None:
             raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
         return JSONResponse(updated.to_api(with_secret=True))
 
     async def delete(self, request: Request) -> Response:
         sub_id = request.path_params["sub_id"]
-        if not await self.rt.store.delete_subscription(sub_id):
+        if not await self.store.get().delete_subscription(sub_id):
             raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
         return JSONResponse({"id": sub_id, "object": "subscription.deleted", "deleted": True})
 
     async def rotate_secret(self, request: Request) -> Response:
         sub_id = request.path_params["sub_id"]
-        sub = await self.rt.store.rotate_secret(sub_id, new_webhook_secret(), ROTATION_OVERLAP)
+        sub = await self.store.get().rotate_secret(sub_id, new_webhook_secret(), ROTATION_OVERLAP)
         if sub is None:
             raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
         out = sub.to_api(with_secret=True)
@@ -142,7 +142,7 @@ class SubscriptionsApi:
             raise ApiError(
                 409, "subscription_disabled", "enable the subscription before sending a test event"
             )
-        event_id = await self.rt.store.enqueue_test(sub.id)
+        event_id = await self.store.get().enqueue_test(sub.id)
         return JSONResponse({"object": "event", "id": event_id, "type": "sorahook.test"}, status_code=202)
 
     async def replay(self, request: Request) -> Response:
@@ -151,7 +151,7 @@ class SubscriptionsApi:
         since = body.get("since")
         if not isinstance(since, (int, float)) or isinstance(since, bool) or not 0 <= since <= 1e11:
             raise ApiError(422, "invalid_field", "since must be a Unix time in seconds", param="since")
-        count = await self.rt.store.replay(sub_id, float(since))
+        count = await self.store.get().replay(sub_id, float(since))
         if count is None:
             raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
         return JSONResponse(
@@ -160,8 +160,8 @@ class SubscriptionsApi:
 
 
 class DeliveriesApi:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, *, store: Late[SqliteStore]) -> None:
+        self.store = store
 
     async def list(self, request: Request) -> Response:
         q = request.query_params
@@ -173,7 +173,7 @@ class DeliveriesApi:
                 f"status must be one of {', '.join(DELIVERY_STATUSES)}",
                 param="status",
             )
-        found, has_more = await self.rt.store.list_deliveries(
+        found, has_more = await self.store.get().list_deliveries(
             subscription_id=q.get("subscription_id") or None,
             job_id=q.get("job_id") or None,
             status=status,
@@ -183,21 +183,21 @@ class DeliveriesApi:
         return JSONResponse(list_page([d.to_api() for d in found], has_more))
 
     async def get(self, request: Request) -> Response:
-        found = await self.rt.store.get_delivery(request.path_params["delivery_id"])
+        found = await self.store.get().get_delivery(request.path_params["delivery_id"])
         if found is None:
             raise ApiError(404, "not_found", "no such delivery")
         return JSONResponse(found.to_api())
 
     async def retry(self, request: Request) -> Response:
         delivery_id = request.path_params["delivery_id"]
-        previous = await self.rt.store.retry_delivery(delivery_id)
+        previous = await self.store.get().retry_delivery(delivery_id)
         if previous is None:
             raise ApiError(404, "not_found", "no such delivery")
         if previous not in ("dead", "failed"):
             raise ApiError(
                 409, "not_retryable", f"the delivery is {previous}; only dead or failed ones are retried"
             )
-        found = await self.rt.store.get_delivery(delivery_id)
+        found = await self.store.get().get_delivery(delivery_id)
         assert found is not None
         return JSONResponse(found.to_api(), status_code=202)
 
@@ -221,12 +221,13 @@ class DeliveriesApi:
                 raise ApiError(
                     422, "invalid_field", "subscription_id must be a string", param="subscription_id"
                 )
-            await SubscriptionsApi(self.rt)._sub_or_404(sub_id)
+            if await self.store.get().get_subscription(sub_id) is None:
+                raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
         if since is not None and (
             not isinstance(since, (int, float)) or isinstance(since, bool) or not 0 <= since <= 1e11
         ):
             raise ApiError(422, "invalid_field", "since must be a Unix time in seconds", param="since")
-        count = await self.rt.store.retry_dead_deliveries(
+        count = await self.store.get().retry_dead_deliveries(
             subscription_id=sub_id, since=None if since is None else float(since)
         )
         return JSONResponse(

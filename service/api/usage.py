@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from service.api.common import Late
 from service.errors import ApiError
 
 if TYPE_CHECKING:
-    from service.app import Runtime
+    from service.store.sqlite import SqliteStore
 
 MAX_TIME = 2**53  # JSON's exact-integer range: well past any real Unix time
 
@@ -32,12 +33,13 @@ def time_arg(request: Request, name: str) -> int | None:
 
 
 class UsageApi:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, *, store: Late[SqliteStore], quota_key: str) -> None:
+        self.store = store
+        self.quota_key = quota_key
 
     async def get(self, request: Request) -> Response:
         since, until = time_arg(request, "since"), time_arg(request, "until")
         if since is not None and until is not None and until < since:
             raise ApiError(422, "invalid_parameter", "until must not be before since", param="until")
-        totals = await self.rt.store.usage(since=since, until=until, client_key=self.rt.settings.quota_key)
+        totals = await self.store.get().usage(since=since, until=until, client_key=self.quota_key)
         return JSONResponse({"object": "usage", "since": since, "until": until, **totals})
