@@ -14,24 +14,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.jobs import (
-    MAX_BATCH,
-    MAX_IDEMPOTENCY_KEY,
-    MAX_METADATA_KEY,
-    MAX_METADATA_KEYS,
-    MAX_METADATA_VALUE,
-    MAX_PROMPT,
-    VARIANTS,
-)
+from service.api.jobs import MAX_IDEMPOTENCY_KEY, VARIANTS
+from service.api.schemas import METADATA, REQUEST_MODELS, RESOURCE_PREFIXES
 from service.domain import ERROR_CATEGORIES, KINDS, STATUSES
 from service.models import DEFAULT_MODEL_TABLE, ModelTable
 from service.store.records import DELIVERY_STATUSES
 
-__all__ = ["DEFAULT_MODELS", "openapi_document", "openapi_endpoint"]
+__all__ = ["DEFAULT_MODELS", "RESOURCE_PREFIXES", "openapi_document", "openapi_endpoint"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("sora-2", "sora-2-pro")
-# OpenAI's id prefixes that tell the kind of a tracked resource (service.domain.kind_for_resource_id).
-RESOURCE_PREFIXES: tuple[str, ...] = ("video_", "batch_", "resp_", "ftjob_")
 
 Schema = dict[str, Any]
 
@@ -150,16 +141,47 @@ def _model_rules(models: Sequence[str], table: ModelTable) -> list[Schema]:
     return rules
 
 
-def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> dict[str, Schema]:
-    seconds, sizes = table.seconds_values(models), table.size_values(models)
-    metadata: Schema = {
-        "type": "object",
-        "maxProperties": MAX_METADATA_KEYS,
-        "propertyNames": {"minLength": 1, "maxLength": MAX_METADATA_KEY},
-        "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
-        "description": f"Up to {MAX_METADATA_KEYS} string keys (1 to {MAX_METADATA_KEY} characters) "
-        f"with string values (at most {MAX_METADATA_VALUE} characters).",
+def _plain(schema: Any) -> Any:
+    """A model's JSON Schema without pydantic's generated titles (the component's name says it)."""
+    if isinstance(schema, dict):
+        return {k: _plain(v) for k, v in schema.items() if not (k == "title" and isinstance(v, str))}
+    if isinstance(schema, list):
+        return [_plain(v) for v in schema]
+    return schema
+
+
+def _request_schemas(models: Sequence[str], table: ModelTable) -> dict[str, Schema]:
+    """The request bodies, from their models (service/api/schemas.py); what the model table decides
+    (which models, seconds and sizes, and the defaults) is filled in from the table."""
+    out = {
+        m.__name__: _plain(m.model_json_schema(ref_template="#/components/schemas/{model}"))
+        for m in REQUEST_MODELS
     }
+    seconds, sizes = table.seconds_values(models), table.size_values(models)
+    create = out["CreateJobRequest"]
+    create["allOf"] = _model_rules(models, table)
+    create["properties"].update(
+        model={"enum": list(models), "default": models[0]},
+        seconds={
+            "enum": [*seconds, *(int(s) for s in seconds)],
+            "default": table.spec(models[0]).default_seconds,
+            "description": "Clip length; a string as OpenAI takes it, or the same whole number. "
+            "Each model allows its own lengths (the model table, SORAHOOK_MODELS_FILE).",
+        },
+        size={
+            "enum": list(sizes),
+            "default": table.spec(models[0]).default_size,
+            "description": "Each model allows its own sizes (the model table).",
+        },
+    )
+    out["CreateJobBatchRequest"]["properties"]["jobs"]["items"] = _ref("CreateJobRequest")
+    # Only what is sent changes: the models' placeholders for absent fields are no defaults.
+    for schema in out["UpdateSubscriptionRequest"]["properties"].values():
+        schema.pop("default", None)
+    return out
+
+
+def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> dict[str, Schema]:
     job_error: Schema = {
         "type": "object",
         "required": ["code", "message"],
@@ -219,7 +241,8 @@ def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> 
                 }
             },
         },
-        "Metadata": metadata,
+        "Metadata": _plain(METADATA.json_schema()),
+        **_request_schemas(models, table),
         "Job": {
             "type": "object",
             "required": [
@@ -326,49 +349,6 @@ def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> 
                 "has_more": {"const": False},
             },
         },
-        "CreateJobRequest": {
-            "type": "object",
-            "required": ["prompt"],
-            "additionalProperties": False,
-            "allOf": _model_rules(models, table),
-            "properties": {
-                "prompt": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_PROMPT,
-                    "pattern": r"\S",
-                    "description": "What the video shows; not blank.",
-                },
-                "model": {"enum": list(models), "default": models[0]},
-                "seconds": {
-                    "enum": [*seconds, *(int(s) for s in seconds)],
-                    "default": table.spec(models[0]).default_seconds,
-                    "description": "Clip length; a string as OpenAI takes it, or the same whole number. "
-                    "Each model allows its own lengths (the model table, SORAHOOK_MODELS_FILE).",
-                },
-                "size": {
-                    "enum": list(sizes),
-                    "default": table.spec(models[0]).default_size,
-                    "description": "Each model allows its own sizes (the model table).",
-                },
-                "callback_url": _nullable(_URL),
-                "metadata": _nullable(_ref("Metadata")),
-            },
-        },
-        "CreateJobBatchRequest": {
-            "type": "object",
-            "required": ["jobs"],
-            "additionalProperties": False,
-            "properties": {
-                "jobs": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": MAX_BATCH,
-                    "items": _ref("CreateJobRequest"),
-                    "description": "Created all together in one transaction, or none of them.",
-                }
-            },
-        },
         "JobBatch": {
             "type": "object",
             "required": ["object", "data"],
@@ -410,23 +390,6 @@ def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> 
                 },
             },
         },
-        "TrackJobRequest": {
-            "type": "object",
-            "required": ["resource_id"],
-            "anyOf": [
-                {"properties": {"resource_id": {"pattern": f"^({'|'.join(RESOURCE_PREFIXES)})"}}},
-                {"required": ["kind"], "properties": {"kind": {"enum": list(KINDS)}}},
-            ],
-            "properties": {
-                "kind": {
-                    "anyOf": [{"enum": list(KINDS)}, {"type": "null"}],
-                    "description": "Required when resource_id has no known prefix (video_, batch_, resp_, ftjob_).",
-                },
-                "resource_id": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"\S"},
-                "callback_url": _nullable(_URL),
-                "metadata": _nullable(_ref("Metadata")),
-            },
-        },
         "Subscription": {
             "type": "object",
             "required": _SUBSCRIPTION_REQUIRED,
@@ -448,32 +411,6 @@ def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> 
             "additionalProperties": False,
         },
         "SubscriptionList": _list_of(_ref("Subscription"), paginated=True),
-        "CreateSubscriptionRequest": {
-            "type": "object",
-            "required": ["url"],
-            "properties": {
-                "url": _URL,
-                "event_types": _EVENT_TYPES,
-                "description": _DESCRIPTION,
-                "ordered": {"type": "boolean", "default": False},
-            },
-        },
-        "UpdateSubscriptionRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "url": _URL,
-                "event_types": _EVENT_TYPES,
-                "enabled": {"type": "boolean"},
-                "description": _DESCRIPTION,
-                "ordered": {"type": "boolean"},
-            },
-        },
-        "ReplayRequest": {
-            "type": "object",
-            "required": ["since"],
-            "properties": {"since": {"type": "number", "minimum": 0, "description": "Unix time in seconds"}},
-        },
         "Attempt": {
             "type": "object",
             "required": ["attempted_at", "status_code", "latency_ms", "error", "response_body"],
@@ -487,21 +424,6 @@ def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> 
                     "type": ["string", "null"],
                     "maxLength": 1024,
                     "description": "The first 1 KiB of the endpoint's answer (UTF-8, invalid bytes replaced).",
-                },
-            },
-        },
-        "BulkRetryRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "minProperties": 1,
-            "description": "At least one filter; with both, a delivery must match both.",
-            "properties": {
-                "subscription_id": {"type": "string", "description": "Only this subscription's deliveries."},
-                "since": {
-                    "type": "number",
-                    "minimum": 0,
-                    "maximum": 1e11,
-                    "description": "Only deliveries made at or after this Unix time (seconds).",
                 },
             },
         },

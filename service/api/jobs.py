@@ -7,14 +7,25 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from pydantic_core import ErrorDetails
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from service.api.assets import serve_archived
 from service.api.common import Late, UrlCheck, json_object, limit_arg, list_page
+from service.api.schemas import (
+    MAX_BATCH,
+    MAX_METADATA_KEY,
+    MAX_PROMPT,
+    CreateJobBatchRequest,
+    CreateJobRequest,
+    TrackJobRequest,
+    common_message,
+    parse,
+)
 from service.clock import Clock
 from service.config import Settings
 from service.domain import KINDS, STATUSES, Kind, Observation, is_terminal, kind_for_resource_id
@@ -32,12 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sorahook.api.jobs")
 
 VARIANTS = ("video", "thumbnail", "spritesheet")
-MAX_PROMPT = 10_000
-MAX_METADATA_KEYS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
 MAX_IDEMPOTENCY_KEY = 255
-MAX_BATCH = 100
 LIST_PARAMETERS = ("status", "kind", "limit", "after", "before", "order")
 METADATA_PREFIX = "metadata."
 
@@ -52,51 +58,55 @@ def fingerprint(body: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def validate_metadata(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _field_error("metadata", "metadata must be an object of string keys and string values")
-    if len(value) > MAX_METADATA_KEYS:
-        raise _field_error("metadata", f"metadata may hold at most {MAX_METADATA_KEYS} keys")
-    for key, item in value.items():
-        if not key or len(key) > MAX_METADATA_KEY:
-            raise _field_error("metadata", f"metadata keys must be 1 to {MAX_METADATA_KEY} characters")
-        if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE:
-            raise _field_error(
-                "metadata", f"metadata[{key!r}] must be a string of at most {MAX_METADATA_VALUE} characters"
-            )
-    return dict(value)
+def _create_message(
+    body: dict[str, Any], models: tuple[str, ...], table: ModelTable
+) -> Callable[[ErrorDetails], str]:
+    """The words for a bad POST /v1/jobs field; seconds and size name what the requested model allows."""
+
+    def message(error: ErrorDetails) -> str:
+        common = common_message(error)
+        if common is not None:
+            return common
+        field = str(error["loc"][0])
+        model = body.get("model", models[0])
+        spec = table.spec(model if isinstance(model, str) else models[0])
+        if field == "prompt" and error["type"] == "string_too_long":
+            return f"prompt must be at most {MAX_PROMPT} characters"
+        if field == "model":
+            return f"model must be one of {', '.join(models)} (SORAHOOK_MODELS)"
+        if field == "seconds":
+            return f"seconds must be a string or a whole number; {spec.name} allows {', '.join(spec.seconds)}"
+        if field == "size":
+            return f"size must be a string like {spec.default_size}"
+        return "prompt is required and must be a non-empty string"
+
+    return message
+
+
+def _track_message(error: ErrorDetails) -> str:
+    field = str(error["loc"][0])
+    if field == "kind":
+        return f"kind must be one of {', '.join(KINDS)}"
+    return common_message(error) or "resource_id is required: the id OpenAI gave the resource"
 
 
 def validate_create(
     body: dict[str, Any], models: tuple[str, ...], table: ModelTable = DEFAULT_MODEL_TABLE
-) -> dict[str, Any]:
-    """The video request, checked against the model table: a refused combination names what the model allows."""
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise _field_error("prompt", "prompt is required and must be a non-empty string")
-    if len(prompt) > MAX_PROMPT:
-        raise _field_error("prompt", f"prompt must be at most {MAX_PROMPT} characters")
-    model = body.get("model", models[0])
-    if not isinstance(model, str) or model not in models:
+) -> CreateJobRequest:
+    """The video request: the model's checks, then the model table's (a refused combination names what the
+    model allows). Absent model, seconds and size take the table's defaults."""
+    req = parse(CreateJobRequest, body, _create_message(body, models, table))
+    given = req.model_fields_set
+    model = req.model if "model" in given else models[0]
+    if model not in models:
         raise _field_error("model", f"model must be one of {', '.join(models)} (SORAHOOK_MODELS)")
     spec = table.spec(model)
-    seconds = body.get("seconds", spec.default_seconds)
-    if isinstance(seconds, int) and not isinstance(seconds, bool):
-        seconds = str(seconds)
-    size = body.get("size", spec.default_size)
-    if not isinstance(seconds, str):
-        raise _field_error(
-            "seconds",
-            f"seconds must be a string or a whole number; {spec.name} allows {', '.join(spec.seconds)}",
-        )
-    if not isinstance(size, str):
-        raise _field_error("size", f"size must be a string like {spec.default_size}")
+    seconds = str(req.seconds) if "seconds" in given else spec.default_seconds
+    size = req.size if "size" in given else spec.default_size
     refused = refusal(spec, seconds, size)
     if refused is not None:
         raise _field_error(*refused)
-    return {"model": model, "prompt": prompt, "seconds": seconds, "size": size}
+    return req.model_copy(update={"model": model, "seconds": seconds, "size": size})
 
 
 class JobsApi:
@@ -129,20 +139,17 @@ class JobsApi:
 
     async def _new_job(self, body: dict[str, Any]) -> NewJob:
         """Validate one job request (raising a 422 ApiError naming the field) and price it."""
-        unknown = set(body) - {"prompt", "model", "seconds", "size", "callback_url", "metadata"}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise _field_error(name, f"unknown field {name!r}")
         settings = self.settings
         req = validate_create(body, settings.models, settings.model_table)
-        callback_url = await self.urls(body.get("callback_url"))
-        metadata = validate_metadata(body.get("metadata"))
+        callback_url = await self.urls(req.callback_url)
+        metadata = req.metadata or {}
+        seconds = str(req.seconds)
         return NewJob(
-            request=req,
+            request={"model": req.model, "prompt": req.prompt, "seconds": seconds, "size": req.size},
             callback_url=callback_url,
             metadata=metadata,
             client=metadata.get(settings.quota_key),
-            estimated_cost_usd=settings.prices.estimate(req["model"], req["size"], req["seconds"]),
+            estimated_cost_usd=settings.prices.estimate(req.model, req.size, seconds),
         )
 
     async def _store_new(
@@ -192,13 +199,11 @@ class JobsApi:
     async def create_batch(self, request: Request) -> Response:
         """Up to MAX_BATCH jobs in one transaction: every item valid, or a 422 listing each bad one."""
         body = await json_object(request)
-        unknown = set(body) - {"jobs"}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise _field_error(name, f"unknown field {name!r}")
-        items = body.get("jobs")
-        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
-            raise _field_error("jobs", f"jobs must be an array of 1 to {MAX_BATCH} job requests")
+        items = parse(
+            CreateJobBatchRequest,
+            body,
+            lambda _: f"jobs must be an array of 1 to {MAX_BATCH} job requests",
+        ).jobs
 
         async def check(index: int, item: Any) -> NewJob | dict[str, Any]:
             if not isinstance(item, dict):
@@ -223,22 +228,13 @@ class JobsApi:
         )
 
     async def track(self, request: Request) -> Response:
-        body = await json_object(request)
-        resource_id = body.get("resource_id")
-        if not isinstance(resource_id, str) or not resource_id.strip() or len(resource_id) > 256:
-            raise _field_error("resource_id", "resource_id is required: the id OpenAI gave the resource")
-        kind_value = body.get("kind")
-        kind: Kind | None
-        if kind_value is None:
-            kind = kind_for_resource_id(resource_id)
-            if kind is None:
-                raise _field_error("kind", "kind is required when resource_id has no known prefix")
-        elif kind_value in KINDS:
-            kind = kind_value
-        else:
-            raise _field_error("kind", f"kind must be one of {', '.join(KINDS)}")
-        callback_url = await self.urls(body.get("callback_url"))
-        metadata = validate_metadata(body.get("metadata"))
+        req = parse(TrackJobRequest, await json_object(request), _track_message)
+        resource_id = req.resource_id
+        kind: Kind | None = req.kind or kind_for_resource_id(resource_id)
+        if kind is None:
+            raise _field_error("kind", "kind is required when resource_id has no known prefix")
+        callback_url = await self.urls(req.callback_url)
+        metadata = req.metadata or {}
         job, created = await self.store.get().track_job(
             kind=kind, resource_id=resource_id, callback_url=callback_url, metadata=metadata
         )

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.common import Late, UrlCheck, json_object, limit_arg, list_page
+from service.api.schemas import (
+    EVENT_TYPES,
+    BulkRetryRequest,
+    CreateSubscriptionRequest,
+    ReplayRequest,
+    UpdateSubscriptionRequest,
+    common_message,
+    event_types_message,
+    parse,
+)
 from service.config import new_webhook_secret
 from service.errors import ApiError
 from service.store.records import DELIVERY_STATUSES, Subscription
@@ -17,46 +29,23 @@ if TYPE_CHECKING:
 
 ROTATION_OVERLAP = 24 * 3600.0
 SUBSCRIPTION_PAGE = 100  # the default and largest page of GET /v1/subscriptions
-_EVENT_TYPE_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._*")
+
+
+def _message(error: ErrorDetails) -> str:
+    return common_message(error) or f"{error['loc'][0]} is invalid"
 
 
 def validate_event_types(value: Any) -> list[str] | None:
+    """An event_types value (the API's or the console's), by the same rule as the request models."""
     if value is None:
         return None
-    if not isinstance(value, list) or len(value) > 100:
-        raise ApiError(
-            422, "invalid_field", "event_types must be a list of event type names", param="event_types"
-        )
-    out: list[str] = []
-    for item in value:
-        if not isinstance(item, str) or not item or len(item) > 100 or not set(item) <= _EVENT_TYPE_CHARS:
-            raise ApiError(
-                422, "invalid_field", f"event_types holds an invalid entry: {item!r}", param="event_types"
-            )
-        if "*" in item[:-1]:
-            raise ApiError(422, "invalid_field", f"'*' may only end an entry: {item!r}", param="event_types")
-        out.append(item)
-    return out or None
-
-
-def _description(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > 500:
-        raise ApiError(
-            422,
-            "invalid_field",
-            "description must be a string of at most 500 characters",
-            param="description",
-        )
-    return value
-
-
-def _bool(body: dict[str, Any], name: str) -> bool:
-    value = body[name]
-    if not isinstance(value, bool):
-        raise ApiError(422, "invalid_field", f"{name} must be true or false", param=name)
-    return value
+    try:
+        checked = EVENT_TYPES.validate_python(value, strict=True)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        error["loc"] = ("event_types", *error["loc"])
+        raise ApiError(422, "invalid_field", event_types_message(error), param="event_types") from None
+    return checked or None
 
 
 class SubscriptionsApi:
@@ -72,17 +61,17 @@ class SubscriptionsApi:
 
     async def create(self, request: Request) -> Response:
         body = await json_object(request)
-        url = body.get("url")
-        if url is None:
+        if body.get("url") is None:  # absent or null
             raise ApiError(422, "invalid_field", "url is required", param="url")
-        checked = await self.urls(url, param="url")
+        req = parse(CreateSubscriptionRequest, body, _message)
+        checked = await self.urls(req.url, param="url")
         assert checked is not None
         sub = await self.store.get().create_subscription(
             url=checked,
-            event_types=validate_event_types(body.get("event_types")),
-            description=_description(body.get("description")),
+            event_types=req.event_types or None,
+            description=req.description,
             secret=new_webhook_secret(),
-            ordered=_bool(body, "ordered") if "ordered" in body else False,
+            ordered=req.ordered,
         )
         return JSONResponse(sub.to_api(with_secret=True), status_code=201)
 
@@ -100,22 +89,16 @@ class SubscriptionsApi:
         sub_id = request.path_params["sub_id"]
         await self._sub_or_404(sub_id)
         body = await json_object(request)
-        unknown = set(body) - {"url", "event_types", "enabled", "description", "ordered"}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise ApiError(422, "invalid_field", f"{name} cannot be changed", param=name)
-        changes: dict[str, Any] = {}
-        if "url" in body:
-            changes["url"] = await self.urls(body["url"], param="url")
-            if changes["url"] is None:
-                raise ApiError(422, "invalid_field", "url cannot be null", param="url")
-        if "event_types" in body:
-            changes["event_types"] = validate_event_types(body["event_types"])
-        if "description" in body:
-            changes["description"] = _description(body["description"])
-        for name in ("enabled", "ordered"):
-            if name in body:
-                changes[name] = _bool(body, name)
+        if "url" in body and body["url"] is None:
+            raise ApiError(422, "invalid_field", "url cannot be null", param="url")
+        req = parse(
+            UpdateSubscriptionRequest, body, _message, unknown=lambda name: f"{name} cannot be changed"
+        )
+        changes = {name: getattr(req, name) for name in req.model_fields_set}
+        if "url" in changes:
+            changes["url"] = await self.urls(req.url, param="url")
+        if "event_types" in changes:
+            changes["event_types"] = req.event_types or None
         updated = await self.store.get().update_subscription(sub_id, changes)
         if updated is None:
             raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
@@ -147,11 +130,8 @@ class SubscriptionsApi:
 
     async def replay(self, request: Request) -> Response:
         sub_id = request.path_params["sub_id"]
-        body = await json_object(request)
-        since = body.get("since")
-        if not isinstance(since, (int, float)) or isinstance(since, bool) or not 0 <= since <= 1e11:
-            raise ApiError(422, "invalid_field", "since must be a Unix time in seconds", param="since")
-        count = await self.store.get().replay(sub_id, float(since))
+        req = parse(ReplayRequest, await json_object(request), _message)
+        count = await self.store.get().replay(sub_id, req.since)
         if count is None:
             raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
         return JSONResponse(
@@ -204,12 +184,8 @@ class DeliveriesApi:
     async def retry_many(self, request: Request) -> Response:
         """Retry every dead delivery of a subscription, or made since a time, or both (one filter needed)."""
         body = await json_object(request)
-        unknown = set(body) - {"subscription_id", "since"}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise ApiError(422, "invalid_field", f"unknown field {name}", param=name)
-        sub_id = body.get("subscription_id")
-        since = body.get("since")
+        req = parse(BulkRetryRequest, body, _message, unknown=lambda name: f"unknown field {name}")
+        sub_id, since = req.subscription_id, req.since
         if sub_id is None and since is None:
             raise ApiError(
                 422,
@@ -217,20 +193,15 @@ class DeliveriesApi:
                 "give subscription_id, since (Unix seconds), or both: a bulk retry needs a filter",
             )
         if sub_id is not None:
-            if not isinstance(sub_id, str):
-                raise ApiError(
-                    422, "invalid_field", "subscription_id must be a string", param="subscription_id"
-                )
             if await self.store.get().get_subscription(sub_id) is None:
                 raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
-        if since is not None and (
-            not isinstance(since, (int, float)) or isinstance(since, bool) or not 0 <= since <= 1e11
-        ):
-            raise ApiError(422, "invalid_field", "since must be a Unix time in seconds", param="since")
-        count = await self.store.get().retry_dead_deliveries(
-            subscription_id=sub_id, since=None if since is None else float(since)
-        )
+        count = await self.store.get().retry_dead_deliveries(subscription_id=sub_id, since=since)
         return JSONResponse(
-            {"object": "delivery.retry", "subscription_id": sub_id, "since": since, "retried": count},
+            {
+                "object": "delivery.retry",
+                "subscription_id": sub_id,
+                "since": body.get("since"),
+                "retried": count,
+            },
             status_code=202,
         )
