@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.jobs import MAX_IDEMPOTENCY_KEY, VARIANTS
+from service.api.routes import BY_OPERATION, ROUTES
 from service.api.schemas import METADATA, REQUEST_MODELS, RESOURCE_PREFIXES
 from service.domain import ERROR_CATEGORIES, KINDS, STATUSES
 from service.models import DEFAULT_MODEL_TABLE, ModelTable
@@ -554,27 +556,19 @@ def _responses() -> dict[str, Any]:
 
 
 def _op(
-    summary: str,
-    operation_id: str,
-    responses: dict[str, Any],
-    *,
-    parameters: list[dict[str, Any]] | None = None,
-    body: str | None = None,
-    body_required: bool = True,
-    auth: bool = True,
-    tags: list[str] | None = None,
+    operation_id: str, responses: dict[str, Any], *, parameters: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "operationId": operation_id}
-    if tags:
-        op["tags"] = tags
+    """One operation: its summary, tag, request body and auth from the route table, the rest given."""
+    spec = BY_OPERATION[operation_id]
+    op: dict[str, Any] = {"summary": spec.summary, "operationId": operation_id, "tags": [spec.tag]}
     if parameters:
         op["parameters"] = parameters
-    if body is not None:
+    if spec.body_schema is not None:
         op["requestBody"] = {
-            "required": body_required,
-            "content": {"application/json": {"schema": _ref(body)}},
+            "required": not spec.body_optional,
+            "content": {"application/json": {"schema": _ref(spec.body_schema)}},
         }
-    if auth:
+    if spec.auth:
         op["security"] = [{"bearerAuth": []}]
         responses = {**responses, "401": _error("Unauthorized")}
     op["responses"] = dict(sorted(responses.items()))
@@ -633,10 +627,29 @@ def _with_links(response: dict[str, Any], links: dict[str, Any]) -> dict[str, An
     return {**response, "links": copy.deepcopy(links)}
 
 
+_PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "job_id": _path_param("job_id", "A job id (`job_…`) or the OpenAI resource id it tracks."),
+    "sub_id": _path_param("sub_id", "A subscription id (`sub_…`)."),
+    "delivery_id": _path_param("delivery_id", "A delivery id (`dlv_…`)."),
+}
+
+
 def _paths() -> dict[str, Any]:
-    job_id = _path_param("job_id", "A job id (`job_…`) or the OpenAI resource id it tracks.")
-    sub_id = _path_param("sub_id", "A subscription id (`sub_…`).")
-    delivery_id = _path_param("delivery_id", "A delivery id (`dlv_…`).")
+    """The route table's operations by path; a templated path lists its path parameters once."""
+    operations = {op["operationId"]: op for op in _operations()}
+    paths: dict[str, Any] = {}
+    for spec in ROUTES:
+        item = paths.setdefault(spec.path, {})
+        names = re.findall(r"{(\w+)}", spec.path)
+        if names:
+            item["parameters"] = [_PATH_PARAMETERS[name] for name in names]
+        item[spec.method.lower()] = operations[spec.operation_id]
+    return paths
+
+
+def _operations() -> list[dict[str, Any]]:
+    """Each operation's parameters and responses; what the route table says (path, method, summary,
+    request body, auth) is added by _op."""
     job = _json(_ref("Job"), "The job.")
     sub_secret = _json(_ref("SubscriptionWithSecret"), "The subscription, with its signing secret.")
     webhook_headers = [
@@ -664,564 +677,440 @@ def _paths() -> dict[str, Any]:
         "413": _error("PayloadTooLarge"),
         "422": _error("Unprocessable"),
     }
-    return {
-        "/webhooks/openai": {
-            "post": _op(
-                "Receive an OpenAI webhook",
-                "receiveOpenAIWebhook",
-                {
-                    "200": _json(_ref("WebhookAck"), "Stored (accepted) or seen before (duplicate)."),
-                    "400": _json(
-                        _ref("Error"),
-                        "Missing or malformed webhook headers (`missing_headers`), or a verified body that is "
-                        "not an event with string id, type and data.id (`invalid_payload`).",
-                    ),
-                    "401": _json(
-                        _ref("Error"),
-                        "No signature matches (`invalid_signature`) or the timestamp is outside the "
-                        "tolerance (`timestamp_out_of_tolerance`).",
-                    ),
-                    "413": _json(_ref("Error"), "The body is larger than SORAHOOK_MAX_BODY_BYTES."),
-                    "503": _json(_ref("Error"), "Shutting down (`shutting_down`); OpenAI retries."),
-                },
-                parameters=webhook_headers,
-                body="WebhookEvent",
-                auth=False,
-                tags=["webhooks"],
-            )
-        },
-        "/v1/jobs": {
-            "post": _op(
-                "Create a video job",
-                "createJob",
-                {
-                    "202": _with_links(
-                        _json(
-                            _ref("Job"),
-                            "The job, stored as pending; it is submitted to OpenAI in the background.",
-                            {
-                                "Idempotent-Replayed": {
-                                    "description": "`true` when an earlier request with the same "
-                                    "Idempotency-Key made this job.",
-                                    "schema": {"const": "true"},
-                                }
-                            },
-                        ),
-                        _JOB_LINKS,
-                    ),
-                    **body_errors,
-                    "429": _error("QuotaExceeded"),
-                },
-                parameters=[
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "description": "The same key with the same body returns the same job; "
-                        "with another body it is refused (422 `idempotency_key_reused`).",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-                    }
-                ],
-                body="CreateJobRequest",
-                tags=["jobs"],
-            ),
-            "get": {
-                **_op(
-                    "List jobs, newest first",
-                    "listJobs",
-                    {
-                        "200": _json(_ref("JobList"), "A page of jobs."),
-                        "400": _json(
-                            _ref("Error"), "A query parameter this route does not take (`unknown_parameter`)."
-                        ),
-                        "422": _error("Unprocessable"),
-                    },
-                    parameters=[
-                        _query("status", {"enum": [*STATUSES, ""]}, "Only jobs in this status."),
-                        _query("kind", {"enum": [*KINDS, ""]}, "Only jobs of this kind."),
-                        _LIMIT,
-                        _AFTER,
-                        _query(
-                            "before",
-                            {"type": "string", "maxLength": 256},
-                            "Cursor: the `first_id` of the current page; returns the page before it.",
-                        ),
-                        _query(
-                            "order",
-                            {"enum": ["asc", "desc", ""], "default": "desc"},
-                            "`desc` (newest first, the default) or `asc`.",
-                        ),
-                    ],
-                    tags=["jobs"],
+    return [
+        _op(
+            "receiveOpenAIWebhook",
+            {
+                "200": _json(_ref("WebhookAck"), "Stored (accepted) or seen before (duplicate)."),
+                "400": _json(
+                    _ref("Error"),
+                    "Missing or malformed webhook headers (`missing_headers`), or a verified body that is "
+                    "not an event with string id, type and data.id (`invalid_payload`).",
                 ),
-                "description": "Filter by one metadata entry with `metadata.<key>=<value>` "
-                "(e.g. `metadata.customer=acme`). Any other query parameter is refused "
-                "(400 `unknown_parameter`).",
+                "401": _json(
+                    _ref("Error"),
+                    "No signature matches (`invalid_signature`) or the timestamp is outside the "
+                    "tolerance (`timestamp_out_of_tolerance`).",
+                ),
+                "413": _json(_ref("Error"), "The body is larger than SORAHOOK_MAX_BODY_BYTES."),
+                "503": _json(_ref("Error"), "Shutting down (`shutting_down`); OpenAI retries."),
             },
-        },
-        "/v1/jobs/batch": {
-            "post": _op(
-                "Create up to 100 video jobs at once, all or none",
-                "createJobBatch",
-                {
-                    "202": _json(
-                        _ref("JobBatch"),
-                        "The jobs, stored as pending in one transaction.",
+            parameters=webhook_headers,
+        ),
+        _op(
+            "createJob",
+            {
+                "202": _with_links(
+                    _json(
+                        _ref("Job"),
+                        "The job, stored as pending; it is submitted to OpenAI in the background.",
                         {
                             "Idempotent-Replayed": {
                                 "description": "`true` when an earlier request with the same "
-                                "Idempotency-Key made these jobs.",
+                                "Idempotency-Key made this job.",
                                 "schema": {"const": "true"},
                             }
                         },
                     ),
-                    "400": _error("BadRequest"),
-                    "413": _error("PayloadTooLarge"),
-                    "422": _json(
-                        _ref("Error"),
-                        "Some jobs are invalid (`invalid_batch`, with `errors` listing each by index) and "
-                        "none was created; or `jobs` itself is missing or too long.",
-                    ),
-                    "429": _error("QuotaExceeded"),
-                },
-                parameters=[
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "description": "One key for the whole batch: the same key returns the same jobs.",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-                    }
-                ],
-                body="CreateJobBatchRequest",
-                tags=["jobs"],
-            )
-        },
-        "/v1/usage": {
-            "get": _op(
-                "Estimated cost and job counts, by model, status and client",
-                "getUsage",
+                    _JOB_LINKS,
+                ),
+                **body_errors,
+                "429": _error("QuotaExceeded"),
+            },
+            parameters=[
                 {
-                    "200": _json(_ref("Usage"), "Jobs created in [since, until)."),
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "The same key with the same body returns the same job; "
+                    "with another body it is refused (422 `idempotency_key_reused`).",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+                }
+            ],
+        ),
+        {
+            **_op(
+                "listJobs",
+                {
+                    "200": _json(_ref("JobList"), "A page of jobs."),
+                    "400": _json(
+                        _ref("Error"), "A query parameter this route does not take (`unknown_parameter`)."
+                    ),
                     "422": _error("Unprocessable"),
                 },
                 parameters=[
-                    _query(
-                        "since",
-                        {"anyOf": [{"type": "integer", "minimum": 0}, {"const": ""}]},
-                        "Unix seconds, inclusive; all time when absent.",
-                    ),
-                    _query(
-                        "until",
-                        {"anyOf": [{"type": "integer", "minimum": 0}, {"const": ""}]},
-                        "Unix seconds, exclusive; no end when absent.",
-                    ),
-                ],
-                tags=["jobs"],
-            )
-        },
-        "/v1/jobs/track": {
-            "post": _op(
-                "Track a resource created elsewhere",
-                "trackJob",
-                {
-                    "200": _with_links(
-                        job | {"description": "Already tracked: the existing job."}, _TRACK_LINKS
-                    ),
-                    "201": _with_links(
-                        job | {"description": "A new job tracking the resource."}, _TRACK_LINKS
-                    ),
-                    **body_errors,
-                },
-                body="TrackJobRequest",
-                tags=["jobs"],
-            )
-        },
-        "/v1/jobs/{job_id}": {
-            "parameters": [job_id],
-            "get": _op("Read a job", "getJob", {"200": job, "404": _error("NotFound")}, tags=["jobs"]),
-            "delete": _op(
-                "Cancel a job",
-                "cancelJob",
-                {
-                    "200": job | {"description": "The job, now cancelled."},
-                    "404": _error("NotFound"),
-                    "409": _json(
-                        _ref("Error"),
-                        "Already terminal (`job_terminal`), or a kind sorahook cannot cancel "
-                        "(`cancel_not_supported`).",
-                    ),
-                    "502": _error("BadGateway"),
-                },
-                tags=["jobs"],
-            ),
-        },
-        "/v1/jobs/{job_id}/events": {
-            "parameters": [job_id],
-            "get": _op(
-                "A job's timeline, oldest first",
-                "listJobEvents",
-                {
-                    "200": _json(_ref("JobEventList"), "Every received and emitted event."),
-                    "404": _error("NotFound"),
-                },
-                tags=["jobs"],
-            ),
-        },
-        "/v1/jobs/{job_id}/content": {
-            "parameters": [job_id],
-            "get": _op(
-                "Stream a completed video's asset: sorahook's archived copy, else OpenAI's until it expires",
-                "getJobContent",
-                {
-                    "200": {
-                        "description": "The asset, streamed (video/mp4, image/webp, image/jpeg, …). From the "
-                        "archive it carries `ETag` (the SHA-256, quoted), `Content-Length` and "
-                        "`Accept-Ranges: bytes`.",
-                        "headers": {
-                            "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
-                            **_ARCHIVE_HEADERS,
-                        },
-                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
-                    },
-                    "206": {
-                        "description": "One byte range of the archived asset (`Range: bytes=a-b`, `a-` or `-n`).",
-                        "headers": {
-                            "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
-                            **_ARCHIVE_HEADERS,
-                            "Content-Range": {
-                                "required": True,
-                                "description": "`bytes start-end/size`.",
-                                "schema": {"type": "string"},
-                            },
-                        },
-                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
-                    },
-                    "304": {
-                        "description": "`If-None-Match` names the archived asset's ETag: the copy you hold is current.",
-                        "headers": {
-                            "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
-                            **_ARCHIVE_HEADERS,
-                        },
-                    },
-                    "404": _error("NotFound"),
-                    "409": _json(
-                        _ref("Error"),
-                        "Not a video (`no_content`) or not completed yet (`job_not_completed`).",
-                    ),
-                    "410": _error("Gone"),
-                    "416": _json(
-                        _ref("Error"),
-                        "The range lies outside the archived asset (`range_not_satisfiable`).",
-                        {
-                            "Content-Range": {
-                                "required": True,
-                                "description": "`bytes */size`.",
-                                "schema": {"type": "string"},
-                            }
-                        },
-                    ),
-                    "422": _error("Unprocessable"),
-                    "502": _error("BadGateway"),
-                },
-                parameters=[
-                    _query("variant", {"enum": list(VARIANTS), "default": "video"}, "Which asset."),
-                    *(
-                        {
-                            "name": name,
-                            "in": "header",
-                            "required": False,
-                            "description": text,
-                            "schema": {"type": "string"},
-                        }
-                        for name, text in (
-                            (
-                                "Range",
-                                "One byte range of an archived asset: `bytes=a-b`, `bytes=a-` or `bytes=-n`.",
-                            ),
-                            (
-                                "If-None-Match",
-                                "An ETag from an earlier answer: 304 if the archived asset is that one.",
-                            ),
-                            (
-                                "If-Range",
-                                "An ETag: the Range applies only if the archived asset is still that one.",
-                            ),
-                        )
-                    ),
-                ],
-                tags=["jobs"],
-            ),
-        },
-        "/v1/subscriptions": {
-            "post": _op(
-                "Create a subscription",
-                "createSubscription",
-                {
-                    "201": _with_links(
-                        _json(_ref("SubscriptionWithSecret"), "The subscription, with its secret."),
-                        _SUB_LINKS,
-                    ),
-                    **body_errors,
-                },
-                body="CreateSubscriptionRequest",
-                tags=["subscriptions"],
-            ),
-            "get": _op(
-                "List subscriptions, oldest first",
-                "listSubscriptions",
-                {
-                    "200": _json(_ref("SubscriptionList"), "A page of subscriptions, without secrets."),
-                    "422": _error("Unprocessable"),
-                },
-                parameters=[
-                    _query(
-                        "limit",
-                        {
-                            "anyOf": [{"type": "integer", "minimum": 1, "maximum": 100}, {"const": ""}],
-                            "default": 100,
-                        },
-                        "Page size, 1 to 100.",
-                    ),
-                    _AFTER,
-                ],
-                tags=["subscriptions"],
-            ),
-        },
-        "/v1/subscriptions/{sub_id}": {
-            "parameters": [sub_id],
-            "get": _op(
-                "Read a subscription",
-                "getSubscription",
-                {"200": sub_secret, "404": _error("NotFound")},
-                tags=["subscriptions"],
-            ),
-            "patch": _op(
-                "Change a subscription",
-                "updateSubscription",
-                {"200": sub_secret, "404": _error("NotFound"), **body_errors},
-                body="UpdateSubscriptionRequest",
-                body_required=False,
-                tags=["subscriptions"],
-            ),
-            "delete": _op(
-                "Remove a subscription",
-                "deleteSubscription",
-                {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "required": ["id", "object", "deleted"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "id": {"type": "string"},
-                                "object": {"const": "subscription.deleted"},
-                                "deleted": {"const": True},
-                            },
-                        },
-                        "Removed.",
-                    ),
-                    "404": _error("NotFound"),
-                },
-                tags=["subscriptions"],
-            ),
-        },
-        "/v1/subscriptions/{sub_id}/rotate-secret": {
-            "parameters": [sub_id],
-            "post": _op(
-                "Rotate the signing secret",
-                "rotateSubscriptionSecret",
-                {
-                    "200": _json(
-                        {
-                            "allOf": [_ref("SubscriptionWithSecret")],
-                            "required": ["previous_secret_expires_at"],
-                        },
-                        "The new secret; for 24 h deliveries are signed with the old one too.",
-                    ),
-                    "404": _error("NotFound"),
-                },
-                tags=["subscriptions"],
-            ),
-        },
-        "/v1/subscriptions/{sub_id}/test": {
-            "parameters": [sub_id],
-            "post": _op(
-                "Send a sorahook.test event to this subscription",
-                "testSubscription",
-                {
-                    "202": _json(
-                        {
-                            "type": "object",
-                            "required": ["object", "id", "type"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "object": {"const": "event"},
-                                "id": {"type": "string", "pattern": "^evt_"},
-                                "type": {"const": "sorahook.test"},
-                            },
-                        },
-                        "Enqueued.",
-                    ),
-                    "404": _error("NotFound"),
-                    "409": _json(_ref("Error"), "The subscription is disabled (`subscription_disabled`)."),
-                },
-                tags=["subscriptions"],
-            ),
-        },
-        "/v1/subscriptions/{sub_id}/replay": {
-            "parameters": [sub_id],
-            "post": _op(
-                "Enqueue again every matching event since a time",
-                "replaySubscription",
-                {
-                    "202": _json(
-                        {
-                            "type": "object",
-                            "required": ["object", "subscription_id", "enqueued"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "object": {"const": "replay"},
-                                "subscription_id": {"type": "string"},
-                                "enqueued": {"type": "integer", "minimum": 0},
-                            },
-                        },
-                        "How many deliveries were enqueued.",
-                    ),
-                    "404": _error("NotFound"),
-                    **body_errors,
-                },
-                body="ReplayRequest",
-                tags=["subscriptions"],
-            ),
-        },
-        "/v1/deliveries": {
-            "get": _op(
-                "List deliveries with their attempts, newest first",
-                "listDeliveries",
-                {"200": _json(_ref("DeliveryList"), "A page of deliveries."), "422": _error("Unprocessable")},
-                parameters=[
-                    _query("subscription_id", {"type": "string"}, "Only this subscription's deliveries."),
-                    _query("job_id", {"type": "string"}, "Only deliveries of this job's events."),
-                    _query("status", {"enum": [*DELIVERY_STATUSES, ""]}, "Only deliveries in this status."),
+                    _query("status", {"enum": [*STATUSES, ""]}, "Only jobs in this status."),
+                    _query("kind", {"enum": [*KINDS, ""]}, "Only jobs of this kind."),
                     _LIMIT,
                     _AFTER,
+                    _query(
+                        "before",
+                        {"type": "string", "maxLength": 256},
+                        "Cursor: the `first_id` of the current page; returns the page before it.",
+                    ),
+                    _query(
+                        "order",
+                        {"enum": ["asc", "desc", ""], "default": "desc"},
+                        "`desc` (newest first, the default) or `asc`.",
+                    ),
                 ],
-                tags=["deliveries"],
-            )
-        },
-        "/v1/deliveries/{delivery_id}": {
-            "parameters": [delivery_id],
-            "get": _op(
-                "Read a delivery",
-                "getDelivery",
-                {"200": _json(_ref("Delivery"), "The delivery."), "404": _error("NotFound")},
-                tags=["deliveries"],
             ),
+            "description": "Filter by one metadata entry with `metadata.<key>=<value>` "
+            "(e.g. `metadata.customer=acme`). Any other query parameter is refused "
+            "(400 `unknown_parameter`).",
         },
-        "/v1/deliveries/retry": {
-            "post": _op(
-                "Retry every dead delivery of a subscription, or made since a time, on a fresh schedule",
-                "retryDeliveries",
+        _op(
+            "createJobBatch",
+            {
+                "202": _json(
+                    _ref("JobBatch"),
+                    "The jobs, stored as pending in one transaction.",
+                    {
+                        "Idempotent-Replayed": {
+                            "description": "`true` when an earlier request with the same "
+                            "Idempotency-Key made these jobs.",
+                            "schema": {"const": "true"},
+                        }
+                    },
+                ),
+                "400": _error("BadRequest"),
+                "413": _error("PayloadTooLarge"),
+                "422": _json(
+                    _ref("Error"),
+                    "Some jobs are invalid (`invalid_batch`, with `errors` listing each by index) and "
+                    "none was created; or `jobs` itself is missing or too long.",
+                ),
+                "429": _error("QuotaExceeded"),
+            },
+            parameters=[
                 {
-                    "202": _json(_ref("BulkRetry"), "How many dead deliveries are pending again."),
-                    "404": _error("NotFound"),
-                    **body_errors,
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "One key for the whole batch: the same key returns the same jobs.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+                }
+            ],
+        ),
+        _op(
+            "getUsage",
+            {
+                "200": _json(_ref("Usage"), "Jobs created in [since, until)."),
+                "422": _error("Unprocessable"),
+            },
+            parameters=[
+                _query(
+                    "since",
+                    {"anyOf": [{"type": "integer", "minimum": 0}, {"const": ""}]},
+                    "Unix seconds, inclusive; all time when absent.",
+                ),
+                _query(
+                    "until",
+                    {"anyOf": [{"type": "integer", "minimum": 0}, {"const": ""}]},
+                    "Unix seconds, exclusive; no end when absent.",
+                ),
+            ],
+        ),
+        _op(
+            "trackJob",
+            {
+                "200": _with_links(job | {"description": "Already tracked: the existing job."}, _TRACK_LINKS),
+                "201": _with_links(job | {"description": "A new job tracking the resource."}, _TRACK_LINKS),
+                **body_errors,
+            },
+        ),
+        _op("getJob", {"200": job, "404": _error("NotFound")}),
+        _op(
+            "cancelJob",
+            {
+                "200": job | {"description": "The job, now cancelled."},
+                "404": _error("NotFound"),
+                "409": _json(
+                    _ref("Error"),
+                    "Already terminal (`job_terminal`), or a kind sorahook cannot cancel "
+                    "(`cancel_not_supported`).",
+                ),
+                "502": _error("BadGateway"),
+            },
+        ),
+        _op(
+            "listJobEvents",
+            {
+                "200": _json(_ref("JobEventList"), "Every received and emitted event."),
+                "404": _error("NotFound"),
+            },
+        ),
+        _op(
+            "getJobContent",
+            {
+                "200": {
+                    "description": "The asset, streamed (video/mp4, image/webp, image/jpeg, …). From the "
+                    "archive it carries `ETag` (the SHA-256, quoted), `Content-Length` and "
+                    "`Accept-Ranges: bytes`.",
+                    "headers": {
+                        "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
+                        **_ARCHIVE_HEADERS,
+                    },
+                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                 },
-                body="BulkRetryRequest",
-                tags=["deliveries"],
-            ),
-        },
-        "/v1/deliveries/{delivery_id}/retry": {
-            "parameters": [delivery_id],
-            "post": _op(
-                "Try a dead or failed delivery again now, on a fresh retry schedule",
-                "retryDelivery",
-                {
-                    "202": _json(_ref("Delivery"), "Pending again (status `pending`), due now."),
-                    "404": _error("NotFound"),
-                    "409": _json(_ref("Error"), "Neither dead nor failed (`not_retryable`)."),
-                },
-                tags=["deliveries"],
-            ),
-        },
-        "/healthz": {
-            "get": _op(
-                "Liveness",
-                "healthz",
-                {
-                    "200": _json(
-                        {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
-                        "The process runs.",
-                    )
-                },
-                auth=False,
-                tags=["operations"],
-            )
-        },
-        "/readyz": {
-            "get": _op(
-                "Readiness: the store answers and the workers run",
-                "readyz",
-                {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "required": ["status"],
-                            "properties": {"status": {"const": "ready"}},
+                "206": {
+                    "description": "One byte range of the archived asset (`Range: bytes=a-b`, `a-` or `-n`).",
+                    "headers": {
+                        "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
+                        **_ARCHIVE_HEADERS,
+                        "Content-Range": {
+                            "required": True,
+                            "description": "`bytes start-end/size`.",
+                            "schema": {"type": "string"},
                         },
-                        "Ready.",
-                    ),
-                    "503": _json(
-                        {
-                            "type": "object",
-                            "required": ["status", "problems"],
-                            "properties": {
-                                "status": {"const": "unavailable"},
-                                "problems": {"type": "array", "items": {"type": "string"}},
-                            },
-                        },
-                        "Not ready; `problems` says why.",
-                    ),
+                    },
+                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                 },
-                auth=False,
-                tags=["operations"],
-            )
-        },
-        "/metrics": {
-            "get": _op(
-                "Prometheus metrics",
-                "metrics",
-                {
-                    "200": {
-                        "description": "Prometheus text exposition format.",
-                        "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}},
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                "304": {
+                    "description": "`If-None-Match` names the archived asset's ETag: the copy you hold is current.",
+                    "headers": {
+                        "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
+                        **_ARCHIVE_HEADERS,
+                    },
+                },
+                "404": _error("NotFound"),
+                "409": _json(
+                    _ref("Error"),
+                    "Not a video (`no_content`) or not completed yet (`job_not_completed`).",
+                ),
+                "410": _error("Gone"),
+                "416": _json(
+                    _ref("Error"),
+                    "The range lies outside the archived asset (`range_not_satisfiable`).",
+                    {
+                        "Content-Range": {
+                            "required": True,
+                            "description": "`bytes */size`.",
+                            "schema": {"type": "string"},
+                        }
+                    },
+                ),
+                "422": _error("Unprocessable"),
+                "502": _error("BadGateway"),
+            },
+            parameters=[
+                _query("variant", {"enum": list(VARIANTS), "default": "video"}, "Which asset."),
+                *(
+                    {
+                        "name": name,
+                        "in": "header",
+                        "required": False,
+                        "description": text,
+                        "schema": {"type": "string"},
                     }
-                },
-                auth=False,
-                tags=["operations"],
-            )
-        },
-        "/openapi.json": {
-            "get": _op(
-                "This document",
-                "openapi",
-                {"200": _json({"type": "object", "required": ["openapi", "paths"]}, "OpenAPI 3.1.")},
-                auth=False,
-                tags=["operations"],
-            )
-        },
-        "/docs": {
-            "get": _op(
-                "This document as an HTML page (rendered on the server; works offline)",
-                "docs",
-                {"200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}},
-                auth=False,
-                tags=["operations"],
-            )
-        },
-    }
+                    for name, text in (
+                        (
+                            "Range",
+                            "One byte range of an archived asset: `bytes=a-b`, `bytes=a-` or `bytes=-n`.",
+                        ),
+                        (
+                            "If-None-Match",
+                            "An ETag from an earlier answer: 304 if the archived asset is that one.",
+                        ),
+                        (
+                            "If-Range",
+                            "An ETag: the Range applies only if the archived asset is still that one.",
+                        ),
+                    )
+                ),
+            ],
+        ),
+        _op(
+            "createSubscription",
+            {
+                "201": _with_links(
+                    _json(_ref("SubscriptionWithSecret"), "The subscription, with its secret."),
+                    _SUB_LINKS,
+                ),
+                **body_errors,
+            },
+        ),
+        _op(
+            "listSubscriptions",
+            {
+                "200": _json(_ref("SubscriptionList"), "A page of subscriptions, without secrets."),
+                "422": _error("Unprocessable"),
+            },
+            parameters=[
+                _query(
+                    "limit",
+                    {
+                        "anyOf": [{"type": "integer", "minimum": 1, "maximum": 100}, {"const": ""}],
+                        "default": 100,
+                    },
+                    "Page size, 1 to 100.",
+                ),
+                _AFTER,
+            ],
+        ),
+        _op(
+            "getSubscription",
+            {"200": sub_secret, "404": _error("NotFound")},
+        ),
+        _op(
+            "updateSubscription",
+            {"200": sub_secret, "404": _error("NotFound"), **body_errors},
+        ),
+        _op(
+            "deleteSubscription",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["id", "object", "deleted"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "id": {"type": "string"},
+                            "object": {"const": "subscription.deleted"},
+                            "deleted": {"const": True},
+                        },
+                    },
+                    "Removed.",
+                ),
+                "404": _error("NotFound"),
+            },
+        ),
+        _op(
+            "rotateSubscriptionSecret",
+            {
+                "200": _json(
+                    {
+                        "allOf": [_ref("SubscriptionWithSecret")],
+                        "required": ["previous_secret_expires_at"],
+                    },
+                    "The new secret; for 24 h deliveries are signed with the old one too.",
+                ),
+                "404": _error("NotFound"),
+            },
+        ),
+        _op(
+            "testSubscription",
+            {
+                "202": _json(
+                    {
+                        "type": "object",
+                        "required": ["object", "id", "type"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "object": {"const": "event"},
+                            "id": {"type": "string", "pattern": "^evt_"},
+                            "type": {"const": "sorahook.test"},
+                        },
+                    },
+                    "Enqueued.",
+                ),
+                "404": _error("NotFound"),
+                "409": _json(_ref("Error"), "The subscription is disabled (`subscription_disabled`)."),
+            },
+        ),
+        _op(
+            "replaySubscription",
+            {
+                "202": _json(
+                    {
+                        "type": "object",
+                        "required": ["object", "subscription_id", "enqueued"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "object": {"const": "replay"},
+                            "subscription_id": {"type": "string"},
+                            "enqueued": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                    "How many deliveries were enqueued.",
+                ),
+                "404": _error("NotFound"),
+                **body_errors,
+            },
+        ),
+        _op(
+            "listDeliveries",
+            {"200": _json(_ref("DeliveryList"), "A page of deliveries."), "422": _error("Unprocessable")},
+            parameters=[
+                _query("subscription_id", {"type": "string"}, "Only this subscription's deliveries."),
+                _query("job_id", {"type": "string"}, "Only deliveries of this job's events."),
+                _query("status", {"enum": [*DELIVERY_STATUSES, ""]}, "Only deliveries in this status."),
+                _LIMIT,
+                _AFTER,
+            ],
+        ),
+        _op(
+            "getDelivery",
+            {"200": _json(_ref("Delivery"), "The delivery."), "404": _error("NotFound")},
+        ),
+        _op(
+            "retryDeliveries",
+            {
+                "202": _json(_ref("BulkRetry"), "How many dead deliveries are pending again."),
+                "404": _error("NotFound"),
+                **body_errors,
+            },
+        ),
+        _op(
+            "retryDelivery",
+            {
+                "202": _json(_ref("Delivery"), "Pending again (status `pending`), due now."),
+                "404": _error("NotFound"),
+                "409": _json(_ref("Error"), "Neither dead nor failed (`not_retryable`)."),
+            },
+        ),
+        _op(
+            "healthz",
+            {
+                "200": _json(
+                    {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+                    "The process runs.",
+                )
+            },
+        ),
+        _op(
+            "readyz",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["status"],
+                        "properties": {"status": {"const": "ready"}},
+                    },
+                    "Ready.",
+                ),
+                "503": _json(
+                    {
+                        "type": "object",
+                        "required": ["status", "problems"],
+                        "properties": {
+                            "status": {"const": "unavailable"},
+                            "problems": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                    "Not ready; `problems` says why.",
+                ),
+            },
+        ),
+        _op(
+            "metrics",
+            {
+                "200": {
+                    "description": "Prometheus text exposition format.",
+                    "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}},
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        ),
+        _op(
+            "openapi",
+            {"200": _json({"type": "object", "required": ["openapi", "paths"]}, "OpenAPI 3.1.")},
+        ),
+        _op(
+            "docs",
+            {"200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        ),
+    ]
 
 
 # -- the events sorahook sends (OpenAPI 3.1 `webhooks`) ---------------------------------------------

@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from service.api.common import Late, UrlCheck
+from service.api.common import Endpoint, Late, UrlCheck
 from service.api.jobs import JobsApi
 from service.api.subscriptions import ROTATION_OVERLAP, validate_event_types
 from service.clock import Clock
@@ -686,8 +686,9 @@ def console_routes(
     metrics: Metrics,
     urls: UrlCheck,
     jobs_api: JobsApi,
-) -> list[BaseRoute]:
-    """`/ui/…` (the console) and `/docs` (the API reference), as routes for create_app."""
+) -> tuple[Endpoint, BaseRoute]:
+    """The `/docs` endpoint (the API reference, an operation of the route table) and the `/ui/…` mount
+    (the console), for create_app."""
     from service.ui.docs import DocsPage
 
     templates = make_templates()
@@ -700,7 +701,4 @@ def console_routes(
         jobs_api=jobs_api,
         templates=templates,
     )
-    return [
-        Route("/docs", DocsPage(settings.models, templates).endpoint, methods=["GET"]),
-        Mount("/ui", routes=console.routes()),
-    ]
+    return DocsPage(settings.models, templates).endpoint, Mount("/ui", routes=console.routes())
