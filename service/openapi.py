@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.api.jobs import MAX_IDEMPOTENCY_KEY, VARIANTS
+from service.api.responses import RESPONSE_MODELS
 from service.api.routes import BY_OPERATION, ROUTES
 from service.api.schemas import METADATA, REQUEST_MODELS, RESOURCE_PREFIXES
-from service.domain import ERROR_CATEGORIES, KINDS, STATUSES
+from service.domain import KINDS, STATUSES
 from service.models import DEFAULT_MODEL_TABLE, ModelTable
 from service.store.records import DELIVERY_STATUSES
 
@@ -33,11 +36,6 @@ def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _nullable(schema: Schema) -> Schema:
-    """`schema` or null (OpenAPI 3.1 is JSON Schema 2020-12: no `nullable`)."""
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
 def _json(schema: Schema, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
     out["headers"] = {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}, **(headers or {})}
@@ -50,79 +48,12 @@ def _error(name: str) -> dict[str, str]:
 
 _BASE64 = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
 _UNIX_TIME: Schema = {"type": "integer", "description": "Unix time in seconds"}
-_SUBSCRIPTION_PROPERTIES: dict[str, Schema] = {
-    "id": {"type": "string", "pattern": "^sub_"},
-    "object": {"const": "subscription"},
-    "url": {"type": "string"},
-    "event_types": {"type": ["array", "null"], "items": {"type": "string"}},
-    "description": {"type": ["string", "null"]},
-    "enabled": {"type": "boolean"},
-    "ordered": {"type": "boolean"},
-    "disabled_reason": {"type": ["string", "null"]},
-    "created_at": _UNIX_TIME,
-    "updated_at": _UNIX_TIME,
-}
-_SUBSCRIPTION_REQUIRED = list(_SUBSCRIPTION_PROPERTIES)
 _ID: Schema = {"type": "string", "minLength": 1}
 
-# issue 9: the archived copies of a completed video's assets, by variant, and the headers they are served with.
-_ASSETS: Schema = {
-    "type": "object",
-    "description": "sorahook's own copies, by variant (`video`, `thumbnail`, `spritesheet`), once each is final.",
-    "additionalProperties": {
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["size", "sha256", "stored_at", "uri"],
-                "properties": {
-                    "size": {"type": "integer", "minimum": 0, "description": "bytes"},
-                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                    "stored_at": _UNIX_TIME,
-                    "uri": {"type": "string", "description": "file://… or s3://bucket/key"},
-                },
-            },
-            {
-                "type": "object",
-                "required": ["status", "error"],
-                "properties": {"status": {"const": "archive_failed"}, "error": {"type": "string"}},
-            },
-        ]
-    },
-}
 _ARCHIVE_HEADERS: dict[str, Any] = {
     "ETag": {"description": "The archived asset's SHA-256, quoted.", "schema": {"type": "string"}},
     "Accept-Ranges": {"description": "`bytes` when served from the archive.", "schema": {"type": "string"}},
 }
-
-# The `url` / `callback_url` rule: an absolute http(s) URL whose host resolves to public addresses only
-# (unless SORAHOOK_ALLOW_PRIVATE_TARGETS); anything else is a 422 `invalid_url` naming the reason.
-_URL: Schema = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 2048,
-    "format": "uri",
-    "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@]",
-    "description": "An absolute http(s) URL. Unless private targets are allowed, its host must resolve to "
-    "public addresses only: loopback, private, link-local, multicast and reserved ones get 422 invalid_url.",
-    "examples": ["https://hooks.example.com/sorahook"],
-}
-
-_EVENT_TYPES: Schema = _nullable(
-    {
-        "type": "array",
-        "maxItems": 100,
-        "items": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 100,
-            "pattern": r"^[a-z0-9._]*\*?$",
-            "description": "An event type (`video.completed`), or a prefix ending in `*` (`video.*`, `*`).",
-        },
-        "description": "Event types to receive; null or empty means every type.",
-    }
-)
-
-_DESCRIPTION: Schema = _nullable({"type": "string", "maxLength": 500})
 
 
 def _model_rules(models: Sequence[str], table: ModelTable) -> list[Schema]:
@@ -183,310 +114,31 @@ def _request_schemas(models: Sequence[str], table: ModelTable) -> dict[str, Sche
     return out
 
 
+def _response_schemas() -> dict[str, Schema]:
+    """The response bodies, from their models (service/api/responses.py), under their component names."""
+    _, top = models_json_schema(
+        [(m, "validation") for m in RESPONSE_MODELS.values()], ref_template="#/components/schemas/{model}"
+    )
+    defs: dict[str, Any] = top["$defs"]
+    # pydantic names a generic page `Page_Job_`; the document names each by what it lists.
+    renames = {m.__name__.replace("[", "_").replace("]", "_"): name for name, m in RESPONSE_MODELS.items()}
+    text = json.dumps(defs)
+    for old, new in renames.items():
+        if old != new:
+            text = text.replace(f'"#/components/schemas/{old}"', f'"#/components/schemas/{new}"')
+    defs = json.loads(text)
+    out = {renames.get(name, name): _plain(schema) for name, schema in defs.items()}
+    for schema in out.values():  # a response has no defaults: absent means the server did not send it
+        for prop in schema.get("properties", {}).values():
+            prop.pop("default", None)
+    return out
+
+
 def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> dict[str, Schema]:
-    job_error: Schema = {
-        "type": "object",
-        "required": ["code", "message"],
-        "properties": {
-            "code": {"type": ["string", "null"]},
-            "message": {"type": ["string", "null"]},
-            "categories": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "`moderation_flagged` only: the flagged moderation categories.",
-            },
-            "category": {
-                "enum": list(ERROR_CATEGORIES),
-                "description": "What kind of failure, from a closed set (OpenAI's own code stays in `code`).",
-            },
-            "user_message": {"type": "string", "description": "One line a product can show its end user."},
-        },
-    }
-    usage_entry: Schema = {
-        "type": "object",
-        "required": ["jobs", "estimated_cost_usd"],
-        "additionalProperties": False,
-        "properties": {"jobs": {"type": "integer", "minimum": 1}, "estimated_cost_usd": {"type": "number"}},
-    }
     return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "additionalProperties": False,
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "code": {"type": "string", "description": "A stable, machine-readable reason."},
-                        "message": {"type": "string", "description": "A sentence for people."},
-                        "param": {
-                            "type": "string",
-                            "description": "The request field, query parameter or header at fault.",
-                        },
-                        "errors": {
-                            "type": "array",
-                            "description": "`invalid_batch` only: every bad job of the batch, by index.",
-                            "items": {
-                                "type": "object",
-                                "required": ["index", "param", "message"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "index": {"type": "integer", "minimum": 0},
-                                    "param": {"type": ["string", "null"]},
-                                    "message": {"type": "string"},
-                                },
-                            },
-                        },
-                    },
-                }
-            },
-        },
+        **_response_schemas(),
         "Metadata": _plain(METADATA.json_schema()),
         **_request_schemas(models, table),
-        "Job": {
-            "type": "object",
-            "required": [
-                "id",
-                "object",
-                "kind",
-                "resource_id",
-                "status",
-                "progress",
-                "origin",
-                "request",
-                "estimated_cost_usd",
-                "result",
-                "error",
-                "callback_url",
-                "metadata",
-                "created_at",
-                "updated_at",
-                "completed_at",
-                "sequence",
-            ],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string", "pattern": "^job_"},
-                "object": {"const": "job"},
-                "kind": {"enum": list(KINDS)},
-                "resource_id": {
-                    "type": ["string", "null"],
-                    "description": "OpenAI's id (video_…); null until submitted",
-                },
-                "status": {"enum": list(STATUSES)},
-                "progress": {"type": "integer", "minimum": 0, "maximum": 100},
-                "origin": {"enum": ["api", "track", "webhook"]},
-                "request": _nullable(
-                    {
-                        "type": "object",
-                        "description": "What was asked of OpenAI (jobs made through POST /v1/jobs).",
-                        "properties": {
-                            "model": {"type": "string"},
-                            "prompt": {"type": "string"},
-                            "seconds": {"type": "string"},
-                            "size": {"type": "string"},
-                        },
-                    }
-                ),
-                "estimated_cost_usd": {
-                    "type": ["number", "null"],
-                    "minimum": 0,
-                    "description": "USD per second (price table by model and size) × seconds, set at "
-                    "creation; null for other kinds and for a model or size with no price.",
-                },
-                "result": _nullable(
-                    {
-                        "type": "object",
-                        "description": "Filled in from OpenAI's object once the job is terminal.",
-                        "properties": {
-                            "expires_at": {"type": ["integer", "null"]},
-                            "size": {"type": ["string", "null"]},
-                            "seconds": {"type": ["string", "null"]},
-                            "assets": _ASSETS,
-                        },
-                    }
-                ),
-                "error": _nullable(job_error),
-                "callback_url": {"type": ["string", "null"]},
-                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
-                "created_at": _UNIX_TIME,
-                "updated_at": _UNIX_TIME,
-                "completed_at": {"type": ["integer", "null"]},
-                "sequence": {"type": "integer", "minimum": 0, "description": "+1 on every state change"},
-            },
-        },
-        "JobList": _list_of(_ref("Job"), paginated=True),
-        "JobEvent": {
-            "type": "object",
-            "required": [
-                "id",
-                "object",
-                "direction",
-                "type",
-                "source",
-                "created_at",
-                "webhook_id",
-                "payload",
-            ],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string"},
-                "object": {"const": "job.event"},
-                "direction": {"enum": ["received", "emitted"]},
-                "type": {"type": "string"},
-                "source": {"type": "string"},
-                "created_at": _UNIX_TIME,
-                "webhook_id": {"type": ["string", "null"]},
-                "payload": {"description": "The event body as received or emitted (JSON)."},
-            },
-        },
-        "JobEventList": {
-            "type": "object",
-            "required": ["object", "data", "has_more"],
-            "properties": {
-                "object": {"const": "list"},
-                "data": {"type": "array", "items": _ref("JobEvent")},
-                "has_more": {"const": False},
-            },
-        },
-        "JobBatch": {
-            "type": "object",
-            "required": ["object", "data"],
-            "additionalProperties": False,
-            "properties": {
-                "object": {"const": "list"},
-                "data": {"type": "array", "items": _ref("Job"), "description": "In the request's order."},
-            },
-        },
-        "Usage": {
-            "type": "object",
-            "required": [
-                "object",
-                "since",
-                "until",
-                "total_estimated_cost_usd",
-                "jobs",
-                "by_model",
-                "by_status",
-                "by_client",
-            ],
-            "additionalProperties": False,
-            "properties": {
-                "object": {"const": "usage"},
-                "since": {"type": ["integer", "null"]},
-                "until": {"type": ["integer", "null"]},
-                "total_estimated_cost_usd": {"type": "number", "minimum": 0},
-                "jobs": {"type": "integer", "minimum": 0},
-                "by_model": {
-                    "type": "object",
-                    "additionalProperties": usage_entry,
-                    "description": "By the job's model; `(none)` for jobs without one.",
-                },
-                "by_status": {"type": "object", "additionalProperties": usage_entry},
-                "by_client": {
-                    "type": "object",
-                    "additionalProperties": usage_entry,
-                    "description": "By the metadata value of SORAHOOK_QUOTA_KEY; `(none)` without one.",
-                },
-            },
-        },
-        "Subscription": {
-            "type": "object",
-            "required": _SUBSCRIPTION_REQUIRED,
-            "properties": _SUBSCRIPTION_PROPERTIES,
-            "additionalProperties": False,
-            "description": "A subscription as listed: without its secret.",
-        },
-        "SubscriptionWithSecret": {
-            "type": "object",
-            "required": [*_SUBSCRIPTION_REQUIRED, "secret"],
-            "properties": {
-                **_SUBSCRIPTION_PROPERTIES,
-                "secret": {"type": "string", "pattern": "^whsec_", "description": "Signs deliveries."},
-                "previous_secret_expires_at": {
-                    **_UNIX_TIME,
-                    "description": "Only after rotate-secret: until then deliveries carry both signatures.",
-                },
-            },
-            "additionalProperties": False,
-        },
-        "SubscriptionList": _list_of(_ref("Subscription"), paginated=True),
-        "Attempt": {
-            "type": "object",
-            "required": ["attempted_at", "status_code", "latency_ms", "error", "response_body"],
-            "additionalProperties": False,
-            "properties": {
-                "attempted_at": _UNIX_TIME,
-                "status_code": {"type": ["integer", "null"]},
-                "latency_ms": {"type": "number", "minimum": 0},
-                "error": {"type": ["string", "null"]},
-                "response_body": {
-                    "type": ["string", "null"],
-                    "maxLength": 1024,
-                    "description": "The first 1 KiB of the endpoint's answer (UTF-8, invalid bytes replaced).",
-                },
-            },
-        },
-        "BulkRetry": {
-            "type": "object",
-            "required": ["object", "subscription_id", "since", "retried"],
-            "additionalProperties": False,
-            "properties": {
-                "object": {"const": "delivery.retry"},
-                "subscription_id": {"type": ["string", "null"]},
-                "since": {"type": ["number", "null"]},
-                "retried": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "description": "Dead deliveries made pending again.",
-                },
-            },
-        },
-        "Delivery": {
-            "type": "object",
-            "required": [
-                "id",
-                "object",
-                "event_id",
-                "event_type",
-                "subscription_id",
-                "job_id",
-                "target",
-                "url",
-                "status",
-                "attempt_count",
-                "next_attempt_at",
-                "created_at",
-                "updated_at",
-                "delivered_at",
-                "last_status_code",
-                "last_error",
-                "attempts",
-            ],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string", "pattern": "^dlv_"},
-                "object": {"const": "delivery"},
-                "event_id": {"type": "string"},
-                "event_type": {"type": "string"},
-                "subscription_id": {"type": ["string", "null"]},
-                "job_id": {"type": ["string", "null"]},
-                "target": {"enum": ["subscription", "callback_url"]},
-                "url": {"type": ["string", "null"]},
-                "status": {"enum": list(DELIVERY_STATUSES)},
-                "attempt_count": {"type": "integer", "minimum": 0},
-                "next_attempt_at": {"type": ["integer", "null"]},
-                "created_at": _UNIX_TIME,
-                "updated_at": _UNIX_TIME,
-                "delivered_at": {"type": ["integer", "null"]},
-                "last_status_code": {"type": ["integer", "null"]},
-                "last_error": {"type": ["string", "null"]},
-                "attempts": {"type": "array", "items": _ref("Attempt")},
-            },
-        },
-        "DeliveryList": _list_of(_ref("Delivery"), paginated=True),
         "WebhookEvent": {
             "type": "object",
             "required": ["id", "type", "data"],
@@ -502,27 +154,6 @@ def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> 
                     "properties": {"id": {"type": "string", "minLength": 1}},
                 },
             },
-        },
-        "WebhookAck": {
-            "type": "object",
-            "required": ["status"],
-            "additionalProperties": False,
-            "properties": {"status": {"enum": ["accepted", "duplicate"]}},
-        },
-    }
-
-
-def _list_of(item: Schema, *, paginated: bool) -> Schema:
-    return {
-        "type": "object",
-        "required": ["object", "data", "has_more", "first_id", "last_id"],
-        "additionalProperties": False,
-        "properties": {
-            "object": {"const": "list"},
-            "data": {"type": "array", "items": item},
-            "has_more": {"type": "boolean"} if paginated else {"const": False},
-            "first_id": {"type": ["string", "null"]},
-            "last_id": {"type": ["string", "null"], "description": "Pass as `after` for the next page."},
         },
     }
 
