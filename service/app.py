@@ -43,7 +43,7 @@ from service.signing import Verifier
 from service.storage import Storage, storage_from_settings
 from service.store.sqlite import SqliteStore
 from service.submitter import Refresher, Submitter
-from service.ui import console_routes
+from service.ui import Console, console_routes
 from service.workers import CallBudget, Worker
 
 log = logging.getLogger("sorahook.app")
@@ -234,7 +234,8 @@ def create_app(
     deliveries = DeliveriesApi(store=store)
     usage = UsageApi(store=store, quota_key=settings.quota_key)
     docs, console = console_routes(
-        store=store, settings=settings, clock=rt.clock, metrics=rt.metrics, urls=urls, jobs_api=jobs
+        Console(store=store, settings=settings, clock=rt.clock, metrics=rt.metrics, urls=urls, jobs_api=jobs),
+        settings.models,
     )
     # Every operation comes from the one route table (service/api/routes.py), which /openapi.json
     # describes; the /v1 handlers are bound to the API objects above, the rest are the app's own.

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 import statistics
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -166,13 +166,13 @@ class Console:
         metrics: Metrics,
         urls: UrlCheck,
         jobs_api: JobsApi,
-        templates: Jinja2Templates,
+        templates: Jinja2Templates | None = None,
     ) -> None:
         self._store = store
         self.clock = clock
         self.metrics = metrics
         self.urls = urls
-        self.templates = templates
+        self.templates = templates or make_templates()
         self.sessions = Sessions(settings.admin_token or "", settings.ui_session_ttl, clock.now)
         self.jobs_api = jobs_api
 
@@ -678,27 +678,9 @@ def _counter_by_label(counter: Any, label: str) -> dict[str, float]:
     return {key: value for key, value in out.items() if value}
 
 
-def console_routes(
-    *,
-    store: Late[SqliteStore],
-    settings: Settings,
-    clock: Clock,
-    metrics: Metrics,
-    urls: UrlCheck,
-    jobs_api: JobsApi,
-) -> tuple[Endpoint, BaseRoute]:
+def console_routes(console: Console, models: Sequence[str]) -> tuple[Endpoint, BaseRoute]:
     """The `/docs` endpoint (the API reference, an operation of the route table) and the `/ui/…` mount
     (the console), for create_app."""
     from service.ui.docs import DocsPage
 
-    templates = make_templates()
-    console = Console(
-        store=store,
-        settings=settings,
-        clock=clock,
-        metrics=metrics,
-        urls=urls,
-        jobs_api=jobs_api,
-        templates=templates,
-    )
-    return DocsPage(settings.models, templates).endpoint, Mount("/ui", routes=console.routes())
+    return DocsPage(models, console.templates).endpoint, Mount("/ui", routes=console.routes())
