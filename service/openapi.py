@@ -20,10 +20,17 @@ from starlette.responses import JSONResponse, Response
 from service.api.jobs import MAX_IDEMPOTENCY_KEY, VARIANTS
 from service.api.responses import RESPONSE_MODELS
 from service.api.routes import BY_OPERATION, ROUTES
-from service.api.schemas import METADATA, REQUEST_MODELS, RESOURCE_PREFIXES
+from service.api.schemas import (
+    METADATA,
+    REQUEST_MODELS,
+    RESOURCE_PREFIXES,
+    ListDeliveriesQuery,
+    ListJobsQuery,
+    ListSubscriptionsQuery,
+    query_parameters,
+)
 from service.domain import KINDS, STATUSES
 from service.models import DEFAULT_MODEL_TABLE, ModelTable
-from service.store.records import DELIVERY_STATUSES
 
 __all__ = ["DEFAULT_MODELS", "RESOURCE_PREFIXES", "openapi_document", "openapi_endpoint"]
 
@@ -214,14 +221,6 @@ def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
 
-# An empty query value means the parameter was not given (`?status=&limit=` lists everything, 20 a page).
-_LIMIT = _query(
-    "limit",
-    {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 100}, {"const": ""}], "default": 20},
-    "Page size, 1 to 100.",
-)
-_AFTER = _query("after", {"type": "string"}, "Cursor: the `last_id` of the previous page.")
-
 _JOB_LINKS: dict[str, Any] = {
     "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
     "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/id"}},
@@ -369,22 +368,7 @@ def _operations() -> list[dict[str, Any]]:
                     ),
                     "422": _error("Unprocessable"),
                 },
-                parameters=[
-                    _query("status", {"enum": [*STATUSES, ""]}, "Only jobs in this status."),
-                    _query("kind", {"enum": [*KINDS, ""]}, "Only jobs of this kind."),
-                    _LIMIT,
-                    _AFTER,
-                    _query(
-                        "before",
-                        {"type": "string", "maxLength": 256},
-                        "Cursor: the `first_id` of the current page; returns the page before it.",
-                    ),
-                    _query(
-                        "order",
-                        {"enum": ["asc", "desc", ""], "default": "desc"},
-                        "`desc` (newest first, the default) or `asc`.",
-                    ),
-                ],
+                parameters=query_parameters(ListJobsQuery),
             ),
             "description": "Filter by one metadata entry with `metadata.<key>=<value>` "
             "(e.g. `metadata.customer=acme`). Any other query parameter is refused "
@@ -567,17 +551,7 @@ def _operations() -> list[dict[str, Any]]:
                 "200": _json(_ref("SubscriptionList"), "A page of subscriptions, without secrets."),
                 "422": _error("Unprocessable"),
             },
-            parameters=[
-                _query(
-                    "limit",
-                    {
-                        "anyOf": [{"type": "integer", "minimum": 1, "maximum": 100}, {"const": ""}],
-                        "default": 100,
-                    },
-                    "Page size, 1 to 100.",
-                ),
-                _AFTER,
-            ],
+            parameters=query_parameters(ListSubscriptionsQuery),
         ),
         _op(
             "getSubscription",
@@ -662,13 +636,7 @@ def _operations() -> list[dict[str, Any]]:
         _op(
             "listDeliveries",
             {"200": _json(_ref("DeliveryList"), "A page of deliveries."), "422": _error("Unprocessable")},
-            parameters=[
-                _query("subscription_id", {"type": "string"}, "Only this subscription's deliveries."),
-                _query("job_id", {"type": "string"}, "Only deliveries of this job's events."),
-                _query("status", {"enum": [*DELIVERY_STATUSES, ""]}, "Only deliveries in this status."),
-                _LIMIT,
-                _AFTER,
-            ],
+            parameters=query_parameters(ListDeliveriesQuery),
         ),
         _op(
             "getDelivery",

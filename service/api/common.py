@@ -111,19 +111,6 @@ def _is_utf8(value: Any) -> bool:
     return True
 
 
-def limit_arg(request: Request, default: int = 20, maximum: int = 100) -> int:
-    raw = request.query_params.get("limit")
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(422, "invalid_parameter", "limit must be a whole number", param="limit") from None
-    if not 1 <= value <= maximum:
-        raise ApiError(422, "invalid_parameter", f"limit must be between 1 and {maximum}", param="limit")
-    return value
-
-
 def list_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     return {
         "object": "list",

@@ -15,16 +15,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from service.api.assets import serve_archived
-from service.api.common import Late, UrlCheck, json_object, limit_arg, list_page
+from service.api.common import Late, UrlCheck, json_object, list_page
 from service.api.schemas import (
     MAX_BATCH,
     MAX_METADATA_KEY,
     MAX_PROMPT,
     CreateJobBatchRequest,
     CreateJobRequest,
+    ListJobsQuery,
     TrackJobRequest,
     common_message,
+    limit_message,
     parse,
+    query,
 )
 from service.clock import Clock
 from service.config import Settings
@@ -44,7 +47,6 @@ log = logging.getLogger("sorahook.api.jobs")
 
 VARIANTS = ("video", "thumbnail", "spritesheet")
 MAX_IDEMPOTENCY_KEY = 255
-LIST_PARAMETERS = ("status", "kind", "limit", "after", "before", "order")
 METADATA_PREFIX = "metadata."
 
 
@@ -81,6 +83,17 @@ def _create_message(
         return "prompt is required and must be a non-empty string"
 
     return message
+
+
+def _list_message(error: ErrorDetails) -> str:
+    field = str(error["loc"][0])
+    if field == "status":
+        return f"status must be one of {', '.join(STATUSES)}"
+    if field == "kind":
+        return f"kind must be one of {', '.join(KINDS)}"
+    if field == "order":
+        return "order must be asc or desc"
+    return limit_message(error) or f"{field} must be a job id"
 
 
 def _track_message(error: ErrorDetails) -> str:
@@ -266,35 +279,22 @@ class JobsApi:
                         422, "invalid_parameter", "filter by one metadata key and value at most", param=name
                     )
                 metadata = (key, values[0])
-            elif name not in LIST_PARAMETERS:
+            elif name not in ListJobsQuery.model_fields:
                 raise ApiError(
                     400,
                     "unknown_parameter",
                     f"unknown query parameter {name!r}; GET /v1/jobs takes "
-                    f"{', '.join(LIST_PARAMETERS)} and metadata.<key>",
+                    f"{', '.join(ListJobsQuery.model_fields)} and metadata.<key>",
                     param=name,
                 )
-        status, kind = q.get("status") or None, q.get("kind") or None
-        if status is not None and status not in STATUSES:
-            raise ApiError(
-                422, "invalid_parameter", f"status must be one of {', '.join(STATUSES)}", param="status"
-            )
-        if kind is not None and kind not in KINDS:
-            raise ApiError(422, "invalid_parameter", f"kind must be one of {', '.join(KINDS)}", param="kind")
-        order = q.get("order") or "desc"
-        if order not in ("asc", "desc"):
-            raise ApiError(422, "invalid_parameter", "order must be asc or desc", param="order")
-        cursors = {name: q.get(name) or None for name in ("after", "before")}
-        for name, value in cursors.items():
-            if value is not None and len(value) > 256:
-                raise ApiError(422, "invalid_parameter", f"{name} must be a job id", param=name)
+        args = query(ListJobsQuery, q, _list_message)
         jobs, has_more = await self.store.get().list_jobs(
-            status=status,
-            kind=kind,
-            limit=limit_arg(request),
-            after=cursors["after"],
-            before=cursors["before"],
-            order=order,
+            status=args.status,
+            kind=args.kind,
+            limit=args.limit,
+            after=args.after,
+            before=args.before,
+            order=args.order,
             metadata=metadata,
         )
         return JSONResponse(list_page([j.to_api() for j in jobs], has_more))

@@ -10,14 +10,15 @@ unknown field is named, and each model says in words what a field must be (`mess
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from service.domain import KINDS, Kind
+from service.domain import KINDS, Kind, Status
 from service.errors import ApiError
+from service.store.records import DeliveryStatus
 
 MAX_PROMPT = 10_000
 MAX_METADATA_KEYS = 16
@@ -267,3 +268,90 @@ def common_message(error: ErrorDetails) -> str | None:
     if field == "subscription_id":
         return "subscription_id must be a string"
     return None
+
+
+# --- query strings -------------------------------------------------------------------------------------------
+# An empty value means the parameter was not given (`?status=&limit=` lists everything, 20 a page): `query`
+# drops empty values before the model sees them, and /openapi.json lists "" as allowed for each parameter.
+
+Limit = Annotated[int, Field(ge=1, le=100, description="Page size, 1 to 100.")]
+After = Annotated[str | None, Field(description="Cursor: the `last_id` of the previous page.")]
+
+
+class ListJobsQuery(BaseModel):
+    """GET /v1/jobs; `metadata.<key>` filters are read apart (their names are open)."""
+
+    status: Status | None = Field(default=None, description="Only jobs in this status.")
+    kind: Kind | None = Field(default=None, description="Only jobs of this kind.")
+    order: Literal["asc", "desc"] = Field(
+        default="desc", description="`desc` (newest first, the default) or `asc`."
+    )
+    after: Annotated[str, StringConstraints(max_length=256)] | None = Field(
+        default=None, description="Cursor: the `last_id` of the previous page."
+    )
+    before: Annotated[str, StringConstraints(max_length=256)] | None = Field(
+        default=None, description="Cursor: the `first_id` of the current page; returns the page before it."
+    )
+    limit: Limit = 20
+
+
+class ListSubscriptionsQuery(BaseModel):
+    """GET /v1/subscriptions: oldest first; the default page holds the most a page may."""
+
+    limit: Limit = 100
+    after: After = None
+
+
+class ListDeliveriesQuery(BaseModel):
+    subscription_id: str | None = Field(default=None, description="Only this subscription's deliveries.")
+    job_id: str | None = Field(default=None, description="Only deliveries of this job's events.")
+    status: DeliveryStatus | None = Field(default=None, description="Only deliveries in this status.")
+    limit: Limit = 20
+    after: After = None
+
+
+Q = TypeVar("Q", bound=BaseModel)
+
+
+def query(model: type[Q], params: Mapping[str, str], message: Callable[[ErrorDetails], str]) -> Q:
+    """The query string as a `model` (unknown names ignored), or a 422 `invalid_parameter` naming the first
+    bad parameter."""
+    given = {name: value for name, value in params.items() if value != "" and name in model.model_fields}
+    try:
+        return model.model_validate(given)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise ApiError(422, "invalid_parameter", message(first), param=str(first["loc"][0])) from None
+
+
+def limit_message(error: ErrorDetails) -> str | None:
+    if error["loc"][0] != "limit":
+        return None
+    if error["type"] in ("greater_than_equal", "less_than_equal"):
+        return "limit must be between 1 and 100"
+    return "limit must be a whole number"
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The model's fields as OpenAPI query parameters, each also allowing "" (not given)."""
+    schema = model.model_json_schema()
+    out = []
+    for name, prop in schema["properties"].items():
+        description = prop.pop("description", "")
+        prop.pop("title", None)
+        default = prop.pop("default", None)
+        options = [p for p in prop.pop("anyOf", [prop]) if p != {"type": "null"}]
+        [value] = options
+        value = {k: v for k, v in value.items() if k != "title"}
+        if "enum" in value or "const" in value:
+            allowed: dict[str, Any] = {"enum": [*value.get("enum", [value.get("const")]), ""]}
+        elif value.get("type") == "string" and "minLength" not in value:
+            allowed = value  # "" is already a string
+        else:
+            allowed = {"anyOf": [value, {"const": ""}]}
+        if default is not None:
+            allowed["default"] = default
+        out.append(
+            {"name": name, "in": "query", "required": False, "description": description, "schema": allowed}
+        )
+    return out

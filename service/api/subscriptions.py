@@ -9,16 +9,20 @@ from pydantic_core import ErrorDetails
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.common import Late, UrlCheck, json_object, limit_arg, list_page
+from service.api.common import Late, UrlCheck, json_object, list_page
 from service.api.schemas import (
     EVENT_TYPES,
     BulkRetryRequest,
     CreateSubscriptionRequest,
+    ListDeliveriesQuery,
+    ListSubscriptionsQuery,
     ReplayRequest,
     UpdateSubscriptionRequest,
     common_message,
     event_types_message,
+    limit_message,
     parse,
+    query,
 )
 from service.config import new_webhook_secret
 from service.errors import ApiError
@@ -28,11 +32,16 @@ if TYPE_CHECKING:
     from service.store.sqlite import SqliteStore
 
 ROTATION_OVERLAP = 24 * 3600.0
-SUBSCRIPTION_PAGE = 100  # the default and largest page of GET /v1/subscriptions
 
 
 def _message(error: ErrorDetails) -> str:
     return common_message(error) or f"{error['loc'][0]} is invalid"
+
+
+def _query_message(error: ErrorDetails) -> str:
+    if error["loc"][0] == "status":
+        return f"status must be one of {', '.join(DELIVERY_STATUSES)}"
+    return limit_message(error) or f"{error['loc'][0]} is invalid"
 
 
 def validate_event_types(value: Any) -> list[str] | None:
@@ -76,9 +85,9 @@ class SubscriptionsApi:
         return JSONResponse(sub.to_api(with_secret=True), status_code=201)
 
     async def list(self, request: Request) -> Response:
-        # Oldest first, as before pagination; the default page holds the most a page may.
-        limit = limit_arg(request, default=SUBSCRIPTION_PAGE, maximum=SUBSCRIPTION_PAGE)
-        subs = await self.store.get().list_subscriptions(limit + 1, request.query_params.get("after") or None)
+        args = query(ListSubscriptionsQuery, request.query_params, _query_message)
+        limit = args.limit
+        subs = await self.store.get().list_subscriptions(limit + 1, args.after)
         return JSONResponse(list_page([s.to_api() for s in subs[:limit]], len(subs) > limit))
 
     async def get(self, request: Request) -> Response:
@@ -144,21 +153,13 @@ class DeliveriesApi:
         self.store = store
 
     async def list(self, request: Request) -> Response:
-        q = request.query_params
-        status = q.get("status") or None
-        if status is not None and status not in DELIVERY_STATUSES:
-            raise ApiError(
-                422,
-                "invalid_parameter",
-                f"status must be one of {', '.join(DELIVERY_STATUSES)}",
-                param="status",
-            )
+        args = query(ListDeliveriesQuery, request.query_params, _query_message)
         found, has_more = await self.store.get().list_deliveries(
-            subscription_id=q.get("subscription_id") or None,
-            job_id=q.get("job_id") or None,
-            status=status,
-            limit=limit_arg(request),
-            after=q.get("after") or None,
+            subscription_id=args.subscription_id,
+            job_id=args.job_id,
+            status=args.status,
+            limit=args.limit,
+            after=args.after,
         )
         return JSONResponse(list_page([d.to_api() for d in found], has_more))
 
