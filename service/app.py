@@ -353,8 +353,6 @@ def create_app(
         finally:
             rt.ready = False
             receiver.accepting = False
-            for late in (store, openai, storage):
-                late.set(None)
             for task in rt.tasks.values():
                 task.cancel()
             await asyncio.gather(*rt.tasks.values(), return_exceptions=True)

@@ -21,14 +21,14 @@ class Late(Generic[T]):
     """A dependency the lifespan opens after the routes exist (the store, the OpenAI client, storage).
 
     A handler holds the Late it needs, not the object, and takes the object per request: before the
-    lifespan has set it (or after it closed), the answer is a 503 `starting`, never an AttributeError.
+    lifespan has set it, the answer is a 503 `starting`, never an AttributeError.
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._value: T | None = None
 
-    def set(self, value: T | None) -> None:
+    def set(self, value: T) -> None:
         self._value = value
 
     def get(self) -> T:
