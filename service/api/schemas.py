@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic_core import ErrorDetails
 
 from service.domain import KINDS, Kind, Status
@@ -274,7 +282,12 @@ def common_message(error: ErrorDetails) -> str | None:
 # An empty value means the parameter was not given (`?status=&limit=` lists everything, 20 a page): `query`
 # drops empty values before the model sees them, and /openapi.json lists "" as allowed for each parameter.
 
-Limit = Annotated[int, Field(ge=1, le=100, description="Page size, 1 to 100.")]
+# Read as Python's int() reads it (so `5.0` is refused, as a page size is a whole number).
+Limit = Annotated[
+    int,
+    Field(ge=1, le=100, description="Page size, 1 to 100."),
+    BeforeValidator(lambda v: int(v) if isinstance(v, str) else v),
+]
 After = Annotated[str | None, Field(description="Cursor: the `last_id` of the previous page.")]
 
 
