@@ -94,3 +94,26 @@ async def test_a_request_before_the_store_opens_is_a_503_starting_not_a_500(tmp_
         response = await client.get("/v1/jobs/job_x", headers=auth())
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "starting"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("", 20), ("7", 7), ("+7", 7), (" 7 ", 7), ("5.0", None), ("abc", None), ("0", None), ("101", None)],
+)
+def test_a_page_size_is_read_as_a_whole_number_or_named_as_the_bad_parameter(
+    raw: str, expected: int | None
+) -> None:
+    from service.api.schemas import ListJobsQuery, limit_message, query
+    from service.errors import ApiError
+
+    if expected is not None:
+        assert query(ListJobsQuery, {"limit": raw}, lambda e: limit_message(e) or "").limit == expected
+        return
+    with pytest.raises(ApiError) as refused:
+        query(ListJobsQuery, {"limit": raw}, lambda e: limit_message(e) or "")
+    assert (refused.value.status, refused.value.code, refused.value.param) == (
+        422,
+        "invalid_parameter",
+        "limit",
+    )
+    assert refused.value.message.startswith("limit must be")
