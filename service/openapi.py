@@ -27,6 +27,7 @@ from service.api.schemas import (
     ListDeliveriesQuery,
     ListJobsQuery,
     ListSubscriptionsQuery,
+    UsageQuery,
     query_parameters,
 )
 from service.domain import KINDS, STATUSES
@@ -413,18 +414,7 @@ def _operations() -> list[dict[str, Any]]:
                 "200": _json(_ref("Usage"), "Jobs created in [since, until)."),
                 "422": _error("Unprocessable"),
             },
-            parameters=[
-                _query(
-                    "since",
-                    {"anyOf": [{"type": "integer", "minimum": 0}, {"const": ""}]},
-                    "Unix seconds, inclusive; all time when absent.",
-                ),
-                _query(
-                    "until",
-                    {"anyOf": [{"type": "integer", "minimum": 0}, {"const": ""}]},
-                    "Unix seconds, exclusive; no end when absent.",
-                ),
-            ],
+            parameters=query_parameters(UsageQuery),
         ),
         _op(
             "trackJob",

@@ -10,6 +10,7 @@ unknown field is named, and each model says in words what a field must be (`mess
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -321,6 +322,32 @@ class ListDeliveriesQuery(BaseModel):
     status: DeliveryStatus | None = Field(default=None, description="Only deliveries in this status.")
     limit: Limit = 20
     after: After = None
+
+
+MAX_TIME = 2**53  # JSON's exact-integer range: well past any real Unix time
+
+
+def _whole_seconds(raw: Any) -> Any:
+    """`1700000000`, `1.7e9` or `1700000000.0`: a number with no fraction (anything else is refused)."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("not a number") from None
+    if not (math.isfinite(value) and value == int(value)):
+        raise ValueError("not whole seconds")
+    return int(value)
+
+
+QueryTime = Annotated[int, Field(ge=0, le=MAX_TIME), BeforeValidator(_whole_seconds)]
+
+
+class UsageQuery(BaseModel):
+    since: QueryTime | None = Field(
+        default=None, description="Unix seconds, inclusive; all time when absent."
+    )
+    until: QueryTime | None = Field(default=None, description="Unix seconds, exclusive; no end when absent.")
 
 
 Q = TypeVar("Q", bound=BaseModel)
