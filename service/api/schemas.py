@@ -179,16 +179,9 @@ class ReplayRequest(BaseModel):
 
 
 class BulkRetryRequest(BaseModel):
-    """Retry dead deliveries by subscription, by time, or both."""
+    """At least one filter; with both, a delivery must match both."""
 
-    model_config = ConfigDict(
-        strict=True,
-        extra="forbid",
-        json_schema_extra={
-            "minProperties": 1,
-            "description": "At least one filter; with both, a delivery must match both.",
-        },
-    )
+    model_config = ConfigDict(strict=True, extra="forbid", json_schema_extra={"minProperties": 1})
 
     subscription_id: str | None = Field(default=None, description="Only this subscription's deliveries.")
     since: UnixSeconds | None = Field(
