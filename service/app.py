@@ -16,12 +16,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match, Route
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import ssrf
-from service.api.common import require_token
+from service.api.common import Late, UrlCheck
 from service.api.jobs import JobsApi
+from service.api.routes import build_routes
 from service.api.subscriptions import DeliveriesApi, SubscriptionsApi
 from service.api.usage import UsageApi
 from service.archive import Archiver
@@ -44,7 +45,7 @@ from service.storage import Storage, storage_from_settings
 from service.store import open_store
 from service.store.protocol import Store
 from service.submitter import Refresher, Submitter
-from service.ui import console_routes
+from service.ui import Console, console_routes
 from service.workers import CallBudget, Worker
 
 log = logging.getLogger("sorahook.app")
@@ -224,44 +225,43 @@ def create_app(
                 rt.metrics.set_subscription_counts(*await rt.store.subscription_counts())
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    jobs = JobsApi(rt)
-    subs = SubscriptionsApi(rt)
-    deliveries = DeliveriesApi(rt)
-    usage = UsageApi(rt)
-    token = settings.admin_token
-
-    def v1(path: str, handlers: dict[str, Callable[[Request], Awaitable[Response]]]) -> Route:
-        """One route per path (so a 405 names every allowed method), each handler behind the token."""
-        guarded = {method: require_token(token, handler) for method, handler in handlers.items()}
-
-        async def dispatch(request: Request) -> Response:
-            return await guarded[request.method if request.method != "HEAD" else "GET"](request)
-
-        return Route(path, dispatch, methods=list(handlers))
-
+    # What the lifespan opens, handed to the routes one by one (a route gets what it uses, not the Runtime).
+    store: Late[SqliteStore] = Late("the store")
+    openai: Late[OpenAIClient] = Late("the OpenAI client")
+    storage: Late[Storage] = Late("the archive storage")
+    urls = UrlCheck(rt.resolver, allow_private=settings.allow_private_targets)
+    jobs = JobsApi(
+        store=store,
+        openai=openai,
+        storage=storage,
+        settings=settings,
+        metrics=rt.metrics,
+        clock=rt.clock,
+        urls=urls,
+    )
+    subs = SubscriptionsApi(store=store, urls=urls)
+    deliveries = DeliveriesApi(store=store)
+    usage = UsageApi(store=store, quota_key=settings.quota_key)
+    docs, console = console_routes(
+        Console(store=store, settings=settings, clock=rt.clock, metrics=rt.metrics, urls=urls, jobs_api=jobs),
+        settings.models,
+    )
+    # Every operation comes from the one route table (service/api/routes.py), which /openapi.json
+    # describes; the /v1 handlers are bound to the API objects above, the rest are the app's own.
     routes: list[BaseRoute] = [
-        Route("/webhooks/openai", AsgiEndpoint(receive_webhook), methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
-        v1("/v1/jobs", {"POST": jobs.create, "GET": jobs.list}),
-        v1("/v1/jobs/track", {"POST": jobs.track}),
-        v1("/v1/jobs/batch", {"POST": jobs.create_batch}),
-        v1("/v1/usage", {"GET": usage.get}),
-        v1("/v1/jobs/{job_id}", {"GET": jobs.get, "DELETE": jobs.cancel}),
-        v1("/v1/jobs/{job_id}/events", {"GET": jobs.events}),
-        v1("/v1/jobs/{job_id}/content", {"GET": jobs.content}),
-        v1("/v1/subscriptions", {"POST": subs.create, "GET": subs.list}),
-        v1("/v1/subscriptions/{sub_id}", {"GET": subs.get, "PATCH": subs.update, "DELETE": subs.delete}),
-        v1("/v1/subscriptions/{sub_id}/rotate-secret", {"POST": subs.rotate_secret}),
-        v1("/v1/subscriptions/{sub_id}/test", {"POST": subs.test}),
-        v1("/v1/subscriptions/{sub_id}/replay", {"POST": subs.replay}),
-        v1("/v1/deliveries", {"GET": deliveries.list}),
-        v1("/v1/deliveries/retry", {"POST": deliveries.retry_many}),
-        v1("/v1/deliveries/{delivery_id}", {"GET": deliveries.get}),
-        v1("/v1/deliveries/{delivery_id}/retry", {"POST": deliveries.retry}),
-        *console_routes(rt),  # /ui/ (the operator console) and /docs (the API reference)
+        *build_routes(
+            {JobsApi: jobs, SubscriptionsApi: subs, DeliveriesApi: deliveries, UsageApi: usage},
+            {
+                "receiveOpenAIWebhook": AsgiEndpoint(receive_webhook),
+                "healthz": healthz,
+                "readyz": readyz,
+                "metrics": metrics,
+                "openapi": openapi_endpoint,
+                "docs": docs,
+            },
+            settings.admin_token,
+        ),
+        console,  # /ui/, the operator console
         *(extra_routes or []),
     ]
 
@@ -302,6 +302,9 @@ def create_app(
         )
         receiver_holder["receiver"] = receiver
         rt.storage = storage_from_settings(settings)
+        store.set(rt.store)
+        openai.set(rt.openai)
+        storage.set(rt.storage)
         await rt.store.configure_archive(settings.archive_variants if settings.archive else ())
         workers: list[Worker] = []
         # One ceiling on polling calls to OpenAI per reconcile interval, for the reconciler and progress.
@@ -379,8 +382,11 @@ def create_app(
                 await rt.store.aclose()
             log.info("sorahook stopped; store closed")
 
-    # With a trailing slash too: the router would answer 307, and a webhook sender that does not follow
-    # redirects (most do not, for POST) would only see its deliveries fail.
+    # The one exception to routing in the router: the webhook receiver, the hot path, is dispatched by
+    # RequestIdMiddleware before the router, route matching and exception middleware (the route table
+    # still lists it, for the router's 405s and for /openapi.json). With a trailing slash too: the router
+    # would answer 307, and a webhook sender that does not follow redirects (most do not, for POST) would
+    # only see its deliveries fail.
     direct = {("POST", "/webhooks/openai"): receive_webhook, ("POST", "/webhooks/openai/"): receive_webhook}
     app = Starlette(
         routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware, direct=direct)]

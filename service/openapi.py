@@ -8,41 +8,40 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic.json_schema import models_json_schema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.api.jobs import (
-    MAX_BATCH,
-    MAX_IDEMPOTENCY_KEY,
-    MAX_METADATA_KEY,
-    MAX_METADATA_KEYS,
-    MAX_METADATA_VALUE,
-    MAX_PROMPT,
-    VARIANTS,
+from service.api.jobs import MAX_IDEMPOTENCY_KEY, VARIANTS
+from service.api.responses import RESPONSE_MODELS
+from service.api.routes import BY_OPERATION, ROUTES
+from service.api.schemas import (
+    METADATA,
+    REQUEST_MODELS,
+    RESOURCE_PREFIXES,
+    ListDeliveriesQuery,
+    ListJobsQuery,
+    ListSubscriptionsQuery,
+    UsageQuery,
+    query_parameters,
 )
-from service.domain import ERROR_CATEGORIES, KINDS, STATUSES
+from service.domain import KINDS, STATUSES
 from service.models import DEFAULT_MODEL_TABLE, ModelTable
-from service.store.records import DELIVERY_STATUSES
 
-__all__ = ["DEFAULT_MODELS", "openapi_document", "openapi_endpoint"]
+__all__ = ["DEFAULT_MODELS", "RESOURCE_PREFIXES", "openapi_document", "openapi_endpoint"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("sora-2", "sora-2-pro")
-# OpenAI's id prefixes that tell the kind of a tracked resource (service.domain.kind_for_resource_id).
-RESOURCE_PREFIXES: tuple[str, ...] = ("video_", "batch_", "resp_", "ftjob_")
 
 Schema = dict[str, Any]
 
 
 def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: Schema) -> Schema:
-    """`schema` or null (OpenAPI 3.1 is JSON Schema 2020-12: no `nullable`)."""
-    return {"anyOf": [schema, {"type": "null"}]}
 
 
 def _json(schema: Schema, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -57,79 +56,12 @@ def _error(name: str) -> dict[str, str]:
 
 _BASE64 = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
 _UNIX_TIME: Schema = {"type": "integer", "description": "Unix time in seconds"}
-_SUBSCRIPTION_PROPERTIES: dict[str, Schema] = {
-    "id": {"type": "string", "pattern": "^sub_"},
-    "object": {"const": "subscription"},
-    "url": {"type": "string"},
-    "event_types": {"type": ["array", "null"], "items": {"type": "string"}},
-    "description": {"type": ["string", "null"]},
-    "enabled": {"type": "boolean"},
-    "ordered": {"type": "boolean"},
-    "disabled_reason": {"type": ["string", "null"]},
-    "created_at": _UNIX_TIME,
-    "updated_at": _UNIX_TIME,
-}
-_SUBSCRIPTION_REQUIRED = list(_SUBSCRIPTION_PROPERTIES)
 _ID: Schema = {"type": "string", "minLength": 1}
 
-# issue 9: the archived copies of a completed video's assets, by variant, and the headers they are served with.
-_ASSETS: Schema = {
-    "type": "object",
-    "description": "sorahook's own copies, by variant (`video`, `thumbnail`, `spritesheet`), once each is final.",
-    "additionalProperties": {
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["size", "sha256", "stored_at", "uri"],
-                "properties": {
-                    "size": {"type": "integer", "minimum": 0, "description": "bytes"},
-                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                    "stored_at": _UNIX_TIME,
-                    "uri": {"type": "string", "description": "file://… or s3://bucket/key"},
-                },
-            },
-            {
-                "type": "object",
-                "required": ["status", "error"],
-                "properties": {"status": {"const": "archive_failed"}, "error": {"type": "string"}},
-            },
-        ]
-    },
-}
 _ARCHIVE_HEADERS: dict[str, Any] = {
     "ETag": {"description": "The archived asset's SHA-256, quoted.", "schema": {"type": "string"}},
     "Accept-Ranges": {"description": "`bytes` when served from the archive.", "schema": {"type": "string"}},
 }
-
-# The `url` / `callback_url` rule: an absolute http(s) URL whose host resolves to public addresses only
-# (unless SORAHOOK_ALLOW_PRIVATE_TARGETS); anything else is a 422 `invalid_url` naming the reason.
-_URL: Schema = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 2048,
-    "format": "uri",
-    "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@]",
-    "description": "An absolute http(s) URL. Unless private targets are allowed, its host must resolve to "
-    "public addresses only: loopback, private, link-local, multicast and reserved ones get 422 invalid_url.",
-    "examples": ["https://hooks.example.com/sorahook"],
-}
-
-_EVENT_TYPES: Schema = _nullable(
-    {
-        "type": "array",
-        "maxItems": 100,
-        "items": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 100,
-            "pattern": r"^[a-z0-9._]*\*?$",
-            "description": "An event type (`video.completed`), or a prefix ending in `*` (`video.*`, `*`).",
-        },
-        "description": "Event types to receive; null or empty means every type.",
-    }
-)
-
-_DESCRIPTION: Schema = _nullable({"type": "string", "maxLength": 500})
 
 
 def _model_rules(models: Sequence[str], table: ModelTable) -> list[Schema]:
@@ -150,419 +82,71 @@ def _model_rules(models: Sequence[str], table: ModelTable) -> list[Schema]:
     return rules
 
 
-def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> dict[str, Schema]:
+def _plain(schema: Any) -> Any:
+    """A model's JSON Schema without pydantic's generated titles (the component's name says it)."""
+    if isinstance(schema, dict):
+        return {k: _plain(v) for k, v in schema.items() if not (k == "title" and isinstance(v, str))}
+    if isinstance(schema, list):
+        return [_plain(v) for v in schema]
+    return schema
+
+
+def _request_schemas(models: Sequence[str], table: ModelTable) -> dict[str, Schema]:
+    """The request bodies, from their models (service/api/schemas.py); what the model table decides
+    (which models, seconds and sizes, and the defaults) is filled in from the table."""
+    out = {
+        m.__name__: _plain(m.model_json_schema(ref_template="#/components/schemas/{model}"))
+        for m in REQUEST_MODELS
+    }
     seconds, sizes = table.seconds_values(models), table.size_values(models)
-    metadata: Schema = {
-        "type": "object",
-        "maxProperties": MAX_METADATA_KEYS,
-        "propertyNames": {"minLength": 1, "maxLength": MAX_METADATA_KEY},
-        "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
-        "description": f"Up to {MAX_METADATA_KEYS} string keys (1 to {MAX_METADATA_KEY} characters) "
-        f"with string values (at most {MAX_METADATA_VALUE} characters).",
-    }
-    job_error: Schema = {
-        "type": "object",
-        "required": ["code", "message"],
-        "properties": {
-            "code": {"type": ["string", "null"]},
-            "message": {"type": ["string", "null"]},
-            "categories": {
-                "type": "array",
-                "items": {"type": "string"},
-                "description": "`moderation_flagged` only: the flagged moderation categories.",
-            },
-            "category": {
-                "enum": list(ERROR_CATEGORIES),
-                "description": "What kind of failure, from a closed set (OpenAI's own code stays in `code`).",
-            },
-            "user_message": {"type": "string", "description": "One line a product can show its end user."},
+    create = out["CreateJobRequest"]
+    create["allOf"] = _model_rules(models, table)
+    create["properties"].update(
+        model={"enum": list(models), "default": models[0]},
+        seconds={
+            "enum": [*seconds, *(int(s) for s in seconds)],
+            "default": table.spec(models[0]).default_seconds,
+            "description": "Clip length; a string as OpenAI takes it, or the same whole number. "
+            "Each model allows its own lengths (the model table, SORAHOOK_MODELS_FILE).",
         },
-    }
-    usage_entry: Schema = {
-        "type": "object",
-        "required": ["jobs", "estimated_cost_usd"],
-        "additionalProperties": False,
-        "properties": {"jobs": {"type": "integer", "minimum": 1}, "estimated_cost_usd": {"type": "number"}},
-    }
+        size={
+            "enum": list(sizes),
+            "default": table.spec(models[0]).default_size,
+            "description": "Each model allows its own sizes (the model table).",
+        },
+    )
+    out["CreateJobBatchRequest"]["properties"]["jobs"]["items"] = _ref("CreateJobRequest")
+    # Only what is sent changes: the models' placeholders for absent fields are no defaults.
+    for schema in out["UpdateSubscriptionRequest"]["properties"].values():
+        schema.pop("default", None)
+    return out
+
+
+def _response_schemas() -> dict[str, Schema]:
+    """The response bodies, from their models (service/api/responses.py), under their component names."""
+    _, top = models_json_schema(
+        [(m, "validation") for m in RESPONSE_MODELS.values()], ref_template="#/components/schemas/{model}"
+    )
+    defs: dict[str, Any] = top["$defs"]
+    # pydantic names a generic page `Page_Job_`; the document names each by what it lists.
+    renames = {m.__name__.replace("[", "_").replace("]", "_"): name for name, m in RESPONSE_MODELS.items()}
+    text = json.dumps(defs)
+    for old, new in renames.items():
+        if old != new:
+            text = text.replace(f'"#/components/schemas/{old}"', f'"#/components/schemas/{new}"')
+    defs = json.loads(text)
+    out = {renames.get(name, name): _plain(schema) for name, schema in defs.items()}
+    for schema in out.values():  # a response has no defaults: absent means the server did not send it
+        for prop in schema.get("properties", {}).values():
+            prop.pop("default", None)
+    return out
+
+
+def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> dict[str, Schema]:
     return {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "additionalProperties": False,
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "code": {"type": "string", "description": "A stable, machine-readable reason."},
-                        "message": {"type": "string", "description": "A sentence for people."},
-                        "param": {
-                            "type": "string",
-                            "description": "The request field, query parameter or header at fault.",
-                        },
-                        "errors": {
-                            "type": "array",
-                            "description": "`invalid_batch` only: every bad job of the batch, by index.",
-                            "items": {
-                                "type": "object",
-                                "required": ["index", "param", "message"],
-                                "additionalProperties": False,
-                                "properties": {
-                                    "index": {"type": "integer", "minimum": 0},
-                                    "param": {"type": ["string", "null"]},
-                                    "message": {"type": "string"},
-                                },
-                            },
-                        },
-                    },
-                }
-            },
-        },
-        "Metadata": metadata,
-        "Job": {
-            "type": "object",
-            "required": [
-                "id",
-                "object",
-                "kind",
-                "resource_id",
-                "status",
-                "progress",
-                "origin",
-                "request",
-                "estimated_cost_usd",
-                "result",
-                "error",
-                "callback_url",
-                "metadata",
-                "created_at",
-                "updated_at",
-                "completed_at",
-                "sequence",
-            ],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string", "pattern": "^job_"},
-                "object": {"const": "job"},
-                "kind": {"enum": list(KINDS)},
-                "resource_id": {
-                    "type": ["string", "null"],
-                    "description": "OpenAI's id (video_…); null until submitted",
-                },
-                "status": {"enum": list(STATUSES)},
-                "progress": {"type": "integer", "minimum": 0, "maximum": 100},
-                "origin": {"enum": ["api", "track", "webhook"]},
-                "request": _nullable(
-                    {
-                        "type": "object",
-                        "description": "What was asked of OpenAI (jobs made through POST /v1/jobs).",
-                        "properties": {
-                            "model": {"type": "string"},
-                            "prompt": {"type": "string"},
-                            "seconds": {"type": "string"},
-                            "size": {"type": "string"},
-                        },
-                    }
-                ),
-                "estimated_cost_usd": {
-                    "type": ["number", "null"],
-                    "minimum": 0,
-                    "description": "USD per second (price table by model and size) × seconds, set at "
-                    "creation; null for other kinds and for a model or size with no price.",
-                },
-                "result": _nullable(
-                    {
-                        "type": "object",
-                        "description": "Filled in from OpenAI's object once the job is terminal.",
-                        "properties": {
-                            "expires_at": {"type": ["integer", "null"]},
-                            "size": {"type": ["string", "null"]},
-                            "seconds": {"type": ["string", "null"]},
-                            "assets": _ASSETS,
-                        },
-                    }
-                ),
-                "error": _nullable(job_error),
-                "callback_url": {"type": ["string", "null"]},
-                "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
-                "created_at": _UNIX_TIME,
-                "updated_at": _UNIX_TIME,
-                "completed_at": {"type": ["integer", "null"]},
-                "sequence": {"type": "integer", "minimum": 0, "description": "+1 on every state change"},
-            },
-        },
-        "JobList": _list_of(_ref("Job"), paginated=True),
-        "JobEvent": {
-            "type": "object",
-            "required": [
-                "id",
-                "object",
-                "direction",
-                "type",
-                "source",
-                "created_at",
-                "webhook_id",
-                "payload",
-            ],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string"},
-                "object": {"const": "job.event"},
-                "direction": {"enum": ["received", "emitted"]},
-                "type": {"type": "string"},
-                "source": {"type": "string"},
-                "created_at": _UNIX_TIME,
-                "webhook_id": {"type": ["string", "null"]},
-                "payload": {"description": "The event body as received or emitted (JSON)."},
-            },
-        },
-        "JobEventList": {
-            "type": "object",
-            "required": ["object", "data", "has_more"],
-            "properties": {
-                "object": {"const": "list"},
-                "data": {"type": "array", "items": _ref("JobEvent")},
-                "has_more": {"const": False},
-            },
-        },
-        "CreateJobRequest": {
-            "type": "object",
-            "required": ["prompt"],
-            "additionalProperties": False,
-            "allOf": _model_rules(models, table),
-            "properties": {
-                "prompt": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_PROMPT,
-                    "pattern": r"\S",
-                    "description": "What the video shows; not blank.",
-                },
-                "model": {"enum": list(models), "default": models[0]},
-                "seconds": {
-                    "enum": [*seconds, *(int(s) for s in seconds)],
-                    "default": table.spec(models[0]).default_seconds,
-                    "description": "Clip length; a string as OpenAI takes it, or the same whole number. "
-                    "Each model allows its own lengths (the model table, SORAHOOK_MODELS_FILE).",
-                },
-                "size": {
-                    "enum": list(sizes),
-                    "default": table.spec(models[0]).default_size,
-                    "description": "Each model allows its own sizes (the model table).",
-                },
-                "callback_url": _nullable(_URL),
-                "metadata": _nullable(_ref("Metadata")),
-            },
-        },
-        "CreateJobBatchRequest": {
-            "type": "object",
-            "required": ["jobs"],
-            "additionalProperties": False,
-            "properties": {
-                "jobs": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": MAX_BATCH,
-                    "items": _ref("CreateJobRequest"),
-                    "description": "Created all together in one transaction, or none of them.",
-                }
-            },
-        },
-        "JobBatch": {
-            "type": "object",
-            "required": ["object", "data"],
-            "additionalProperties": False,
-            "properties": {
-                "object": {"const": "list"},
-                "data": {"type": "array", "items": _ref("Job"), "description": "In the request's order."},
-            },
-        },
-        "Usage": {
-            "type": "object",
-            "required": [
-                "object",
-                "since",
-                "until",
-                "total_estimated_cost_usd",
-                "jobs",
-                "by_model",
-                "by_status",
-                "by_client",
-            ],
-            "additionalProperties": False,
-            "properties": {
-                "object": {"const": "usage"},
-                "since": {"type": ["integer", "null"]},
-                "until": {"type": ["integer", "null"]},
-                "total_estimated_cost_usd": {"type": "number", "minimum": 0},
-                "jobs": {"type": "integer", "minimum": 0},
-                "by_model": {
-                    "type": "object",
-                    "additionalProperties": usage_entry,
-                    "description": "By the job's model; `(none)` for jobs without one.",
-                },
-                "by_status": {"type": "object", "additionalProperties": usage_entry},
-                "by_client": {
-                    "type": "object",
-                    "additionalProperties": usage_entry,
-                    "description": "By the metadata value of SORAHOOK_QUOTA_KEY; `(none)` without one.",
-                },
-            },
-        },
-        "TrackJobRequest": {
-            "type": "object",
-            "required": ["resource_id"],
-            "anyOf": [
-                {"properties": {"resource_id": {"pattern": f"^({'|'.join(RESOURCE_PREFIXES)})"}}},
-                {"required": ["kind"], "properties": {"kind": {"enum": list(KINDS)}}},
-            ],
-            "properties": {
-                "kind": {
-                    "anyOf": [{"enum": list(KINDS)}, {"type": "null"}],
-                    "description": "Required when resource_id has no known prefix (video_, batch_, resp_, ftjob_).",
-                },
-                "resource_id": {"type": "string", "minLength": 1, "maxLength": 256, "pattern": r"\S"},
-                "callback_url": _nullable(_URL),
-                "metadata": _nullable(_ref("Metadata")),
-            },
-        },
-        "Subscription": {
-            "type": "object",
-            "required": _SUBSCRIPTION_REQUIRED,
-            "properties": _SUBSCRIPTION_PROPERTIES,
-            "additionalProperties": False,
-            "description": "A subscription as listed: without its secret.",
-        },
-        "SubscriptionWithSecret": {
-            "type": "object",
-            "required": [*_SUBSCRIPTION_REQUIRED, "secret"],
-            "properties": {
-                **_SUBSCRIPTION_PROPERTIES,
-                "secret": {"type": "string", "pattern": "^whsec_", "description": "Signs deliveries."},
-                "previous_secret_expires_at": {
-                    **_UNIX_TIME,
-                    "description": "Only after rotate-secret: until then deliveries carry both signatures.",
-                },
-            },
-            "additionalProperties": False,
-        },
-        "SubscriptionList": _list_of(_ref("Subscription"), paginated=True),
-        "CreateSubscriptionRequest": {
-            "type": "object",
-            "required": ["url"],
-            "properties": {
-                "url": _URL,
-                "event_types": _EVENT_TYPES,
-                "description": _DESCRIPTION,
-                "ordered": {"type": "boolean", "default": False},
-            },
-        },
-        "UpdateSubscriptionRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "url": _URL,
-                "event_types": _EVENT_TYPES,
-                "enabled": {"type": "boolean"},
-                "description": _DESCRIPTION,
-                "ordered": {"type": "boolean"},
-            },
-        },
-        "ReplayRequest": {
-            "type": "object",
-            "required": ["since"],
-            "properties": {"since": {"type": "number", "minimum": 0, "description": "Unix time in seconds"}},
-        },
-        "Attempt": {
-            "type": "object",
-            "required": ["attempted_at", "status_code", "latency_ms", "error", "response_body"],
-            "additionalProperties": False,
-            "properties": {
-                "attempted_at": _UNIX_TIME,
-                "status_code": {"type": ["integer", "null"]},
-                "latency_ms": {"type": "number", "minimum": 0},
-                "error": {"type": ["string", "null"]},
-                "response_body": {
-                    "type": ["string", "null"],
-                    "maxLength": 1024,
-                    "description": "The first 1 KiB of the endpoint's answer (UTF-8, invalid bytes replaced).",
-                },
-            },
-        },
-        "BulkRetryRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "minProperties": 1,
-            "description": "At least one filter; with both, a delivery must match both.",
-            "properties": {
-                "subscription_id": {"type": "string", "description": "Only this subscription's deliveries."},
-                "since": {
-                    "type": "number",
-                    "minimum": 0,
-                    "maximum": 1e11,
-                    "description": "Only deliveries made at or after this Unix time (seconds).",
-                },
-            },
-        },
-        "BulkRetry": {
-            "type": "object",
-            "required": ["object", "subscription_id", "since", "retried"],
-            "additionalProperties": False,
-            "properties": {
-                "object": {"const": "delivery.retry"},
-                "subscription_id": {"type": ["string", "null"]},
-                "since": {"type": ["number", "null"]},
-                "retried": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "description": "Dead deliveries made pending again.",
-                },
-            },
-        },
-        "Delivery": {
-            "type": "object",
-            "required": [
-                "id",
-                "object",
-                "event_id",
-                "event_type",
-                "subscription_id",
-                "job_id",
-                "target",
-                "url",
-                "status",
-                "attempt_count",
-                "next_attempt_at",
-                "created_at",
-                "updated_at",
-                "delivered_at",
-                "last_status_code",
-                "last_error",
-                "attempts",
-            ],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string", "pattern": "^dlv_"},
-                "object": {"const": "delivery"},
-                "event_id": {"type": "string"},
-                "event_type": {"type": "string"},
-                "subscription_id": {"type": ["string", "null"]},
-                "job_id": {"type": ["string", "null"]},
-                "target": {"enum": ["subscription", "callback_url"]},
-                "url": {"type": ["string", "null"]},
-                "status": {"enum": list(DELIVERY_STATUSES)},
-                "attempt_count": {"type": "integer", "minimum": 0},
-                "next_attempt_at": {"type": ["integer", "null"]},
-                "created_at": _UNIX_TIME,
-                "updated_at": _UNIX_TIME,
-                "delivered_at": {"type": ["integer", "null"]},
-                "last_status_code": {"type": ["integer", "null"]},
-                "last_error": {"type": ["string", "null"]},
-                "attempts": {"type": "array", "items": _ref("Attempt")},
-            },
-        },
-        "DeliveryList": _list_of(_ref("Delivery"), paginated=True),
+        **_response_schemas(),
+        "Metadata": _plain(METADATA.json_schema()),
+        **_request_schemas(models, table),
         "WebhookEvent": {
             "type": "object",
             "required": ["id", "type", "data"],
@@ -578,27 +162,6 @@ def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> 
                     "properties": {"id": {"type": "string", "minLength": 1}},
                 },
             },
-        },
-        "WebhookAck": {
-            "type": "object",
-            "required": ["status"],
-            "additionalProperties": False,
-            "properties": {"status": {"enum": ["accepted", "duplicate"]}},
-        },
-    }
-
-
-def _list_of(item: Schema, *, paginated: bool) -> Schema:
-    return {
-        "type": "object",
-        "required": ["object", "data", "has_more", "first_id", "last_id"],
-        "additionalProperties": False,
-        "properties": {
-            "object": {"const": "list"},
-            "data": {"type": "array", "items": item},
-            "has_more": {"type": "boolean"} if paginated else {"const": False},
-            "first_id": {"type": ["string", "null"]},
-            "last_id": {"type": ["string", "null"], "description": "Pass as `after` for the next page."},
         },
     }
 
@@ -632,27 +195,19 @@ def _responses() -> dict[str, Any]:
 
 
 def _op(
-    summary: str,
-    operation_id: str,
-    responses: dict[str, Any],
-    *,
-    parameters: list[dict[str, Any]] | None = None,
-    body: str | None = None,
-    body_required: bool = True,
-    auth: bool = True,
-    tags: list[str] | None = None,
+    operation_id: str, responses: dict[str, Any], *, parameters: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "operationId": operation_id}
-    if tags:
-        op["tags"] = tags
+    """One operation: its summary, tag, request body and auth from the route table, the rest given."""
+    spec = BY_OPERATION[operation_id]
+    op: dict[str, Any] = {"summary": spec.summary, "operationId": operation_id, "tags": [spec.tag]}
     if parameters:
         op["parameters"] = parameters
-    if body is not None:
+    if spec.body_schema is not None:
         op["requestBody"] = {
-            "required": body_required,
-            "content": {"application/json": {"schema": _ref(body)}},
+            "required": not spec.body_optional,
+            "content": {"application/json": {"schema": _ref(spec.body_schema)}},
         }
-    if auth:
+    if spec.auth:
         op["security"] = [{"bearerAuth": []}]
         responses = {**responses, "401": _error("Unauthorized")}
     op["responses"] = dict(sorted(responses.items()))
@@ -666,14 +221,6 @@ def _path_param(name: str, description: str) -> dict[str, Any]:
 def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
-
-# An empty query value means the parameter was not given (`?status=&limit=` lists everything, 20 a page).
-_LIMIT = _query(
-    "limit",
-    {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 100}, {"const": ""}], "default": 20},
-    "Page size, 1 to 100.",
-)
-_AFTER = _query("after", {"type": "string"}, "Cursor: the `last_id` of the previous page.")
 
 _JOB_LINKS: dict[str, Any] = {
     "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
@@ -711,10 +258,29 @@ def _with_links(response: dict[str, Any], links: dict[str, Any]) -> dict[str, An
     return {**response, "links": copy.deepcopy(links)}
 
 
+_PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "job_id": _path_param("job_id", "A job id (`job_…`) or the OpenAI resource id it tracks."),
+    "sub_id": _path_param("sub_id", "A subscription id (`sub_…`)."),
+    "delivery_id": _path_param("delivery_id", "A delivery id (`dlv_…`)."),
+}
+
+
 def _paths() -> dict[str, Any]:
-    job_id = _path_param("job_id", "A job id (`job_…`) or the OpenAI resource id it tracks.")
-    sub_id = _path_param("sub_id", "A subscription id (`sub_…`).")
-    delivery_id = _path_param("delivery_id", "A delivery id (`dlv_…`).")
+    """The route table's operations by path; a templated path lists its path parameters once."""
+    operations = {op["operationId"]: op for op in _operations()}
+    paths: dict[str, Any] = {}
+    for spec in ROUTES:
+        item = paths.setdefault(spec.path, {})
+        names = re.findall(r"{(\w+)}", spec.path)
+        if names:
+            item["parameters"] = [_PATH_PARAMETERS[name] for name in names]
+        item[spec.method.lower()] = operations[spec.operation_id]
+    return paths
+
+
+def _operations() -> list[dict[str, Any]]:
+    """Each operation's parameters and responses; what the route table says (path, method, summary,
+    request body, auth) is added by _op."""
     job = _json(_ref("Job"), "The job.")
     sub_secret = _json(_ref("SubscriptionWithSecret"), "The subscription, with its signing secret.")
     webhook_headers = [
@@ -742,564 +308,398 @@ def _paths() -> dict[str, Any]:
         "413": _error("PayloadTooLarge"),
         "422": _error("Unprocessable"),
     }
-    return {
-        "/webhooks/openai": {
-            "post": _op(
-                "Receive an OpenAI webhook",
-                "receiveOpenAIWebhook",
-                {
-                    "200": _json(_ref("WebhookAck"), "Stored (accepted) or seen before (duplicate)."),
-                    "400": _json(
-                        _ref("Error"),
-                        "Missing or malformed webhook headers (`missing_headers`), or a verified body that is "
-                        "not an event with string id, type and data.id (`invalid_payload`).",
-                    ),
-                    "401": _json(
-                        _ref("Error"),
-                        "No signature matches (`invalid_signature`) or the timestamp is outside the "
-                        "tolerance (`timestamp_out_of_tolerance`).",
-                    ),
-                    "413": _json(_ref("Error"), "The body is larger than SORAHOOK_MAX_BODY_BYTES."),
-                    "503": _json(_ref("Error"), "Shutting down (`shutting_down`); OpenAI retries."),
-                },
-                parameters=webhook_headers,
-                body="WebhookEvent",
-                auth=False,
-                tags=["webhooks"],
-            )
-        },
-        "/v1/jobs": {
-            "post": _op(
-                "Create a video job",
-                "createJob",
-                {
-                    "202": _with_links(
-                        _json(
-                            _ref("Job"),
-                            "The job, stored as pending; it is submitted to OpenAI in the background.",
-                            {
-                                "Idempotent-Replayed": {
-                                    "description": "`true` when an earlier request with the same "
-                                    "Idempotency-Key made this job.",
-                                    "schema": {"const": "true"},
-                                }
-                            },
-                        ),
-                        _JOB_LINKS,
-                    ),
-                    **body_errors,
-                    "429": _error("QuotaExceeded"),
-                },
-                parameters=[
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "description": "The same key with the same body returns the same job; "
-                        "with another body it is refused (422 `idempotency_key_reused`).",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-                    }
-                ],
-                body="CreateJobRequest",
-                tags=["jobs"],
-            ),
-            "get": {
-                **_op(
-                    "List jobs, newest first",
-                    "listJobs",
-                    {
-                        "200": _json(_ref("JobList"), "A page of jobs."),
-                        "400": _json(
-                            _ref("Error"), "A query parameter this route does not take (`unknown_parameter`)."
-                        ),
-                        "422": _error("Unprocessable"),
-                    },
-                    parameters=[
-                        _query("status", {"enum": [*STATUSES, ""]}, "Only jobs in this status."),
-                        _query("kind", {"enum": [*KINDS, ""]}, "Only jobs of this kind."),
-                        _LIMIT,
-                        _AFTER,
-                        _query(
-                            "before",
-                            {"type": "string", "maxLength": 256},
-                            "Cursor: the `first_id` of the current page; returns the page before it.",
-                        ),
-                        _query(
-                            "order",
-                            {"enum": ["asc", "desc", ""], "default": "desc"},
-                            "`desc` (newest first, the default) or `asc`.",
-                        ),
-                    ],
-                    tags=["jobs"],
+    return [
+        _op(
+            "receiveOpenAIWebhook",
+            {
+                "200": _json(_ref("WebhookAck"), "Stored (accepted) or seen before (duplicate)."),
+                "400": _json(
+                    _ref("Error"),
+                    "Missing or malformed webhook headers (`missing_headers`), or a verified body that is "
+                    "not an event with string id, type and data.id (`invalid_payload`).",
                 ),
-                "description": "Filter by one metadata entry with `metadata.<key>=<value>` "
-                "(e.g. `metadata.customer=acme`). Any other query parameter is refused "
-                "(400 `unknown_parameter`).",
+                "401": _json(
+                    _ref("Error"),
+                    "No signature matches (`invalid_signature`) or the timestamp is outside the "
+                    "tolerance (`timestamp_out_of_tolerance`).",
+                ),
+                "413": _json(_ref("Error"), "The body is larger than SORAHOOK_MAX_BODY_BYTES."),
+                "503": _json(_ref("Error"), "Shutting down (`shutting_down`); OpenAI retries."),
             },
-        },
-        "/v1/jobs/batch": {
-            "post": _op(
-                "Create up to 100 video jobs at once, all or none",
-                "createJobBatch",
-                {
-                    "202": _json(
-                        _ref("JobBatch"),
-                        "The jobs, stored as pending in one transaction.",
+            parameters=webhook_headers,
+        ),
+        _op(
+            "createJob",
+            {
+                "202": _with_links(
+                    _json(
+                        _ref("Job"),
+                        "The job, stored as pending; it is submitted to OpenAI in the background.",
                         {
                             "Idempotent-Replayed": {
                                 "description": "`true` when an earlier request with the same "
-                                "Idempotency-Key made these jobs.",
+                                "Idempotency-Key made this job.",
                                 "schema": {"const": "true"},
                             }
                         },
                     ),
-                    "400": _error("BadRequest"),
-                    "413": _error("PayloadTooLarge"),
-                    "422": _json(
-                        _ref("Error"),
-                        "Some jobs are invalid (`invalid_batch`, with `errors` listing each by index) and "
-                        "none was created; or `jobs` itself is missing or too long.",
+                    _JOB_LINKS,
+                ),
+                **body_errors,
+                "429": _error("QuotaExceeded"),
+            },
+            parameters=[
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "The same key with the same body returns the same job; "
+                    "with another body it is refused (422 `idempotency_key_reused`).",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+                }
+            ],
+        ),
+        {
+            **_op(
+                "listJobs",
+                {
+                    "200": _json(_ref("JobList"), "A page of jobs."),
+                    "400": _json(
+                        _ref("Error"), "A query parameter this route does not take (`unknown_parameter`)."
                     ),
-                    "429": _error("QuotaExceeded"),
+                    "422": _error("Unprocessable"),
                 },
-                parameters=[
+                parameters=query_parameters(ListJobsQuery),
+            ),
+            "description": "Filter by one metadata entry with `metadata.<key>=<value>` "
+            "(e.g. `metadata.customer=acme`). Any other query parameter is refused "
+            "(400 `unknown_parameter`).",
+        },
+        _op(
+            "createJobBatch",
+            {
+                "202": _json(
+                    _ref("JobBatch"),
+                    "The jobs, stored as pending in one transaction.",
                     {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "description": "One key for the whole batch: the same key returns the same jobs.",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-                    }
-                ],
-                body="CreateJobBatchRequest",
-                tags=["jobs"],
-            )
-        },
-        "/v1/usage": {
-            "get": _op(
-                "Estimated cost and job counts, by model, status and client",
-                "getUsage",
-                {
-                    "200": _json(_ref("Usage"), "Jobs created in [since, until)."),
-                    "422": _error("Unprocessable"),
-                },
-                parameters=[
-                    _query(
-                        "since",
-                        {"anyOf": [{"type": "integer", "minimum": 0}, {"const": ""}]},
-                        "Unix seconds, inclusive; all time when absent.",
-                    ),
-                    _query(
-                        "until",
-                        {"anyOf": [{"type": "integer", "minimum": 0}, {"const": ""}]},
-                        "Unix seconds, exclusive; no end when absent.",
-                    ),
-                ],
-                tags=["jobs"],
-            )
-        },
-        "/v1/jobs/track": {
-            "post": _op(
-                "Track a resource created elsewhere",
-                "trackJob",
-                {
-                    "200": _with_links(
-                        job | {"description": "Already tracked: the existing job."}, _TRACK_LINKS
-                    ),
-                    "201": _with_links(
-                        job | {"description": "A new job tracking the resource."}, _TRACK_LINKS
-                    ),
-                    **body_errors,
-                },
-                body="TrackJobRequest",
-                tags=["jobs"],
-            )
-        },
-        "/v1/jobs/{job_id}": {
-            "parameters": [job_id],
-            "get": _op("Read a job", "getJob", {"200": job, "404": _error("NotFound")}, tags=["jobs"]),
-            "delete": _op(
-                "Cancel a job",
-                "cancelJob",
-                {
-                    "200": job | {"description": "The job, now cancelled."},
-                    "404": _error("NotFound"),
-                    "409": _json(
-                        _ref("Error"),
-                        "Already terminal (`job_terminal`), or a kind sorahook cannot cancel "
-                        "(`cancel_not_supported`).",
-                    ),
-                    "502": _error("BadGateway"),
-                },
-                tags=["jobs"],
-            ),
-        },
-        "/v1/jobs/{job_id}/events": {
-            "parameters": [job_id],
-            "get": _op(
-                "A job's timeline, oldest first",
-                "listJobEvents",
-                {
-                    "200": _json(_ref("JobEventList"), "Every received and emitted event."),
-                    "404": _error("NotFound"),
-                },
-                tags=["jobs"],
-            ),
-        },
-        "/v1/jobs/{job_id}/content": {
-            "parameters": [job_id],
-            "get": _op(
-                "Stream a completed video's asset: sorahook's archived copy, else OpenAI's until it expires",
-                "getJobContent",
-                {
-                    "200": {
-                        "description": "The asset, streamed (video/mp4, image/webp, image/jpeg, …). From the "
-                        "archive it carries `ETag` (the SHA-256, quoted), `Content-Length` and "
-                        "`Accept-Ranges: bytes`.",
-                        "headers": {
-                            "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
-                            **_ARCHIVE_HEADERS,
-                        },
-                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                        "Idempotent-Replayed": {
+                            "description": "`true` when an earlier request with the same "
+                            "Idempotency-Key made these jobs.",
+                            "schema": {"const": "true"},
+                        }
                     },
-                    "206": {
-                        "description": "One byte range of the archived asset (`Range: bytes=a-b`, `a-` or `-n`).",
-                        "headers": {
-                            "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
-                            **_ARCHIVE_HEADERS,
-                            "Content-Range": {
-                                "required": True,
-                                "description": "`bytes start-end/size`.",
-                                "schema": {"type": "string"},
-                            },
-                        },
-                        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                ),
+                "400": _error("BadRequest"),
+                "413": _error("PayloadTooLarge"),
+                "422": _json(
+                    _ref("Error"),
+                    "Some jobs are invalid (`invalid_batch`, with `errors` listing each by index) and "
+                    "none was created; or `jobs` itself is missing or too long.",
+                ),
+                "429": _error("QuotaExceeded"),
+            },
+            parameters=[
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "One key for the whole batch: the same key returns the same jobs.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+                }
+            ],
+        ),
+        _op(
+            "getUsage",
+            {
+                "200": _json(_ref("Usage"), "Jobs created in [since, until)."),
+                "422": _error("Unprocessable"),
+            },
+            parameters=query_parameters(UsageQuery),
+        ),
+        _op(
+            "trackJob",
+            {
+                "200": _with_links(job | {"description": "Already tracked: the existing job."}, _TRACK_LINKS),
+                "201": _with_links(job | {"description": "A new job tracking the resource."}, _TRACK_LINKS),
+                **body_errors,
+            },
+        ),
+        _op("getJob", {"200": job, "404": _error("NotFound")}),
+        _op(
+            "cancelJob",
+            {
+                "200": job | {"description": "The job, now cancelled."},
+                "404": _error("NotFound"),
+                "409": _json(
+                    _ref("Error"),
+                    "Already terminal (`job_terminal`), or a kind sorahook cannot cancel "
+                    "(`cancel_not_supported`).",
+                ),
+                "502": _error("BadGateway"),
+            },
+        ),
+        _op(
+            "listJobEvents",
+            {
+                "200": _json(_ref("JobEventList"), "Every received and emitted event."),
+                "404": _error("NotFound"),
+            },
+        ),
+        _op(
+            "getJobContent",
+            {
+                "200": {
+                    "description": "The asset, streamed (video/mp4, image/webp, image/jpeg, …). From the "
+                    "archive it carries `ETag` (the SHA-256, quoted), `Content-Length` and "
+                    "`Accept-Ranges: bytes`.",
+                    "headers": {
+                        "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
+                        **_ARCHIVE_HEADERS,
                     },
-                    "304": {
-                        "description": "`If-None-Match` names the archived asset's ETag: the copy you hold is current.",
-                        "headers": {
-                            "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
-                            **_ARCHIVE_HEADERS,
+                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                "206": {
+                    "description": "One byte range of the archived asset (`Range: bytes=a-b`, `a-` or `-n`).",
+                    "headers": {
+                        "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
+                        **_ARCHIVE_HEADERS,
+                        "Content-Range": {
+                            "required": True,
+                            "description": "`bytes start-end/size`.",
+                            "schema": {"type": "string"},
                         },
                     },
-                    "404": _error("NotFound"),
-                    "409": _json(
-                        _ref("Error"),
-                        "Not a video (`no_content`) or not completed yet (`job_not_completed`).",
-                    ),
-                    "410": _error("Gone"),
-                    "416": _json(
-                        _ref("Error"),
-                        "The range lies outside the archived asset (`range_not_satisfiable`).",
-                        {
-                            "Content-Range": {
-                                "required": True,
-                                "description": "`bytes */size`.",
-                                "schema": {"type": "string"},
-                            }
-                        },
-                    ),
-                    "422": _error("Unprocessable"),
-                    "502": _error("BadGateway"),
+                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
                 },
-                parameters=[
-                    _query("variant", {"enum": list(VARIANTS), "default": "video"}, "Which asset."),
-                    *(
-                        {
-                            "name": name,
-                            "in": "header",
-                            "required": False,
-                            "description": text,
+                "304": {
+                    "description": "`If-None-Match` names the archived asset's ETag: the copy you hold is current.",
+                    "headers": {
+                        "X-Request-Id": {"$ref": "#/components/headers/RequestId"},
+                        **_ARCHIVE_HEADERS,
+                    },
+                },
+                "404": _error("NotFound"),
+                "409": _json(
+                    _ref("Error"),
+                    "Not a video (`no_content`) or not completed yet (`job_not_completed`).",
+                ),
+                "410": _error("Gone"),
+                "416": _json(
+                    _ref("Error"),
+                    "The range lies outside the archived asset (`range_not_satisfiable`).",
+                    {
+                        "Content-Range": {
+                            "required": True,
+                            "description": "`bytes */size`.",
                             "schema": {"type": "string"},
                         }
-                        for name, text in (
-                            (
-                                "Range",
-                                "One byte range of an archived asset: `bytes=a-b`, `bytes=a-` or `bytes=-n`.",
-                            ),
-                            (
-                                "If-None-Match",
-                                "An ETag from an earlier answer: 304 if the archived asset is that one.",
-                            ),
-                            (
-                                "If-Range",
-                                "An ETag: the Range applies only if the archived asset is still that one.",
-                            ),
-                        )
-                    ),
-                ],
-                tags=["jobs"],
-            ),
-        },
-        "/v1/subscriptions": {
-            "post": _op(
-                "Create a subscription",
-                "createSubscription",
-                {
-                    "201": _with_links(
-                        _json(_ref("SubscriptionWithSecret"), "The subscription, with its secret."),
-                        _SUB_LINKS,
-                    ),
-                    **body_errors,
-                },
-                body="CreateSubscriptionRequest",
-                tags=["subscriptions"],
-            ),
-            "get": _op(
-                "List subscriptions, oldest first",
-                "listSubscriptions",
-                {
-                    "200": _json(_ref("SubscriptionList"), "A page of subscriptions, without secrets."),
-                    "422": _error("Unprocessable"),
-                },
-                parameters=[
-                    _query(
-                        "limit",
-                        {
-                            "anyOf": [{"type": "integer", "minimum": 1, "maximum": 100}, {"const": ""}],
-                            "default": 100,
-                        },
-                        "Page size, 1 to 100.",
-                    ),
-                    _AFTER,
-                ],
-                tags=["subscriptions"],
-            ),
-        },
-        "/v1/subscriptions/{sub_id}": {
-            "parameters": [sub_id],
-            "get": _op(
-                "Read a subscription",
-                "getSubscription",
-                {"200": sub_secret, "404": _error("NotFound")},
-                tags=["subscriptions"],
-            ),
-            "patch": _op(
-                "Change a subscription",
-                "updateSubscription",
-                {"200": sub_secret, "404": _error("NotFound"), **body_errors},
-                body="UpdateSubscriptionRequest",
-                body_required=False,
-                tags=["subscriptions"],
-            ),
-            "delete": _op(
-                "Remove a subscription",
-                "deleteSubscription",
-                {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "required": ["id", "object", "deleted"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "id": {"type": "string"},
-                                "object": {"const": "subscription.deleted"},
-                                "deleted": {"const": True},
-                            },
-                        },
-                        "Removed.",
-                    ),
-                    "404": _error("NotFound"),
-                },
-                tags=["subscriptions"],
-            ),
-        },
-        "/v1/subscriptions/{sub_id}/rotate-secret": {
-            "parameters": [sub_id],
-            "post": _op(
-                "Rotate the signing secret",
-                "rotateSubscriptionSecret",
-                {
-                    "200": _json(
-                        {
-                            "allOf": [_ref("SubscriptionWithSecret")],
-                            "required": ["previous_secret_expires_at"],
-                        },
-                        "The new secret; for 24 h deliveries are signed with the old one too.",
-                    ),
-                    "404": _error("NotFound"),
-                },
-                tags=["subscriptions"],
-            ),
-        },
-        "/v1/subscriptions/{sub_id}/test": {
-            "parameters": [sub_id],
-            "post": _op(
-                "Send a sorahook.test event to this subscription",
-                "testSubscription",
-                {
-                    "202": _json(
-                        {
-                            "type": "object",
-                            "required": ["object", "id", "type"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "object": {"const": "event"},
-                                "id": {"type": "string", "pattern": "^evt_"},
-                                "type": {"const": "sorahook.test"},
-                            },
-                        },
-                        "Enqueued.",
-                    ),
-                    "404": _error("NotFound"),
-                    "409": _json(_ref("Error"), "The subscription is disabled (`subscription_disabled`)."),
-                },
-                tags=["subscriptions"],
-            ),
-        },
-        "/v1/subscriptions/{sub_id}/replay": {
-            "parameters": [sub_id],
-            "post": _op(
-                "Enqueue again every matching event since a time",
-                "replaySubscription",
-                {
-                    "202": _json(
-                        {
-                            "type": "object",
-                            "required": ["object", "subscription_id", "enqueued"],
-                            "additionalProperties": False,
-                            "properties": {
-                                "object": {"const": "replay"},
-                                "subscription_id": {"type": "string"},
-                                "enqueued": {"type": "integer", "minimum": 0},
-                            },
-                        },
-                        "How many deliveries were enqueued.",
-                    ),
-                    "404": _error("NotFound"),
-                    **body_errors,
-                },
-                body="ReplayRequest",
-                tags=["subscriptions"],
-            ),
-        },
-        "/v1/deliveries": {
-            "get": _op(
-                "List deliveries with their attempts, newest first",
-                "listDeliveries",
-                {"200": _json(_ref("DeliveryList"), "A page of deliveries."), "422": _error("Unprocessable")},
-                parameters=[
-                    _query("subscription_id", {"type": "string"}, "Only this subscription's deliveries."),
-                    _query("job_id", {"type": "string"}, "Only deliveries of this job's events."),
-                    _query("status", {"enum": [*DELIVERY_STATUSES, ""]}, "Only deliveries in this status."),
-                    _LIMIT,
-                    _AFTER,
-                ],
-                tags=["deliveries"],
-            )
-        },
-        "/v1/deliveries/{delivery_id}": {
-            "parameters": [delivery_id],
-            "get": _op(
-                "Read a delivery",
-                "getDelivery",
-                {"200": _json(_ref("Delivery"), "The delivery."), "404": _error("NotFound")},
-                tags=["deliveries"],
-            ),
-        },
-        "/v1/deliveries/retry": {
-            "post": _op(
-                "Retry every dead delivery of a subscription, or made since a time, on a fresh schedule",
-                "retryDeliveries",
-                {
-                    "202": _json(_ref("BulkRetry"), "How many dead deliveries are pending again."),
-                    "404": _error("NotFound"),
-                    **body_errors,
-                },
-                body="BulkRetryRequest",
-                tags=["deliveries"],
-            ),
-        },
-        "/v1/deliveries/{delivery_id}/retry": {
-            "parameters": [delivery_id],
-            "post": _op(
-                "Try a dead or failed delivery again now, on a fresh retry schedule",
-                "retryDelivery",
-                {
-                    "202": _json(_ref("Delivery"), "Pending again (status `pending`), due now."),
-                    "404": _error("NotFound"),
-                    "409": _json(_ref("Error"), "Neither dead nor failed (`not_retryable`)."),
-                },
-                tags=["deliveries"],
-            ),
-        },
-        "/healthz": {
-            "get": _op(
-                "Liveness",
-                "healthz",
-                {
-                    "200": _json(
-                        {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
-                        "The process runs.",
-                    )
-                },
-                auth=False,
-                tags=["operations"],
-            )
-        },
-        "/readyz": {
-            "get": _op(
-                "Readiness: the store answers and the workers run",
-                "readyz",
-                {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "required": ["status"],
-                            "properties": {"status": {"const": "ready"}},
-                        },
-                        "Ready.",
-                    ),
-                    "503": _json(
-                        {
-                            "type": "object",
-                            "required": ["status", "problems"],
-                            "properties": {
-                                "status": {"const": "unavailable"},
-                                "problems": {"type": "array", "items": {"type": "string"}},
-                            },
-                        },
-                        "Not ready; `problems` says why.",
-                    ),
-                },
-                auth=False,
-                tags=["operations"],
-            )
-        },
-        "/metrics": {
-            "get": _op(
-                "Prometheus metrics",
-                "metrics",
-                {
-                    "200": {
-                        "description": "Prometheus text exposition format.",
-                        "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}},
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                ),
+                "422": _error("Unprocessable"),
+                "502": _error("BadGateway"),
+            },
+            parameters=[
+                _query("variant", {"enum": list(VARIANTS), "default": "video"}, "Which asset."),
+                *(
+                    {
+                        "name": name,
+                        "in": "header",
+                        "required": False,
+                        "description": text,
+                        "schema": {"type": "string"},
                     }
-                },
-                auth=False,
-                tags=["operations"],
-            )
-        },
-        "/openapi.json": {
-            "get": _op(
-                "This document",
-                "openapi",
-                {"200": _json({"type": "object", "required": ["openapi", "paths"]}, "OpenAPI 3.1.")},
-                auth=False,
-                tags=["operations"],
-            )
-        },
-        "/docs": {
-            "get": _op(
-                "This document as an HTML page (rendered on the server; works offline)",
-                "docs",
-                {"200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}},
-                auth=False,
-                tags=["operations"],
-            )
-        },
-    }
+                    for name, text in (
+                        (
+                            "Range",
+                            "One byte range of an archived asset: `bytes=a-b`, `bytes=a-` or `bytes=-n`.",
+                        ),
+                        (
+                            "If-None-Match",
+                            "An ETag from an earlier answer: 304 if the archived asset is that one.",
+                        ),
+                        (
+                            "If-Range",
+                            "An ETag: the Range applies only if the archived asset is still that one.",
+                        ),
+                    )
+                ),
+            ],
+        ),
+        _op(
+            "createSubscription",
+            {
+                "201": _with_links(
+                    _json(_ref("SubscriptionWithSecret"), "The subscription, with its secret."),
+                    _SUB_LINKS,
+                ),
+                **body_errors,
+            },
+        ),
+        _op(
+            "listSubscriptions",
+            {
+                "200": _json(_ref("SubscriptionList"), "A page of subscriptions, without secrets."),
+                "422": _error("Unprocessable"),
+            },
+            parameters=query_parameters(ListSubscriptionsQuery),
+        ),
+        _op(
+            "getSubscription",
+            {"200": sub_secret, "404": _error("NotFound")},
+        ),
+        _op(
+            "updateSubscription",
+            {"200": sub_secret, "404": _error("NotFound"), **body_errors},
+        ),
+        _op(
+            "deleteSubscription",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["id", "object", "deleted"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "id": {"type": "string"},
+                            "object": {"const": "subscription.deleted"},
+                            "deleted": {"const": True},
+                        },
+                    },
+                    "Removed.",
+                ),
+                "404": _error("NotFound"),
+            },
+        ),
+        _op(
+            "rotateSubscriptionSecret",
+            {
+                "200": _json(
+                    {
+                        "allOf": [_ref("SubscriptionWithSecret")],
+                        "required": ["previous_secret_expires_at"],
+                    },
+                    "The new secret; for 24 h deliveries are signed with the old one too.",
+                ),
+                "404": _error("NotFound"),
+            },
+        ),
+        _op(
+            "testSubscription",
+            {
+                "202": _json(
+                    {
+                        "type": "object",
+                        "required": ["object", "id", "type"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "object": {"const": "event"},
+                            "id": {"type": "string", "pattern": "^evt_"},
+                            "type": {"const": "sorahook.test"},
+                        },
+                    },
+                    "Enqueued.",
+                ),
+                "404": _error("NotFound"),
+                "409": _json(_ref("Error"), "The subscription is disabled (`subscription_disabled`)."),
+            },
+        ),
+        _op(
+            "replaySubscription",
+            {
+                "202": _json(
+                    {
+                        "type": "object",
+                        "required": ["object", "subscription_id", "enqueued"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "object": {"const": "replay"},
+                            "subscription_id": {"type": "string"},
+                            "enqueued": {"type": "integer", "minimum": 0},
+                        },
+                    },
+                    "How many deliveries were enqueued.",
+                ),
+                "404": _error("NotFound"),
+                **body_errors,
+            },
+        ),
+        _op(
+            "listDeliveries",
+            {"200": _json(_ref("DeliveryList"), "A page of deliveries."), "422": _error("Unprocessable")},
+            parameters=query_parameters(ListDeliveriesQuery),
+        ),
+        _op(
+            "getDelivery",
+            {"200": _json(_ref("Delivery"), "The delivery."), "404": _error("NotFound")},
+        ),
+        _op(
+            "retryDeliveries",
+            {
+                "202": _json(_ref("BulkRetry"), "How many dead deliveries are pending again."),
+                "404": _error("NotFound"),
+                **body_errors,
+            },
+        ),
+        _op(
+            "retryDelivery",
+            {
+                "202": _json(_ref("Delivery"), "Pending again (status `pending`), due now."),
+                "404": _error("NotFound"),
+                "409": _json(_ref("Error"), "Neither dead nor failed (`not_retryable`)."),
+            },
+        ),
+        _op(
+            "healthz",
+            {
+                "200": _json(
+                    {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+                    "The process runs.",
+                )
+            },
+        ),
+        _op(
+            "readyz",
+            {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["status"],
+                        "properties": {"status": {"const": "ready"}},
+                    },
+                    "Ready.",
+                ),
+                "503": _json(
+                    {
+                        "type": "object",
+                        "required": ["status", "problems"],
+                        "properties": {
+                            "status": {"const": "unavailable"},
+                            "problems": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                    "Not ready; `problems` says why.",
+                ),
+            },
+        ),
+        _op(
+            "metrics",
+            {
+                "200": {
+                    "description": "Prometheus text exposition format.",
+                    "headers": {"X-Request-Id": {"$ref": "#/components/headers/RequestId"}},
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        ),
+        _op(
+            "openapi",
+            {"200": _json({"type": "object", "required": ["openapi", "paths"]}, "OpenAPI 3.1.")},
+        ),
+        _op(
+            "docs",
+            {"200": {"description": "HTML.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+        ),
+    ]
 
 
 # -- the events sorahook sends (OpenAPI 3.1 `webhooks`) ---------------------------------------------

@@ -13,7 +13,8 @@ from service.errors import ApiError
 from service.store.records import Job
 
 if TYPE_CHECKING:
-    from service.app import Runtime
+    from service.storage import Storage
+    from service.store.sqlite import SqliteStore
 
 log = logging.getLogger("sorahook.api.assets")
 
@@ -54,12 +55,14 @@ def _etag_matches(header: str, etag: str) -> bool:
     return "*" in candidates or any(c.removeprefix("W/") == etag for c in candidates)
 
 
-async def serve_archived(request: Request, rt: Runtime, job: Job, variant: str) -> Response | None:
+async def serve_archived(
+    request: Request, store: SqliteStore, storage: Storage, job: Job, variant: str
+) -> Response | None:
     """The archived copy of `variant`, or None when there is none to serve (not stored, or gone from storage)."""
-    record = await rt.store.get_archive(job.id, variant)
+    record = await store.get_archive(job.id, variant)
     if record is None or record.status != "stored" or record.key is None or record.sha256 is None:
         return None
-    found = await rt.storage.stat(record.key)
+    found = await storage.stat(record.key)
     if found is None:
         log.warning("archived asset missing from storage", extra={"job_id": job.id, "variant": variant})
         return None
@@ -90,10 +93,10 @@ async def serve_archived(request: Request, rt: Runtime, job: Job, variant: str) 
             ) from None
     if span is None:
         headers["content-length"] = str(size)
-        return StreamingResponse(rt.storage.open_reader(key), headers=headers, media_type=media_type)
+        return StreamingResponse(storage.open_reader(key), headers=headers, media_type=media_type)
     start, end = span
     headers["content-range"] = f"bytes {start}-{end}/{size}"
     headers["content-length"] = str(end - start + 1)
     return StreamingResponse(
-        rt.storage.open_reader(key, start, end), status_code=206, headers=headers, media_type=media_type
+        storage.open_reader(key, start, end), status_code=206, headers=headers, media_type=media_type
     )

@@ -5,14 +5,62 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service import ssrf
 from service.errors import ApiError
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
+
+
+class Late(Generic[T]):
+    """A dependency the lifespan opens after the routes exist (the store, the OpenAI client, storage).
+
+    A handler holds the Late it needs, not the object, and takes the object per request: before the
+    lifespan has set it, the answer is a 503 `starting`, never an AttributeError.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._value: T | None = None
+
+    def set(self, value: T) -> None:
+        self._value = value
+
+    def get(self) -> T:
+        if self._value is None:
+            raise ApiError(503, "starting", f"sorahook is starting ({self.name} not open yet); retry shortly")
+        return self._value
+
+
+class UrlCheck:
+    """The rule for every URL sorahook will call (callback_url, a subscription's url): http(s), at most 2048
+    characters, and unless private targets are allowed, a host that resolves to public addresses only."""
+
+    def __init__(self, resolver: ssrf.Resolver, *, allow_private: bool | ssrf.PrivateTargets) -> None:
+        self.resolver = resolver
+        self.allow_private = allow_private
+
+    async def __call__(self, value: Any, param: str = "callback_url") -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ApiError(422, "invalid_field", f"{param} must be an http(s) URL", param=param)
+        if len(value) > 2048:
+            raise ApiError(422, "invalid_field", f"{param} must be at most 2048 characters", param=param)
+        try:
+            await ssrf.vet(value, self.resolver, allow_private=self.allow_private)
+        except ssrf.UnsafeTarget as exc:
+            raise ApiError(422, "invalid_url", f"{param}: {exc}", param=param) from None
+        except OSError as exc:
+            raise ApiError(
+                422, "invalid_url", f"{param}: the host does not resolve ({exc})", param=param
+            ) from None
+        return value
 
 
 def require_token(token: str, endpoint: Endpoint) -> Endpoint:
@@ -61,19 +109,6 @@ def _is_utf8(value: Any) -> bool:
     except (UnicodeEncodeError, ValueError, RecursionError):
         return False
     return True
-
-
-def limit_arg(request: Request, default: int = 20, maximum: int = 100) -> int:
-    raw = request.query_params.get("limit")
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(422, "invalid_parameter", "limit must be a whole number", param="limit") from None
-    if not 1 <= value <= maximum:
-        raise ApiError(422, "invalid_parameter", f"limit must be between 1 and {maximum}", param="limit")
-    return value
 
 
 def list_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:

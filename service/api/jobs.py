@@ -7,34 +7,46 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from pydantic_core import ErrorDetails
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from service import ssrf
 from service.api.assets import serve_archived
-from service.api.common import json_object, limit_arg, list_page
+from service.api.common import Late, UrlCheck, json_object, list_page
+from service.api.schemas import (
+    MAX_BATCH,
+    MAX_METADATA_KEY,
+    MAX_PROMPT,
+    CreateJobBatchRequest,
+    CreateJobRequest,
+    ListJobsQuery,
+    TrackJobRequest,
+    common_message,
+    limit_message,
+    parse,
+    query,
+)
+from service.clock import Clock
+from service.config import Settings
 from service.domain import KINDS, STATUSES, Kind, Observation, is_terminal, kind_for_resource_id
 from service.domain.quotas import NewJob, QuotaExceeded, Quotas
 from service.errors import ApiError, OpenAIError, PermanentOpenAIError
+from service.metrics import Metrics
 from service.models import DEFAULT_MODEL_TABLE, ModelTable, refusal
 from service.store.records import IdempotencyKeyReused, Job
 
 if TYPE_CHECKING:
-    from service.app import Runtime
+    from service.openai_client import OpenAIClient
+    from service.storage import Storage
+    from service.store.sqlite import SqliteStore
 
 log = logging.getLogger("sorahook.api.jobs")
 
 VARIANTS = ("video", "thumbnail", "spritesheet")
-MAX_PROMPT = 10_000
-MAX_METADATA_KEYS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
 MAX_IDEMPOTENCY_KEY = 255
-MAX_BATCH = 100
-LIST_PARAMETERS = ("status", "kind", "limit", "after", "before", "order")
 METADATA_PREFIX = "metadata."
 
 
@@ -48,97 +60,109 @@ def fingerprint(body: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def validate_metadata(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _field_error("metadata", "metadata must be an object of string keys and string values")
-    if len(value) > MAX_METADATA_KEYS:
-        raise _field_error("metadata", f"metadata may hold at most {MAX_METADATA_KEYS} keys")
-    for key, item in value.items():
-        if not key or len(key) > MAX_METADATA_KEY:
-            raise _field_error("metadata", f"metadata keys must be 1 to {MAX_METADATA_KEY} characters")
-        if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE:
-            raise _field_error(
-                "metadata", f"metadata[{key!r}] must be a string of at most {MAX_METADATA_VALUE} characters"
-            )
-    return dict(value)
+def _create_message(
+    body: dict[str, Any], models: tuple[str, ...], table: ModelTable
+) -> Callable[[ErrorDetails], str]:
+    """The words for a bad POST /v1/jobs field; seconds and size name what the requested model allows."""
+
+    def message(error: ErrorDetails) -> str:
+        common = common_message(error)
+        if common is not None:
+            return common
+        field = str(error["loc"][0])
+        model = body.get("model", models[0])
+        spec = table.spec(model if isinstance(model, str) else models[0])
+        if field == "prompt" and error["type"] == "string_too_long":
+            return f"prompt must be at most {MAX_PROMPT} characters"
+        if field == "model":
+            return f"model must be one of {', '.join(models)} (SORAHOOK_MODELS)"
+        if field == "seconds":
+            return f"seconds must be a string or a whole number; {spec.name} allows {', '.join(spec.seconds)}"
+        if field == "size":
+            return f"size must be a string like {spec.default_size}"
+        return "prompt is required and must be a non-empty string"
+
+    return message
 
 
-async def validate_callback_url(value: Any, runtime: Runtime, param: str = "callback_url") -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise _field_error(param, f"{param} must be an http(s) URL")
-    if len(value) > 2048:
-        raise _field_error(param, f"{param} must be at most 2048 characters")
-    try:
-        await ssrf.vet(value, runtime.resolver, allow_private=runtime.settings.allow_private_targets)
-    except ssrf.UnsafeTarget as exc:
-        raise ApiError(422, "invalid_url", f"{param}: {exc}", param=param) from None
-    except OSError as exc:
-        raise ApiError(
-            422, "invalid_url", f"{param}: the host does not resolve ({exc})", param=param
-        ) from None
-    return value
+def _list_message(error: ErrorDetails) -> str:
+    field = str(error["loc"][0])
+    if field == "status":
+        return f"status must be one of {', '.join(STATUSES)}"
+    if field == "kind":
+        return f"kind must be one of {', '.join(KINDS)}"
+    if field == "order":
+        return "order must be asc or desc"
+    return limit_message(error) or f"{field} must be a job id"
+
+
+def _track_message(error: ErrorDetails) -> str:
+    field = str(error["loc"][0])
+    if field == "kind":
+        return f"kind must be one of {', '.join(KINDS)}"
+    return common_message(error) or "resource_id is required: the id OpenAI gave the resource"
 
 
 def validate_create(
     body: dict[str, Any], models: tuple[str, ...], table: ModelTable = DEFAULT_MODEL_TABLE
-) -> dict[str, Any]:
-    """The video request, checked against the model table: a refused combination names what the model allows."""
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise _field_error("prompt", "prompt is required and must be a non-empty string")
-    if len(prompt) > MAX_PROMPT:
-        raise _field_error("prompt", f"prompt must be at most {MAX_PROMPT} characters")
-    model = body.get("model", models[0])
-    if not isinstance(model, str) or model not in models:
+) -> CreateJobRequest:
+    """The video request: the model's checks, then the model table's (a refused combination names what the
+    model allows). Absent model, seconds and size take the table's defaults."""
+    req = parse(CreateJobRequest, body, _create_message(body, models, table))
+    given = req.model_fields_set
+    model = req.model if "model" in given else models[0]
+    if model not in models:
         raise _field_error("model", f"model must be one of {', '.join(models)} (SORAHOOK_MODELS)")
     spec = table.spec(model)
-    seconds = body.get("seconds", spec.default_seconds)
-    if isinstance(seconds, int) and not isinstance(seconds, bool):
-        seconds = str(seconds)
-    size = body.get("size", spec.default_size)
-    if not isinstance(seconds, str):
-        raise _field_error(
-            "seconds",
-            f"seconds must be a string or a whole number; {spec.name} allows {', '.join(spec.seconds)}",
-        )
-    if not isinstance(size, str):
-        raise _field_error("size", f"size must be a string like {spec.default_size}")
+    seconds = str(req.seconds) if "seconds" in given else spec.default_seconds
+    size = req.size if "size" in given else spec.default_size
     refused = refusal(spec, seconds, size)
     if refused is not None:
         raise _field_error(*refused)
-    return {"model": model, "prompt": prompt, "seconds": seconds, "size": size}
+    return req.model_copy(update={"model": model, "seconds": seconds, "size": size})
 
 
 class JobsApi:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    """The /v1/jobs routes, given exactly what they use."""
+
+    def __init__(
+        self,
+        *,
+        store: Late[SqliteStore],
+        openai: Late[OpenAIClient],
+        storage: Late[Storage],
+        settings: Settings,
+        metrics: Metrics,
+        clock: Clock,
+        urls: UrlCheck,
+    ) -> None:
+        self.store = store
+        self.openai = openai
+        self.storage = storage
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.urls = urls
 
     async def _job_or_404(self, key: str) -> Job:
-        job = await self.rt.store.get_job(key)
+        job = await self.store.get().get_job(key)
         if job is None:
             raise ApiError(404, "not_found", f"no job with id or resource id {key!r}")
         return job
 
     async def _new_job(self, body: dict[str, Any]) -> NewJob:
         """Validate one job request (raising a 422 ApiError naming the field) and price it."""
-        unknown = set(body) - {"prompt", "model", "seconds", "size", "callback_url", "metadata"}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise _field_error(name, f"unknown field {name!r}")
-        settings = self.rt.settings
+        settings = self.settings
         req = validate_create(body, settings.models, settings.model_table)
-        callback_url = await validate_callback_url(body.get("callback_url"), self.rt)
-        metadata = validate_metadata(body.get("metadata"))
+        callback_url = await self.urls(req.callback_url)
+        metadata = req.metadata or {}
+        seconds = str(req.seconds)
         return NewJob(
-            request=req,
+            request={"model": req.model, "prompt": req.prompt, "seconds": seconds, "size": req.size},
             callback_url=callback_url,
             metadata=metadata,
             client=metadata.get(settings.quota_key),
-            estimated_cost_usd=settings.prices.estimate(req["model"], req["size"], req["seconds"]),
+            estimated_cost_usd=settings.prices.estimate(req.model, req.size, seconds),
         )
 
     async def _store_new(
@@ -150,9 +174,9 @@ class JobsApi:
             raise ApiError(
                 422, "invalid_header", "Idempotency-Key must be 1 to 255 characters", param="Idempotency-Key"
             )
-        s = self.rt.settings
+        s = self.settings
         try:
-            jobs, created = await self.rt.store.create_api_jobs(
+            jobs, created = await self.store.get().create_api_jobs(
                 specs,
                 quotas=Quotas(s.quota_concurrent, s.quota_per_hour, s.quota_daily_usd),
                 idempotency_key=key,
@@ -176,7 +200,7 @@ class JobsApi:
         if not created:
             return jobs, {"Idempotent-Replayed": "true"}
         for job in jobs:
-            self.rt.metrics.count_created("video", (job.request or {}).get("model"), job.estimated_cost_usd)
+            self.metrics.count_created("video", (job.request or {}).get("model"), job.estimated_cost_usd)
         return jobs, {}
 
     async def create(self, request: Request) -> Response:
@@ -188,13 +212,11 @@ class JobsApi:
     async def create_batch(self, request: Request) -> Response:
         """Up to MAX_BATCH jobs in one transaction: every item valid, or a 422 listing each bad one."""
         body = await json_object(request)
-        unknown = set(body) - {"jobs"}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise _field_error(name, f"unknown field {name!r}")
-        items = body.get("jobs")
-        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
-            raise _field_error("jobs", f"jobs must be an array of 1 to {MAX_BATCH} job requests")
+        items = parse(
+            CreateJobBatchRequest,
+            body,
+            lambda _: f"jobs must be an array of 1 to {MAX_BATCH} job requests",
+        ).jobs
 
         async def check(index: int, item: Any) -> NewJob | dict[str, Any]:
             if not isinstance(item, dict):
@@ -219,27 +241,18 @@ class JobsApi:
         )
 
     async def track(self, request: Request) -> Response:
-        body = await json_object(request)
-        resource_id = body.get("resource_id")
-        if not isinstance(resource_id, str) or not resource_id.strip() or len(resource_id) > 256:
-            raise _field_error("resource_id", "resource_id is required: the id OpenAI gave the resource")
-        kind_value = body.get("kind")
-        kind: Kind | None
-        if kind_value is None:
-            kind = kind_for_resource_id(resource_id)
-            if kind is None:
-                raise _field_error("kind", "kind is required when resource_id has no known prefix")
-        elif kind_value in KINDS:
-            kind = kind_value
-        else:
-            raise _field_error("kind", f"kind must be one of {', '.join(KINDS)}")
-        callback_url = await validate_callback_url(body.get("callback_url"), self.rt)
-        metadata = validate_metadata(body.get("metadata"))
-        job, created = await self.rt.store.track_job(
+        req = parse(TrackJobRequest, await json_object(request), _track_message)
+        resource_id = req.resource_id
+        kind: Kind | None = req.kind or kind_for_resource_id(resource_id)
+        if kind is None:
+            raise _field_error("kind", "kind is required when resource_id has no known prefix")
+        callback_url = await self.urls(req.callback_url)
+        metadata = req.metadata or {}
+        job, created = await self.store.get().track_job(
             kind=kind, resource_id=resource_id, callback_url=callback_url, metadata=metadata
         )
         if created:
-            self.rt.metrics.count_created(kind, None, None)
+            self.metrics.count_created(kind, None, None)
         return JSONResponse(job.to_api(), status_code=201 if created else 200)
 
     async def get(self, request: Request) -> Response:
@@ -266,42 +279,29 @@ class JobsApi:
                         422, "invalid_parameter", "filter by one metadata key and value at most", param=name
                     )
                 metadata = (key, values[0])
-            elif name not in LIST_PARAMETERS:
+            elif name not in ListJobsQuery.model_fields:
                 raise ApiError(
                     400,
                     "unknown_parameter",
                     f"unknown query parameter {name!r}; GET /v1/jobs takes "
-                    f"{', '.join(LIST_PARAMETERS)} and metadata.<key>",
+                    f"{', '.join(ListJobsQuery.model_fields)} and metadata.<key>",
                     param=name,
                 )
-        status, kind = q.get("status") or None, q.get("kind") or None
-        if status is not None and status not in STATUSES:
-            raise ApiError(
-                422, "invalid_parameter", f"status must be one of {', '.join(STATUSES)}", param="status"
-            )
-        if kind is not None and kind not in KINDS:
-            raise ApiError(422, "invalid_parameter", f"kind must be one of {', '.join(KINDS)}", param="kind")
-        order = q.get("order") or "desc"
-        if order not in ("asc", "desc"):
-            raise ApiError(422, "invalid_parameter", "order must be asc or desc", param="order")
-        cursors = {name: q.get(name) or None for name in ("after", "before")}
-        for name, value in cursors.items():
-            if value is not None and len(value) > 256:
-                raise ApiError(422, "invalid_parameter", f"{name} must be a job id", param=name)
-        jobs, has_more = await self.rt.store.list_jobs(
-            status=status,
-            kind=kind,
-            limit=limit_arg(request),
-            after=cursors["after"],
-            before=cursors["before"],
-            order=order,
+        args = query(ListJobsQuery, q, _list_message)
+        jobs, has_more = await self.store.get().list_jobs(
+            status=args.status,
+            kind=args.kind,
+            limit=args.limit,
+            after=args.after,
+            before=args.before,
+            order=args.order,
             metadata=metadata,
         )
         return JSONResponse(list_page([j.to_api() for j in jobs], has_more))
 
     async def events(self, request: Request) -> Response:
         job = await self._job_or_404(request.path_params["job_id"])
-        events = await self.rt.store.job_events(job.id)
+        events = await self.store.get().job_events(job.id)
         return JSONResponse({"object": "list", "data": [e.to_api() for e in events], "has_more": False})
 
     async def cancel(self, request: Request) -> Response:
@@ -313,7 +313,7 @@ class JobsApi:
                 raise ApiError(409, "cancel_not_supported", f"sorahook cannot cancel a {job.kind} at OpenAI")
             if job.resource_id:
                 try:
-                    await self.rt.openai.delete_video(job.resource_id)
+                    await self.openai.get().delete_video(job.resource_id)
                 except PermanentOpenAIError as exc:
                     if exc.status != 404:
                         raise ApiError(
@@ -321,7 +321,9 @@ class JobsApi:
                         ) from None
                 except OpenAIError as exc:
                     raise ApiError(502, "openai_error", f"OpenAI failed: {exc.message}") from None
-        updated = await self.rt.store.apply_observation(job.id, Observation(status="cancelled"), source="api")
+        updated = await self.store.get().apply_observation(
+            job.id, Observation(status="cancelled"), source="api"
+        )
         if updated is None:
             raise ApiError(404, "not_found", "job disappeared")
         if updated.status != "cancelled":
@@ -341,17 +343,17 @@ class JobsApi:
             raise ApiError(
                 409, "job_not_completed", f"the video is {job.status}; content exists once it is completed"
             )
-        archived = await serve_archived(request, self.rt, job, variant)  # our own copy first (issue 9)
+        archived = await serve_archived(request, self.store.get(), self.storage.get(), job, variant)
         if archived is not None:
             return archived
         expires_at = (job.result or {}).get("expires_at")
-        if isinstance(expires_at, (int, float)) and self.rt.clock.now() >= expires_at:
+        if isinstance(expires_at, (int, float)) and self.clock.now() >= expires_at:
             raise ApiError(
                 410,
                 "content_expired",
                 "OpenAI no longer serves this video's assets (expires_at passed) and there is no archived copy",
             )
-        stream = self.rt.openai.download_content(job.resource_id, variant)
+        stream = self.openai.get().download_content(job.resource_id, variant)
         try:
             upstream = await stream.__aenter__()
         except PermanentOpenAIError as exc:

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 import statistics
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -24,16 +24,19 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from service.api.jobs import JobsApi, validate_callback_url
+from service.api.common import Endpoint, Late, UrlCheck
+from service.api.jobs import JobsApi
 from service.api.subscriptions import ROTATION_OVERLAP, validate_event_types
-from service.config import new_webhook_secret
+from service.clock import Clock
+from service.config import Settings, new_webhook_secret
 from service.domain import KINDS, STATUSES, Origin
 from service.errors import ApiError
+from service.metrics import Metrics
 from service.store.records import DELIVERY_STATUSES, Attempt, Subscription
 from service.ui.sessions import COOKIE, Session, Sessions
 
 if TYPE_CHECKING:
-    from service.app import Runtime
+    from service.store.sqlite import SqliteStore
 
 log = logging.getLogger("sorahook.ui")
 
@@ -152,13 +155,30 @@ def subscription_stats(attempts: list[Attempt]) -> dict[str, Any]:
 
 
 class Console:
-    """The console's routes; `rt` is the app's Runtime (the store exists once the lifespan has started)."""
+    """The console's routes, over the same store and checks as the API (its content page is the API's)."""
 
-    def __init__(self, rt: Runtime, templates: Jinja2Templates) -> None:
-        self.rt = rt
-        self.templates = templates
-        self.sessions = Sessions(rt.settings.admin_token or "", rt.settings.ui_session_ttl, rt.clock.now)
-        self.jobs_api = JobsApi(rt)
+    def __init__(
+        self,
+        *,
+        store: Late[SqliteStore],
+        settings: Settings,
+        clock: Clock,
+        metrics: Metrics,
+        urls: UrlCheck,
+        jobs_api: JobsApi,
+        templates: Jinja2Templates | None = None,
+    ) -> None:
+        self._store = store
+        self.clock = clock
+        self.metrics = metrics
+        self.urls = urls
+        self.templates = templates or make_templates()
+        self.sessions = Sessions(settings.admin_token or "", settings.ui_session_ttl, clock.now)
+        self.jobs_api = jobs_api
+
+    @property
+    def store(self) -> SqliteStore:
+        return self._store.get()
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -319,15 +339,15 @@ class Console:
     # -- overview ---------------------------------------------------------------------------------
 
     async def overview(self, request: Request, session: Session) -> Response:
-        store, now = self.rt.store, self.rt.clock.now()
+        store, now = self.store, self.clock.now()
         by_kind: dict[str, dict[str, int]] = {}
         for kind, status, n in await store.job_counts():
             by_kind.setdefault(kind, {})[status] = n
         counts = await store.console_counts(now - 3600)
         subs = await store.list_subscriptions()
-        rejected = _counter_by_label(self.rt.metrics.webhook_rejections, "reason")
-        reconciled = _counter_by_label(self.rt.metrics.reconciliations, "outcome")
-        passes = _observations(self.rt.metrics.reconcile_calls)
+        rejected = _counter_by_label(self.metrics.webhook_rejections, "reason")
+        reconciled = _counter_by_label(self.metrics.reconciliations, "outcome")
+        passes = _observations(self.metrics.reconcile_calls)
         return self.render(
             request,
             "overview.html",
@@ -350,7 +370,7 @@ class Console:
 
     async def jobs(self, request: Request, session: Session) -> Response:
         q = request.query_params
-        store = self.rt.store
+        store = self.store
         find = q.get("find", "").strip()
         message = None
         if find:
@@ -404,7 +424,7 @@ class Console:
         )
 
     async def job(self, request: Request, session: Session) -> Response:
-        store = self.rt.store
+        store = self.store
         job = await store.get_job(request.path_params["job_id"])
         if job is None:
             return self.not_found(request, session, "No job with that id or resource id.")
@@ -438,13 +458,13 @@ class Console:
     # -- subscriptions ----------------------------------------------------------------------------
 
     async def _sub(self, sub_id: str) -> Subscription:
-        sub = await self.rt.store.get_subscription(sub_id)
+        sub = await self.store.get_subscription(sub_id)
         if sub is None:
             raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
         return sub
 
     async def subscriptions(self, request: Request, session: Session) -> Response:
-        subs = await self.rt.store.list_subscriptions()
+        subs = await self.store.list_subscriptions()
         return self.render(request, "subscriptions.html", session, {"title": "Subscriptions", "subs": subs})
 
     async def _fields(self, form: FormData) -> dict[str, Any]:
@@ -456,7 +476,7 @@ class Console:
         if description is not None and len(description) > MAX_DESCRIPTION:
             raise ApiError(422, "invalid_field", f"description must be at most {MAX_DESCRIPTION} characters")
         return {
-            "url": await validate_callback_url(url, self.rt, param="url"),
+            "url": await self.urls(url, param="url"),
             "event_types": validate_event_types(_split_types(str(form.get("event_types") or ""))),
             "description": description,
             "ordered": form.get("ordered") == "on",
@@ -464,7 +484,7 @@ class Console:
 
     async def create_subscription(self, request: Request, session: Session, form: FormData) -> Response:
         fields = await self._fields(form)
-        sub = await self.rt.store.create_subscription(secret=new_webhook_secret(), **fields)
+        sub = await self.store.create_subscription(secret=new_webhook_secret(), **fields)
         self.audit(session, "subscription.create", sub.id, url=sub.url)
         session.flash(f"Created {sub.id}. Reveal its secret below to configure the receiver.")
         return RedirectResponse(f"/ui/subscriptions/{sub.id}", status_code=303)
@@ -472,7 +492,7 @@ class Console:
     async def subscription(
         self, request: Request, session: Session, *, reveal: bool = False, status: int = 200
     ) -> Response:
-        store, now = self.rt.store, self.rt.clock.now()
+        store, now = self.store, self.clock.now()
         sub = await store.get_subscription(request.path_params["sub_id"])
         if sub is None:
             return self.not_found(request, session, "No such subscription.")
@@ -495,7 +515,7 @@ class Console:
     async def edit_subscription(self, request: Request, session: Session, form: FormData) -> Response:
         sub = await self._sub(request.path_params["sub_id"])
         fields = await self._fields(form)
-        await self.rt.store.update_subscription(sub.id, fields)
+        await self.store.update_subscription(sub.id, fields)
         self.audit(session, "subscription.update", sub.id, fields=sorted(fields))
         session.flash("Saved.")
         return RedirectResponse(f"/ui/subscriptions/{sub.id}", status_code=303)
@@ -503,14 +523,14 @@ class Console:
     async def set_enabled(self, request: Request, session: Session, form: FormData) -> Response:
         sub = await self._sub(request.path_params["sub_id"])
         enabled = form.get("enabled") == "true"
-        await self.rt.store.update_subscription(sub.id, {"enabled": enabled})
+        await self.store.update_subscription(sub.id, {"enabled": enabled})
         self.audit(session, "subscription.enable" if enabled else "subscription.disable", sub.id)
         session.flash("Enabled." if enabled else "Disabled: no new deliveries are made to it.")
         return RedirectResponse(f"/ui/subscriptions/{sub.id}", status_code=303)
 
     async def rotate(self, request: Request, session: Session, form: FormData) -> Response:
         sub_id = request.path_params["sub_id"]
-        sub = await self.rt.store.rotate_secret(sub_id, new_webhook_secret(), ROTATION_OVERLAP)
+        sub = await self.store.rotate_secret(sub_id, new_webhook_secret(), ROTATION_OVERLAP)
         if sub is None:
             raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
         self.audit(session, "subscription.rotate_secret", sub.id)
@@ -531,7 +551,7 @@ class Console:
             raise ApiError(
                 409, "subscription_disabled", "Enable the subscription before sending a test event."
             )
-        event_id = await self.rt.store.enqueue_test(sub.id)
+        event_id = await self.store.enqueue_test(sub.id)
         self.audit(session, "subscription.test", sub.id, event_id=event_id)
         session.flash(f"Test event {event_id} enqueued.")
         return RedirectResponse(f"/ui/subscriptions/{sub.id}", status_code=303)
@@ -539,7 +559,7 @@ class Console:
     async def replay(self, request: Request, session: Session, form: FormData) -> Response:
         sub = await self._sub(request.path_params["sub_id"])
         since = _parse_utc(str(form.get("since") or ""))
-        count = await self.rt.store.replay(sub.id, since)
+        count = await self.store.replay(sub.id, since)
         self.audit(session, "subscription.replay", sub.id, since=since, enqueued=count)
         session.flash(f"Replay enqueued {count or 0} events since {utc(since)}.")
         return RedirectResponse(f"/ui/subscriptions/{sub.id}", status_code=303)
@@ -550,7 +570,7 @@ class Console:
         sub = await self._sub(request.path_params["sub_id"])
         raw_since = str(form.get("since") or "").strip()
         since = _parse_utc(raw_since) if raw_since else None
-        store, retried, after = self.rt.store, 0, None
+        store, retried, after = self.store, 0, None
         while True:
             # Walk by id (the cursor), not from the top: a retried one that dies again is not retried twice.
             page, more = await store.list_deliveries(
@@ -581,7 +601,7 @@ class Console:
         sub_id = q.get("subscription_id") or None
         job_id = q.get("job_id") or None
         after = q.get("after") or None
-        found, has_more = await self.rt.store.list_deliveries(
+        found, has_more = await self.store.list_deliveries(
             subscription_id=sub_id, job_id=job_id, status=status, limit=PAGE_SIZE, after=after
         )
         filters = {
@@ -601,7 +621,7 @@ class Console:
                 "status": status,
                 "subscription_id": sub_id,
                 "job_id": job_id,
-                "subs": await self.rt.store.list_subscriptions(),
+                "subs": await self.store.list_subscriptions(),
                 "message": message,
                 "next_url": next_url,
                 "first_url": ("/ui/deliveries?" + urlencode(filters)) if after else None,
@@ -609,14 +629,14 @@ class Console:
         )
 
     async def delivery(self, request: Request, session: Session) -> Response:
-        found = await self.rt.store.get_delivery(request.path_params["delivery_id"])
+        found = await self.store.get_delivery(request.path_params["delivery_id"])
         if found is None:
             return self.not_found(request, session, "No such delivery.")
         return self.render(request, "delivery.html", session, {"title": f"Delivery {found.id}", "d": found})
 
     async def retry(self, request: Request, session: Session, form: FormData) -> Response:
         delivery_id = request.path_params["delivery_id"]
-        previous = await self.rt.store.retry_delivery(delivery_id)
+        previous = await self.store.retry_delivery(delivery_id)
         if previous is None:
             raise ApiError(404, "not_found", "no such delivery")
         if previous in ("dead", "failed"):
@@ -658,13 +678,9 @@ def _counter_by_label(counter: Any, label: str) -> dict[str, float]:
     return {key: value for key, value in out.items() if value}
 
 
-def console_routes(rt: Runtime) -> list[BaseRoute]:
-    """`/ui/…` (the console) and `/docs` (the API reference), as routes for create_app."""
+def console_routes(console: Console, models: Sequence[str]) -> tuple[Endpoint, BaseRoute]:
+    """The `/docs` endpoint (the API reference, an operation of the route table) and the `/ui/…` mount
+    (the console), for create_app."""
     from service.ui.docs import DocsPage
 
-    templates = make_templates()
-    console = Console(rt, templates)
-    return [
-        Route("/docs", DocsPage(rt, templates).endpoint, methods=["GET"]),
-        Mount("/ui", routes=console.routes()),
-    ]
+    return DocsPage(models, console.templates).endpoint, Mount("/ui", routes=console.routes())

@@ -16,7 +16,7 @@ from starlette.templating import Jinja2Templates
 from service.openapi import openapi_document
 
 if TYPE_CHECKING:
-    from service.app import Runtime
+    from collections.abc import Sequence
 
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -120,12 +120,12 @@ def webhooks(document: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class DocsPage:
-    def __init__(self, rt: Runtime, templates: Jinja2Templates) -> None:
-        self.rt = rt
+    def __init__(self, models: Sequence[str], templates: Jinja2Templates) -> None:
+        self.models = tuple(models)
         self.templates = templates
 
     async def endpoint(self, request: Request) -> Response:
-        document = openapi_document(self.rt.settings.models)
+        document = openapi_document(self.models)
         ops = operations(document)
         tags = [t["name"] for t in document.get("tags", [])]
         tags += sorted({op["tag"] for op in ops} - set(tags))
