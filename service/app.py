@@ -226,12 +226,12 @@ def create_app(
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # What the lifespan opens, handed to the routes one by one (a route gets what it uses, not the Runtime).
-    store: Late[SqliteStore] = Late("the store")
+    late_store: Late[Store] = Late("the store")
     openai: Late[OpenAIClient] = Late("the OpenAI client")
     storage: Late[Storage] = Late("the archive storage")
     urls = UrlCheck(rt.resolver, allow_private=settings.allow_private_targets)
     jobs = JobsApi(
-        store=store,
+        store=late_store,
         openai=openai,
         storage=storage,
         settings=settings,
@@ -239,11 +239,11 @@ def create_app(
         clock=rt.clock,
         urls=urls,
     )
-    subs = SubscriptionsApi(store=store, urls=urls)
-    deliveries = DeliveriesApi(store=store)
-    usage = UsageApi(store=store, quota_key=settings.quota_key)
+    subs = SubscriptionsApi(store=late_store, urls=urls)
+    deliveries = DeliveriesApi(store=late_store)
+    usage = UsageApi(store=late_store, quota_key=settings.quota_key)
     docs, console = console_routes(
-        Console(store=store, settings=settings, clock=rt.clock, metrics=rt.metrics, urls=urls, jobs_api=jobs),
+        Console(store=late_store, settings=settings, clock=rt.clock, metrics=rt.metrics, urls=urls, jobs_api=jobs),
         settings.models,
     )
     # Every operation comes from the one route table (service/api/routes.py), which /openapi.json
@@ -302,7 +302,7 @@ def create_app(
         )
         receiver_holder["receiver"] = receiver
         rt.storage = storage_from_settings(settings)
-        store.set(rt.store)
+        late_store.set(rt.store)
         openai.set(rt.openai)
         storage.set(rt.storage)
         await rt.store.configure_archive(settings.archive_variants if settings.archive else ())

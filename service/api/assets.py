@@ -14,7 +14,7 @@ from service.store.records import Job
 
 if TYPE_CHECKING:
     from service.storage import Storage
-    from service.store.sqlite import SqliteStore
+    from service.store.protocol import Store
 
 log = logging.getLogger("sorahook.api.assets")
 
@@ -56,7 +56,7 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 
 async def serve_archived(
-    request: Request, store: SqliteStore, storage: Storage, job: Job, variant: str
+    request: Request, store: Store, storage: Storage, job: Job, variant: str
 ) -> Response | None:
     """The archived copy of `variant`, or None when there is none to serve (not stored, or gone from storage)."""
     record = await store.get_archive(job.id, variant)

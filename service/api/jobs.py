@@ -41,7 +41,7 @@ from service.store.records import IdempotencyKeyReused, Job
 if TYPE_CHECKING:
     from service.openai_client import OpenAIClient
     from service.storage import Storage
-    from service.store.sqlite import SqliteStore
+    from service.store.protocol import Store
 
 log = logging.getLogger("sorahook.api.jobs")
 
@@ -128,7 +128,7 @@ class JobsApi:
     def __init__(
         self,
         *,
-        store: Late[SqliteStore],
+        store: Late[Store],
         openai: Late[OpenAIClient],
         storage: Late[Storage],
         settings: Settings,

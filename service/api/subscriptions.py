@@ -29,7 +29,7 @@ from service.errors import ApiError
 from service.store.records import DELIVERY_STATUSES, Subscription
 
 if TYPE_CHECKING:
-    from service.store.sqlite import SqliteStore
+    from service.store.protocol import Store
 
 ROTATION_OVERLAP = 24 * 3600.0
 
@@ -58,7 +58,7 @@ def validate_event_types(value: Any) -> list[str] | None:
 
 
 class SubscriptionsApi:
-    def __init__(self, *, store: Late[SqliteStore], urls: UrlCheck) -> None:
+    def __init__(self, *, store: Late[Store], urls: UrlCheck) -> None:
         self.store = store
         self.urls = urls
 
@@ -149,7 +149,7 @@ class SubscriptionsApi:
 
 
 class DeliveriesApi:
-    def __init__(self, *, store: Late[SqliteStore]) -> None:
+    def __init__(self, *, store: Late[Store]) -> None:
         self.store = store
 
     async def list(self, request: Request) -> Response:

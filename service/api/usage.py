@@ -13,11 +13,11 @@ from service.api.schemas import UsageQuery, query
 from service.errors import ApiError
 
 if TYPE_CHECKING:
-    from service.store.sqlite import SqliteStore
+    from service.store.protocol import Store
 
 
 class UsageApi:
-    def __init__(self, *, store: Late[SqliteStore], quota_key: str) -> None:
+    def __init__(self, *, store: Late[Store], quota_key: str) -> None:
         self.store = store
         self.quota_key = quota_key
 

@@ -36,7 +36,7 @@ from service.store.records import DELIVERY_STATUSES, Attempt, Subscription
 from service.ui.sessions import COOKIE, Session, Sessions
 
 if TYPE_CHECKING:
-    from service.store.sqlite import SqliteStore
+    from service.store.protocol import Store
 
 log = logging.getLogger("sorahook.ui")
 
@@ -160,7 +160,7 @@ class Console:
     def __init__(
         self,
         *,
-        store: Late[SqliteStore],
+        store: Late[Store],
         settings: Settings,
         clock: Clock,
         metrics: Metrics,
@@ -177,7 +177,7 @@ class Console:
         self.jobs_api = jobs_api
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> Store:
         return self._store.get()
 
     # -- plumbing ---------------------------------------------------------------------------------
