@@ -243,7 +243,9 @@ def create_app(
     deliveries = DeliveriesApi(store=late_store)
     usage = UsageApi(store=late_store, quota_key=settings.quota_key)
     docs, console = console_routes(
-        Console(store=late_store, settings=settings, clock=rt.clock, metrics=rt.metrics, urls=urls, jobs_api=jobs),
+        Console(
+            store=late_store, settings=settings, clock=rt.clock, metrics=rt.metrics, urls=urls, jobs_api=jobs
+        ),
         settings.models,
     )
     # Every operation comes from the one route table (service/api/routes.py), which /openapi.json
