@@ -10,7 +10,7 @@ from service.clock import Clock
 from service.domain import Observation, error_category, job_error, observation_from_resource
 from service.errors import OpenAIError, PermanentOpenAIError, TransientOpenAIError
 from service.openai_client import OpenAIClient
-from service.reconciler import CREATED_SLACK, LIST_PAGE, take_list_page
+from service.reconciler import CREATED_SLACK, page_videos
 from service.store.records import Job
 from service.store.sqlite import SqliteStore
 from service.workers import CallBudget, backoff, idle_until, loop_forever
@@ -208,22 +208,12 @@ class Refresher:
         submitted = [j.created_at for j in videos if j.origin == "api"]
         oldest = min(submitted) - CREATED_SLACK if submitted else None
         learned: list[tuple[str, Observation]] = []
-        after: str | None = newest.resource_id
-        pages = 0
-        while wanted and pages < len(wanted):
-            if not charge():
-                await self.store.defer_refreshes([j.id for j in wanted.values()], budget.resets_at())
-                wanted.clear()
-                break
-            pages += 1
-            try:
-                page = await self.openai.list_videos(after=after, limit=LIST_PAGE, order="desc")
-            except OpenAIError as exc:
-                log.info("listing videos for refreshes failed; fetching by id", extra={"code": exc.code})
-                break
-            after = take_list_page(page, wanted, learned, oldest)
-            if after is None:
-                break
+        paid = await page_videos(
+            self.openai, wanted, learned, after=newest.resource_id, oldest=oldest, charge=charge
+        )
+        if not paid:
+            await self.store.defer_refreshes([j.id for j in wanted.values()], budget.resets_at())
+            wanted.clear()
         await asyncio.gather(*(self.store.refresh_done(job_id, obs) for job_id, obs in learned))
         return list(wanted.values())
 
