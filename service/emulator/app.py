@@ -50,6 +50,9 @@ class Emulator:
         rng = random.Random(config.seed)  # one stream for every random choice, so a seed replays a run
         self._videos = Videos(config, self._clock, rng)
         self._faults = Faults()
+        # Answer the next `count` API requests under `path_prefix` with `status` (FIFO); KnobOutOfRange
+        # for a value outside its bounds.
+        self.inject_fault = self._faults.inject
         self._webhooks = WebhookSender(config, self._clock, self._videos.chance, webhook_transport)
         self.calls: list[tuple[str, str]] = []
         self.videos: dict[str, dict[str, Any]] = self._videos.objects
@@ -66,21 +69,6 @@ class Emulator:
     def config(self, config: EmulatorConfig) -> None:
         """A new configuration takes effect at once in every part (tests turn knobs mid-run)."""
         self._config = self._videos.config = self._webhooks.config = self._routes.config = config
-
-    def inject_fault(
-        self,
-        status: int,
-        count: int = 1,
-        *,
-        retry_after: float | None = None,
-        code: str | None = None,
-        path_prefix: str = "/v1/",
-    ) -> None:
-        """Answer the next ``count`` API requests under ``path_prefix`` with ``status`` (FIFO).
-
-        Raises KnobOutOfRange for a value outside its bounds (one rule costs the same whatever ``count``).
-        """
-        self._faults.inject(status, count, retry_after=retry_after, code=code, path_prefix=path_prefix)
 
     @property
     def pending_faults(self) -> int:
