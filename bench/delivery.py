@@ -320,7 +320,7 @@ def _succeeded(metrics: Any) -> float:
     # (the registry-wide collect cost ~5% of the deliverer's CPU and was charged to the outbox).
     for family in metrics.deliveries.collect():
         for sample in family.samples:
-            if sample.name == "sorahook_deliveries_total" and sample.labels.get("outcome") == "succeeded":
+            if sample.name == "sorahook_deliveries_total" and sample.labels.get("outcome") == "delivered":
                 return float(sample.value)
     return 0.0
 

@@ -1,16 +1,23 @@
 """Benchmark POST /webhooks/openai against a bare Starlette endpoint under the same uvicorn and the same load.
 
-Three servers run in their own processes with identical uvicorn settings (uvloop, httptools, one worker,
+Four servers run in their own processes with identical uvicorn settings (uvloop, httptools, one worker,
 no access log), pinned to core 0: the full sorahook app on a fresh SQLite file (under the protocol
 `sorahook serve` runs, httptools with the client limits of service/server.py); a bare Starlette app
 whose one route reads the body and answers 204; and, for scale, the naive receiver the issue describes
 (standardwebhooks' own `verify`, then one INSERT and one COMMIT per request, same WAL and
-synchronous=FULL). A load generator (`bench.loadgen`) runs in another process pinned to core 1. Rounds
-alternate bare, naive, full, bare ... so drift hits all alike; each
+synchronous=FULL); and sorahook as it runs for users ("workers"): the same app with its workers on,
+the refresher and the archiver talking to a local OpenAI stub in its own process on loopback (the stub
+counts the calls). A load generator (`bench.loadgen`) runs in another process pinned to core 1. Rounds
+alternate bare, naive, full, workers, bare ... so drift hits all alike; each
 round measures closed-loop maximum throughput and open-loop latency at a fixed offered rate. Every
 request is a distinct signed `video.completed` webhook, so every one takes the receiver's whole path:
 verify, dedupe insert, event row, new job, state change, group commit. After the run the full server is
 stopped and its SQLite file must hold exactly one received webhook and one job per 200 it answered.
+
+With workers on, two more figures: webhook -> processed lag, from outside (probe webhooks sent beside the
+open-loop load; processed = the job row for the probe's video is in the SQLite file with its status,
+read-only from this process every 2 ms), and OpenAI calls per 1,000 webhooks (the stub's count once the
+workers went idle: metadata reads, retrieves and list pages, apart from the archiver's downloads).
 
     python -m bench.receiver [--rounds 3] [--duration 5] [--connections 64] [--rate 1000]
 """
@@ -21,6 +28,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -28,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,8 +45,10 @@ from typing import Any, Literal
 
 from bench.loadgen import PATH, SECRET_ENV, pin_to_cpu, process_cpu_seconds
 
-Kind = Literal["bare", "naive", "full"]
-KINDS: tuple[Kind, ...] = ("bare", "naive", "full")
+Kind = Literal["bare", "naive", "full", "workers"]
+KINDS: tuple[Kind, ...] = ("bare", "naive", "full", "workers")
+PROBE_RATE = 25.0  # probe webhooks per second for the lag, beside the open-loop load
+PROBE_POLL = 0.002  # seconds between reads of the SQLite file while probes are outstanding
 ROOT = Path(__file__).resolve().parent.parent
 ACCEPTED = '{"status":"accepted"}'
 SERVER_CPU, GENERATOR_CPU = 0, 1
@@ -111,32 +122,11 @@ def naive_app(database: Path, secret: str) -> Any:
     return Starlette(routes=[Route(PATH, receive, methods=["POST"])], lifespan=lifespan)
 
 
-def full_app(database: Path, secret: str, workers: bool, stats: dict[str, Any]) -> Any:
-    import httpx
-
+def full_app(database: Path, secret: str, openai_url: str | None, stats: dict[str, Any]) -> Any:
+    """sorahook; with `openai_url` (the stub's), its workers run against it as they would against OpenAI."""
     from service.app import Runtime, create_app
     from service.config import Settings, new_webhook_secret
     from service.logs import configure_logging
-
-    def openai_stub(request: httpx.Request) -> httpx.Response:
-        # The refresher fetches each video after its webhook; answer in-process, as OpenAI would.
-        video_id = request.url.path.rsplit("/", 1)[-1]
-        now = int(time.time())
-        return httpx.Response(
-            200,
-            json={
-                "id": video_id,
-                "object": "video",
-                "model": "sora-2",
-                "status": "completed",
-                "progress": 100,
-                "created_at": now - 60,
-                "completed_at": now,
-                "expires_at": now + 86400,
-                "seconds": "4",
-                "size": "720x1280",
-            },
-        )
 
     def on_ready(rt: Runtime) -> None:
         stats["runtime"] = rt
@@ -148,28 +138,113 @@ def full_app(database: Path, secret: str, workers: bool, stats: dict[str, Any]) 
         callback_secret=new_webhook_secret(),
         log_format="console",
         log_level="warning",
+        openai_api_keys=("bench-openai-key",),
+        openai_base_url=f"{openai_url}/v1" if openai_url else "http://127.0.0.1:9/v1",
     )
     configure_logging(settings.log_format, settings.log_level)
-    return create_app(
-        settings, openai_transport=httpx.MockTransport(openai_stub), start_workers=workers, on_ready=on_ready
+    return create_app(settings, start_workers=openai_url is not None, on_ready=on_ready)
+
+
+def stub_app() -> Any:
+    """A stand-in OpenAI for the workers: every video exists and is completed; it counts the calls.
+
+    The load generator names videos `video_<run><7-digit sequence>` in the order it sends their webhooks,
+    so the stub lists them as if OpenAI had made them in that order (videos of one length finish in the
+    order they were made): `GET /v1/videos?order=desc&after=<id>` pages down the sequence from that id.
+    """
+    from collections import Counter
+
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    calls: Counter[str] = Counter()
+    created = int(time.time()) - 60
+
+    def video(video_id: str) -> dict[str, Any]:
+        now = int(time.time())
+        return {
+            "id": video_id,
+            "object": "video",
+            "model": "sora-2",
+            "status": "completed",
+            "progress": 100,
+            "created_at": created,
+            "completed_at": now,
+            "expires_at": now + 86400,
+            "seconds": "4",
+            "size": "720x1280",
+        }
+
+    async def retrieve(request: Request) -> Response:
+        calls["retrieve"] += 1
+        return JSONResponse(video(request.path_params["video_id"]))
+
+    async def listing(request: Request) -> Response:
+        calls["list"] += 1
+        limit = min(100, int(request.query_params.get("limit", "20")))
+        after = request.query_params.get("after") or ""
+        stem, digits = after[:-7], after[-7:]
+        page: list[dict[str, Any]] = []
+        if after.startswith("video_") and digits.isdigit():
+            start = int(digits)
+            page = [video(f"{stem}{n:07d}") for n in range(start - 1, max(-1, start - 1 - limit), -1)]
+        has_more = bool(page) and page[-1]["id"][-7:] != "0000000"
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": page,
+                "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None,
+                "has_more": has_more,
+            }
+        )
+
+    async def content(request: Request) -> Response:
+        calls["content"] += 1
+        return Response(b"\x00" * 4096, media_type="video/mp4")
+
+    async def counted(request: Request) -> Response:
+        return JSONResponse(dict(calls))
+
+    return Starlette(
+        routes=[
+            Route("/v1/videos", listing, methods=["GET"]),
+            Route("/v1/videos/{video_id}", retrieve, methods=["GET"]),
+            Route("/v1/videos/{video_id}/content", content, methods=["GET"]),
+            Route("/_calls", counted, methods=["GET"]),
+        ]
     )
 
 
-def serve(kind: Kind, port: int, database: Path | None, workers: bool, profile: Path | None) -> None:
+def serve(
+    kind: Kind | Literal["stub"],
+    port: int,
+    database: Path | None,
+    openai_url: str | None,
+    profile: Path | None,
+) -> None:
     import uvicorn
 
-    pin_to_cpu(SERVER_CPU)
     stats: dict[str, Any] = {}
-    if kind == "full":
+    if kind != "stub":
+        pin_to_cpu(SERVER_CPU)
+    if kind in ("full", "workers"):
         assert database is not None, "--serve full needs --db"
-        app = full_app(database, os.environ[SECRET_ENV], workers, stats)
+        app = full_app(database, os.environ[SECRET_ENV], openai_url if kind == "workers" else None, stats)
+    elif kind == "stub":
+        app = stub_app()
     elif kind == "naive":
         assert database is not None, "--serve naive needs --db"
         app = naive_app(database, os.environ[SECRET_ENV])
     else:
         app = bare_app()
     http: Any = "httptools"
-    if kind == "full":  # the protocol `sorahook serve` runs: uvicorn's httptools plus the client limits
+    if kind in (
+        "full",
+        "workers",
+    ):  # the protocol `sorahook serve` runs: uvicorn's httptools plus the client limits
         from service.server import Refusals, ServerLimits, limited_protocol, refusal_counter
 
         refusals = Refusals(refusal_counter(app.state.runtime.metrics.connections_refused))
@@ -207,7 +282,7 @@ def serve(kind: Kind, port: int, database: Path | None, workers: bool, profile: 
 
 @dataclass
 class Server:
-    kind: Kind
+    kind: Kind | Literal["stub"]
     proc: subprocess.Popen[str]
     port: int
     database: Path | None
@@ -219,13 +294,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(kind: Kind, tmp: Path, env: dict[str, str], workers: bool) -> Server:
+def start_server(
+    kind: Kind | Literal["stub"], tmp: Path, env: dict[str, str], openai_url: str | None = None
+) -> Server:
     port = free_port()
-    database = tmp / f"{kind}.db" if kind != "bare" else None
+    database = tmp / kind / "sorahook.db" if kind not in ("bare", "stub") else None
     cmd = [sys.executable, "-m", "bench.receiver", "--serve", kind, "--port", str(port)]
     if database is not None:
+        database.parent.mkdir()
         cmd += ["--db", str(database)]
-    cmd.append("--workers" if workers else "--no-workers")
+    if openai_url is not None:
+        cmd += ["--openai-url", openai_url]
     if os.environ.get("BENCH_PROFILE_DIR"):
         cmd += ["--profile", str(Path(os.environ["BENCH_PROFILE_DIR"]) / f"{kind}.prof")]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
@@ -370,6 +449,15 @@ def report(
     )
 
 
+def _median_of(
+    results: dict[Kind, list[tuple[dict[str, Any], dict[str, Any]]]],
+    kind: Kind,
+    pick: Callable[[tuple[dict[str, Any], dict[str, Any]]], float],
+) -> float:
+    """The median over the rounds of one figure of one server's (closed, open) pairs."""
+    return statistics.median(pick(pair) for pair in results[kind])
+
+
 _COLUMNS = ("throughput", "p50_ms", "p99_ms", "max_ms", "us_per_req", "server_cpu", "gen_cpu", "other_cpu")
 
 
@@ -385,21 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64, help="closed-loop connections (64)")
     parser.add_argument("--rate", type=float, default=1000.0, help="open-loop offered req/s (1000)")
     parser.add_argument("--open-duration", type=float, default=4.0, help="open-loop measured seconds (4)")
-    parser.add_argument(
-        "--workers",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="also run sorahook's workers (default off: the issue measures the receiver itself, verify,"
-        " dedupe, durable commit, job update; with them on, the refresher fetches every video from an"
-        " in-process OpenAI stub and the archiver tries to copy it, on the same core)",
-    )
-    parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=(*KINDS, "stub"), help=argparse.SUPPRESS)
+    parser.add_argument("--openai-url", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--profile", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.port, args.db, args.workers, args.profile)
+        serve(args.serve, args.port, args.db, args.openai_url, args.profile)
         return 0
     return run(args)
 
@@ -422,15 +503,26 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="sorahook-bench-") as tmp:
         servers: dict[Kind, Server] = {}
         stats: dict[str, Any] = {}
+        stub: Server | None = None
+        lags: list[float] = []
+        probes = 0
         try:
+            stub = start_server("stub", Path(tmp), env)
+            stub_url = f"http://127.0.0.1:{stub.port}"
             for kind in KINDS:
-                servers[kind] = start_server(kind, Path(tmp), env, args.workers)
+                servers[kind] = start_server(kind, Path(tmp), env, stub_url if kind == "workers" else None)
             for r in range(args.rounds):
                 for kind in KINDS:
                     waited = wait_until_idle(list(servers.values()))
                     closed = run_load(servers[kind], "closed", args, env)
                     waited += wait_until_idle(list(servers.values()))
-                    opened = run_load(servers[kind], "open", args, env)
+                    if kind == "workers":
+                        with Probe(servers[kind], env[SECRET_ENV]) as probe:
+                            opened = run_load(servers[kind], "open", args, env)
+                        lags.extend(probe.lags)
+                        probes += probe.sent
+                    else:
+                        opened = run_load(servers[kind], "open", args, env)
                     for phase in (closed, opened):
                         phase["us_per_req"] = _us_per_request(phase)
                     results[kind].append((closed, opened))
@@ -440,15 +532,22 @@ def run(args: argparse.Namespace) -> int:
                         + (f" (waited {waited:.0f} s for the servers to go idle)" if waited > 2 else ""),
                         flush=True,
                     )
+            wait_until_idle(list(servers.values()))
+            calls = stub_calls(stub)
         finally:
             for server in servers.values():
                 if server.kind == "full":
                     stats = stop_server(server)
                 else:
                     stop_server(server)
+            if stub is not None:
+                stop_server(stub)
         database = servers["full"].database
         assert database is not None
         rows = count_rows(database)
+        assert servers["workers"].database is not None
+        rows.update({f"workers_{k}": v for k, v in count_rows(servers["workers"].database).items()})
+        rows["probes"] = probes
         naive_db = servers["naive"].database
         assert naive_db is not None
         with contextlib.closing(sqlite3.connect(f"file:{naive_db}?mode=ro", uri=True)) as conn:
@@ -457,6 +556,7 @@ def run(args: argparse.Namespace) -> int:
     report(results, args)
     ok = check(results, rows, stats)
     summarize(results, args, time.monotonic() - started, floor)
+    summarize_workers(results, args, lags, calls, rows["workers_received_webhooks"])
     return 0 if ok else 1
 
 
@@ -499,11 +599,14 @@ def check(
                 f"naive: its SQLite file holds {rows['naive']:,} webhooks: {'OK' if stored else 'MISMATCH'}"
             )
             ok = ok and stored
-        if kind == "full":
-            same = rows["received_webhooks"] == expected and rows["jobs"] == expected
+        if kind in ("full", "workers"):
+            # The workers' file also holds the lag probes' webhooks and jobs.
+            prefix, probes = ("", 0) if kind == "full" else ("workers_", rows["probes"])
+            held, jobs = rows[f"{prefix}received_webhooks"], rows[f"{prefix}jobs"]
+            same = held == jobs == expected + probes
             print(
-                f"full: the SQLite file holds {rows['received_webhooks']:,} received webhooks and"
-                f" {rows['jobs']:,} jobs ({rows['events']:,} events) for {expected:,} accepted:"
+                f"{kind}: the SQLite file holds {held:,} received webhooks and {jobs:,} jobs"
+                f" ({rows[f'{prefix}events']:,} events) for {expected:,} accepted and {probes} probes:"
                 f" {'OK' if same else 'MISMATCH'}"
             )
             ok = ok and same
@@ -522,7 +625,7 @@ def summarize(
     floor: dict[str, float],
 ) -> None:
     def med(kind: Kind, pick: Callable[[tuple[dict[str, Any], dict[str, Any]]], float]) -> float:
-        return statistics.median(pick(pair) for pair in results[kind])
+        return _median_of(results, kind, pick)
 
     bare = med("bare", lambda p: p[0]["throughput"])
     full = med("full", lambda p: p[0]["throughput"])
@@ -580,6 +683,140 @@ def summarize(
         f"receiver/bare throughput ratio: {ratio:.2f} (goal >= {THROUGHPUT_GOAL:.2f}); "
         f"p99 at {args.rate:,.0f} rps: {p99:.1f} ms (goal < {P99_GOAL_MS:g} ms); "
         f"p50 {p50:.2f} ms, achieved {achieved:,.0f} req/s"
+    )
+
+
+# --- with workers on: the lag from outside, and the OpenAI calls ------------------------------------------
+
+
+class Probe:
+    """Probe webhooks beside the load, each timed from its send until its job row is in the SQLite file.
+
+    Two threads of this process: one sends `PROBE_RATE` signed webhooks a second on a keep-alive
+    connection (its own video ids), one reads the file read-only every `PROBE_POLL` seconds for the jobs
+    of the probes still outstanding. Measured from outside the server, so it holds whatever the receiver
+    does inside (one transaction, or an inbox and a processor).
+    """
+
+    def __init__(self, server: Server, secret: str) -> None:
+        assert server.database is not None
+        self.server, self.secret, self.database = server, secret, server.database
+        self.sent = 0
+        self.lags: list[float] = []
+        self._outstanding: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._send), threading.Thread(target=self._watch)]
+
+    def __enter__(self) -> Probe:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._threads[0].join()
+        deadline = time.monotonic() + 30
+        while self._outstanding and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._threads[1].join()
+
+    def _send(self) -> None:
+        import http.client
+
+        from service.signing import Signer
+
+        signer, run = Signer(), secrets.token_hex(4)
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
+        n, start = 0, time.monotonic()
+        while not self._stop.is_set():
+            video_id = f"video_probe{run}{n:05d}"
+            now = int(time.time())
+            body = (
+                f'{{"id":"evt_probe{run}{n:05d}","object":"event","created_at":{now},'
+                f'"type":"video.completed","data":{{"id":"{video_id}"}}}}'
+            )
+            msg_id = f"msg_probe{run}{n:05d}"
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(now),
+                "webhook-signature": signer.sign(msg_id, now, body, self.secret),
+            }
+            with self._lock:
+                self._outstanding[video_id] = time.time()
+            conn.request("POST", PATH, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            if response.status != 200:
+                with self._lock:
+                    del self._outstanding[video_id]
+            else:
+                self.sent += 1
+            n += 1
+            time.sleep(max(0.0, start + n / PROBE_RATE - time.monotonic()))
+        conn.close()
+
+    def _watch(self) -> None:
+        conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5.0)
+        try:
+            while not (self._stop.is_set() and not self._outstanding):
+                with self._lock:
+                    waiting = dict(self._outstanding)
+                if waiting:
+                    marks = ",".join("?" * len(waiting))
+                    seen = conn.execute(
+                        f"SELECT resource_id FROM jobs WHERE resource_id IN ({marks}) AND status = 'completed'",
+                        list(waiting),
+                    ).fetchall()
+                    now = time.time()
+                    with self._lock:
+                        for (video_id,) in seen:
+                            self.lags.append(now - self._outstanding.pop(video_id))
+                time.sleep(PROBE_POLL)
+        finally:
+            conn.close()
+
+
+def stub_calls(stub: Server | None) -> dict[str, int]:
+    import urllib.request
+
+    if stub is None:
+        return {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{stub.port}/_calls", timeout=10) as answer:
+        counted: dict[str, int] = json.loads(answer.read())
+    return counted
+
+
+def summarize_workers(
+    results: dict[Kind, list[tuple[dict[str, Any], dict[str, Any]]]],
+    args: argparse.Namespace,
+    lags: list[float],
+    calls: dict[str, int],
+    webhooks: int,
+) -> None:
+    bare = _median_of(results, "bare", lambda p: p[0]["throughput"])
+    workers = _median_of(results, "workers", lambda p: p[0]["throughput"])
+    p99 = _median_of(results, "workers", lambda p: p[1]["p99_ms"])
+    print(
+        f"with workers on (refresher and archiver against a local OpenAI stub): {workers:,.0f} req/s,"
+        f" {workers / bare:.2f} of bare (goal >= {THROUGHPUT_GOAL:.2f}); p99 at {args.rate:,.0f} req/s"
+        f" {p99:.1f} ms (goal < {P99_GOAL_MS:g} ms)"
+    )
+    if lags:
+        ordered = sorted(lags)
+        p50_lag = ordered[len(ordered) // 2] * 1e3
+        p99_lag = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3
+        print(
+            f"webhook -> processed lag at {args.rate:,.0f} webhooks/s offered ({len(lags)} probes, job row"
+            f" read every {PROBE_POLL * 1e3:.0f} ms): p50 {p50_lag:.1f} ms, p99 {p99_lag:.1f} ms"
+        )
+    metadata = calls.get("retrieve", 0) + calls.get("list", 0)
+    per_1000 = metadata / max(webhooks, 1) * 1000
+    print(
+        f"OpenAI calls per 1,000 webhooks: {per_1000:.1f} ({calls.get('retrieve', 0):,} retrieves and"
+        f" {calls.get('list', 0):,} list pages for {webhooks:,} webhooks); the archiver's downloads"
+        f" besides: {calls.get('content', 0):,}"
     )
 
 

@@ -314,7 +314,7 @@ def create_app(
         if start_workers:
             workers = [
                 Submitter(store=rt.store, openai=rt.openai, clock=rt.clock, moderation=settings.moderation),
-                Refresher(store=rt.store, openai=rt.openai, clock=rt.clock),
+                Refresher(store=rt.store, openai=rt.openai, clock=rt.clock, budget=budget),
                 Deliverer(
                     store=rt.store,
                     sender=rt.sender,

@@ -12,6 +12,10 @@ Pipelining: deliveries are claimed a little ahead of the senders (up to `concurr
 `per_subscription` more per subscription, leased and waiting in a queue with a per-subscription cap),
 so a sender that finishes starts the next delivery at once instead of waiting for a claim's commit;
 finished attempts are recorded in the same commit as the next claim.
+
+The loop: `run_once()` is one step (record what the senders finished, claim for the free room, queue the
+claims); `wait_for_work()` sleeps until another step can do something; `run()` repeats the two and
+stops the senders when cancelled. The `concurrency` senders are long-lived tasks fed by the queue.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ class Deliverer:
         self._idle = asyncio.Event()  # nothing claimed is outstanding (drain)
         self._idle.set()
         self._counted: dict[str, CounterChild] = {}
+        self._senders: list[asyncio.Task[None]] = []  # `concurrency` long-lived tasks, started by run_once
 
     def in_flight(self, key: str) -> int:
         """Sends of this subscription (or callback URL) under way now."""
@@ -255,21 +260,6 @@ class Deliverer:
                 },
             )
 
-    async def run_once(self) -> int:
-        """Claim what is due (up to `concurrency`) and deliver it, waiting for those sends (tests and benchmarks)."""
-        items = await self.claim(self.concurrency)
-
-        async def one(item: ClaimedDelivery) -> None:
-            try:
-                self._learn(item.cap_key, await self._deliver(item))
-            finally:
-                self._finish(item.cap_key)
-
-        if items:
-            await asyncio.gather(*(one(item) for item in items))
-            await self.flush()
-        return len(items)
-
     async def _record_and_claim(self) -> list[ClaimedDelivery]:
         """Record the finished attempts and claim for the free room, both in the store's next commit.
 
@@ -304,15 +294,25 @@ class Deliverer:
             raise claimed
         return await self._keep(claimed)
 
-    async def _step(self) -> None:
+    async def run_once(self) -> int:
+        """One step: record the finished attempts, claim for the free room, queue the claims for the senders.
+
+        Returns how many deliveries were claimed. Starts the senders on first use, so a test can drive the
+        worker step by step (with an injected clock) and `stop()` it at the end.
+        """
+        self._start_senders()
         items = await self._record_and_claim()
         if items:
             claimed_at = self.clock.now()
             for item in items:
                 self._queue.put(item.cap_key, (claimed_at, item))
+        return len(items)
+
+    async def wait_for_work(self, claimed: int) -> None:
+        """Between steps: return at once while there is more to do, else sleep until there may be."""
         if self._outcomes:
-            return  # sends ended during that write: record them (and claim for their room) at once
-        if items and self._outstanding < self.claim_limit:
+            return  # sends ended during the last write: record them (and claim for their room) at once
+        if claimed and self._outstanding < self.claim_limit:
             return
         if self._outstanding >= self.claim_limit:
             await wait_for_signal(self._slot_freed, self.idle_wait)
@@ -340,19 +340,33 @@ class Deliverer:
         self._slot_freed.clear()
 
     async def run(self) -> None:
-        self._queue = CappedQueue(self.per_subscription, self.slow_cap)
-        senders = [
-            asyncio.create_task(self._sender(), name="sorahook-delivery-sender")
-            for _ in range(self.concurrency)
-        ]
+        """Step and wait, until cancelled; then let the sends in flight finish and record them."""
+
+        async def step() -> None:
+            await self.wait_for_work(await self.run_once())
+
         try:
-            await loop_forever(self.name, self._step)
+            await loop_forever(self.name, step)
         finally:
-            await self.drain(5.0)
-            for task in senders:
-                task.cancel()
-            await asyncio.gather(*senders, return_exceptions=True)
-            await self.flush()
+            await self.stop()
+
+    def _start_senders(self) -> None:
+        if not self._senders:
+            # A fresh queue: a stopped worker's queue is closed (drain gave its waiting claims back).
+            self._queue = CappedQueue(self.per_subscription, self.slow_cap)
+            self._senders = [
+                asyncio.create_task(self._sender(), name="sorahook-delivery-sender")
+                for _ in range(self.concurrency)
+            ]
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Drain (bounded by `timeout`), stop the senders and record what they finished."""
+        await self.drain(timeout)
+        senders, self._senders = self._senders, []
+        for task in senders:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        await self.flush()
 
     async def drain(self, timeout: float) -> None:
         """Start no more sends and give the waiting deliveries back; let sends in flight finish (bounded).

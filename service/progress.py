@@ -17,7 +17,7 @@ from service.clock import Clock
 from service.domain import Observation, observation_from_resource
 from service.errors import OpenAIError
 from service.openai_client import OpenAIClient
-from service.reconciler import CREATED_SLACK, LIST_PAGE, take_list_page
+from service.reconciler import CREATED_SLACK, page_videos
 from service.store.protocol import JobStore
 from service.store.records import Job
 from service.workers import CallBudget, every
@@ -62,20 +62,9 @@ class ProgressPoller:
 
     async def _list(self, jobs: list[Job], learned: list[tuple[str, Observation]]) -> list[Job]:
         """Page `GET /videos` newest first until every job was seen or the pages went older than the oldest."""
-        wanted = {j.resource_id: j for j in jobs}
+        wanted: dict[str | None, Job] = {j.resource_id: j for j in jobs}
         oldest = min(j.created_at for j in jobs) - CREATED_SLACK
-        after: str | None = None
-        pages = 0
-        while wanted and pages < len(wanted) and self._charge():
-            pages += 1
-            try:
-                page = await self.openai.list_videos(after=after, limit=LIST_PAGE, order="desc")
-            except OpenAIError as exc:
-                log.info("listing videos for progress failed", extra={"code": exc.code})
-                break
-            after = take_list_page(page, wanted, learned, oldest)
-            if after is None:
-                break
+        await page_videos(self.openai, wanted, learned, after=None, oldest=oldest, charge=self._charge)
         return list(wanted.values())
 
     async def _retrieve_each(self, jobs: list[Job], learned: list[tuple[str, Observation]]) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,37 @@ def take_list_page(
     if oldest is not None and isinstance(last_created, int | float) and last_created < oldest:
         return None
     return str(page.get("last_id") or data[-1].get("id"))
+
+
+async def page_videos(
+    openai: OpenAIClient,
+    wanted: dict[str | None, Job],
+    learned: list[tuple[str, Observation]],
+    *,
+    after: str | None,
+    oldest: float | None,
+    charge: Callable[[], bool],
+) -> bool:
+    """Page `GET /videos?order=desc` from `after`, moving the wanted videos the pages show into `learned`.
+
+    Stops once every wanted video was seen, the pages went below `oldest`, or they would cost more calls
+    than asking for each by id; a failed list call ends the paging (the rest is asked by id). Each call
+    is paid with `charge()`; returns False when it refused one (the budget is spent for now).
+    """
+    pages = 0
+    while wanted and pages < len(wanted):
+        if not charge():
+            return False
+        pages += 1
+        try:
+            page = await openai.list_videos(after=after, limit=LIST_PAGE, order="desc")
+        except OpenAIError as exc:
+            log.info("listing videos failed; asking by id", extra={"code": exc.code})
+            break
+        after = take_list_page(page, wanted, learned, oldest)
+        if after is None:
+            break
+    return True
 
 
 def _halts(exc: OpenAIError) -> bool:

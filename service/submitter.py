@@ -11,11 +11,17 @@ from service.domain import Observation, error_category, job_error, observation_f
 from service.domain.retry import backoff
 from service.errors import OpenAIError, PermanentOpenAIError, TransientOpenAIError
 from service.openai_client import OpenAIClient
+from service.reconciler import CREATED_SLACK, page_videos
 from service.store.protocol import Store
 from service.store.records import Job
-from service.workers import idle_until, loop_forever
+from service.workers import CallBudget, idle_until, loop_forever
 
 log = logging.getLogger("sorahook.submitter")
+
+# Fewer due refreshes than this are fetched by id: each answer is fresh at once, a pass costs at most this
+# many calls, and the pages (1 + n/100 calls at best) would save little while risking a sparse span that
+# pays for pages and still fetches by id. From here on, listing saves most of the calls.
+REFRESH_LIST_MIN = 20
 
 
 class Submitter:
@@ -133,7 +139,16 @@ def flagged_categories(verdict: dict[str, Any]) -> list[str] | None:
 
 
 class Refresher:
-    """After a terminal webhook (or a track), fetch the full object from OpenAI to fill in the job."""
+    """After a terminal webhook (or a track), fetch the full object from OpenAI to fill in the job.
+
+    A few due refreshes (fewer than `REFRESH_LIST_MIN`) are fetched one by one at once. When more are
+    due, the videos among them are taken from `GET /videos` list pages (100 videos a call) the way the
+    reconciler pages, each call drawn from the call budget shared with the reconciler and the progress
+    poller (half of it left to them); after such a pass the refresher waits `gather` seconds, so the
+    next pass finds a full page's worth due. Refreshes the budget cannot pay for now wait for its next
+    window (the job's status already follows its webhook; only the fill-in waits). Videos the pages did
+    not show (deleted, or made long before) are fetched by id.
+    """
 
     name = "refresher"
 
@@ -143,19 +158,65 @@ class Refresher:
         store: Store,
         openai: OpenAIClient,
         clock: Clock,
-        batch: int = 16,
+        budget: CallBudget | None = None,
+        batch: int = 1000,
+        concurrency: int = 16,
+        gather: float = 0.5,
         lease: float = 120.0,
         max_attempts: int = 8,
         idle_wait: float = 5.0,
     ) -> None:
-        self.store, self.openai, self.clock = store, openai, clock
-        self.batch, self.lease, self.max_attempts, self.idle_wait = batch, lease, max_attempts, idle_wait
+        self.store, self.openai, self.clock, self.budget = store, openai, clock, budget
+        self.batch, self.concurrency, self.gather = batch, concurrency, gather
+        self.lease, self.max_attempts, self.idle_wait = lease, max_attempts, idle_wait
 
     async def run_once(self) -> int:
+        """One pass over the due refreshes; returns how many were claimed."""
         jobs = await self.store.claim_refreshes(self.batch, self.lease)
-        if jobs:
-            await asyncio.gather(*(self.refresh(job) for job in jobs))
+        videos = [j for j in jobs if j.kind == "video"]
+        one_by_one = [j for j in jobs if j.kind != "video"]
+        if self.budget is not None and len(videos) >= REFRESH_LIST_MIN:
+            one_by_one += await self._from_list_pages(videos, self.budget)
+        else:
+            one_by_one += videos
+        semaphore = asyncio.Semaphore(self.concurrency)
+
+        async def one(job: Job) -> None:
+            async with semaphore:
+                await self.refresh(job)
+
+        await asyncio.gather(*(one(job) for job in one_by_one))
         return len(jobs)
+
+    async def _from_list_pages(self, videos: list[Job], budget: CallBudget) -> list[Job]:
+        """Refresh what the list pages show; return the videos left to fetch by id.
+
+        The newest due video is fetched by id and its id is the `after` cursor, so the pages start just
+        below it and go older; paging stops once every due video was seen, the pages went older than the
+        oldest submitted job, or they would cost more calls than fetching each by id.
+        """
+
+        def charge() -> bool:
+            return budget.take(reserve=budget.limit // 2)
+
+        wanted = {j.resource_id: j for j in videos}
+        newest = max(videos, key=lambda j: (j.created_at, j.id))
+        if not charge():
+            await self.store.defer_refreshes([j.id for j in videos], budget.resets_at())
+            return []
+        del wanted[newest.resource_id]
+        await self.refresh(newest)
+        submitted = [j.created_at for j in videos if j.origin == "api"]
+        oldest = min(submitted) - CREATED_SLACK if submitted else None
+        learned: list[tuple[str, Observation]] = []
+        paid = await page_videos(
+            self.openai, wanted, learned, after=newest.resource_id, oldest=oldest, charge=charge
+        )
+        if not paid:
+            await self.store.defer_refreshes([j.id for j in wanted.values()], budget.resets_at())
+            wanted.clear()
+        await asyncio.gather(*(self.store.refresh_done(job_id, obs) for job_id, obs in learned))
+        return list(wanted.values())
 
     async def refresh(self, job: Job) -> None:
         assert job.resource_id is not None
@@ -175,7 +236,11 @@ class Refresher:
         await self.store.refresh_done(job.id, observation_from_resource(job.kind, obj))
 
     async def _step(self) -> None:
-        if await self.run_once():
+        claimed = await self.run_once()
+        if claimed >= REFRESH_LIST_MIN and self.budget is not None:
+            await asyncio.sleep(self.gather)  # busy: let due refreshes gather into full list pages
+            return
+        if claimed:
             return
         next_at = await self.store.next_refresh_at()
         await idle_until(self.store.signals.refreshes, next_at, self.clock.now(), self.idle_wait)

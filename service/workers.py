@@ -67,6 +67,10 @@ class CallBudget:
         self._started = now()
         self.used = 0
 
+    def resets_at(self) -> float:
+        """When the current window ends (calls refused now can be made from then on)."""
+        return self._started + self.window
+
     def take(self, reserve: int = 0) -> bool:
         now = self._now()
         if now - self._started >= self.window:

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,3 +177,47 @@ async def test_a_callback_url_at_its_cap_is_left_out_of_the_claim(tmp_path: Path
         assert len(await store.claim_deliveries(64, 30.0)) == 3
     finally:
         await store.aclose()
+
+
+async def test_run_once_is_one_step_and_a_retry_waits_for_the_injected_clock(tmp_path: Path) -> None:
+    endpoints = Subscriber()
+    endpoints.script("/a", 500)  # the first attempt fails, the next one succeeds
+    clock = ManualClock(1_700_000_000.0)
+    async with live_server(endpoints.app()) as base:
+        store = await SqliteStore.open(tmp_path / "d.db", clock=clock, retry_schedule=(0.0, 60.0))
+        sender = Sender(resolver=SystemResolver(), allow_private=True)
+        deliverer = Deliverer(
+            store=store, sender=sender, clock=clock, metrics=Metrics(), timeout=5.0, concurrency=4
+        )
+        try:
+            sub = await store.create_subscription(
+                url=f"{base}/a", event_types=None, description=None, secret="whsec_" + "D" * 32, ordered=False
+            )
+            await store.record_webhook(incoming_webhook(0, clock.now()))
+            assert await deliverer.run_once() == 1
+
+            async def delivery_after_a_step() -> Any:
+                await deliverer.run_once()  # records what the senders finished since the last step
+                found, _ = await store.list_deliveries(
+                    subscription_id=sub.id, job_id=None, status=None, limit=10, after=None
+                )
+                return found[0] if found and found[0].attempts else None
+
+            failed = await wait_until(delivery_after_a_step)
+            # Failed for now: due again after the schedule's 60 s, with up to 20% jitter.
+            assert (failed.status, failed.attempts, failed.last_status_code) == ("failed", 1, 500)
+            assert await deliverer.run_once() == 0, "the retry is not due before the clock moves"
+            clock.advance(72.0)
+            assert await deliverer.run_once() == 1
+
+            async def succeeded() -> Any:
+                delivery = await delivery_after_a_step()
+                return delivery if delivery.status == "succeeded" else None
+
+            done = await wait_until(succeeded)
+            assert done.attempts == 2
+            assert [r.path for r in endpoints.received] == ["/a", "/a"]
+        finally:
+            await deliverer.stop()
+            await sender.aclose()
+            await store.aclose()

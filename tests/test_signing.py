@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 
 import pytest
 import standardwebhooks
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.config import new_webhook_secret
-from service.signing import Signer
+from service.signing import Signer, Verifier, secret_key
 
 BODIES = [
     '{"id":"evt_1","object":"event","type":"video.completed","created_at":1700000000,"data":{}}',
@@ -55,3 +57,29 @@ def test_rotation_gives_one_entry_per_secret_each_verifying_alone() -> None:
         standardwebhooks.Webhook(secret).verify(body.encode(), headers)
     with pytest.raises(standardwebhooks.WebhookVerificationError):
         standardwebhooks.Webhook(new_webhook_secret()).verify(body.encode(), headers)
+
+
+@given(
+    key=st.binary(min_size=1, max_size=64),
+    prefixed=st.booleans(),
+    padded=st.booleans(),
+)
+def test_secret_key_signs_as_the_library_for_any_key(key: bytes, prefixed: bool, padded: bool) -> None:
+    encoded = base64.b64encode(key).decode()
+    secret = ("whsec_" if prefixed else "") + (encoded if padded else encoded.rstrip("="))
+    assert secret_key(secret) == key
+    timestamp = 1_700_000_123
+    expected = standardwebhooks.Webhook(secret).sign(
+        "msg_key", datetime.fromtimestamp(timestamp, tz=UTC), '{"a":1}'
+    )
+    assert Signer().sign("msg_key", timestamp, '{"a":1}', secret) == expected
+    verdict = Verifier([secret], tolerance=300).verify(
+        b'{"a":1}', "msg_key", str(timestamp), expected, now=timestamp
+    )
+    assert verdict.verdict == "ok"
+
+
+@pytest.mark.parametrize("secret", ["whsec_", "", "whsec_=="])
+def test_empty_secret_is_refused(secret: str) -> None:
+    with pytest.raises(ValueError):
+        secret_key(secret)

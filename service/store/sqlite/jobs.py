@@ -193,6 +193,18 @@ class JobQueries(StoreCore):
 
         await self._write(op)
 
+    async def defer_refreshes(self, job_ids: list[str], at: float) -> None:
+        """Give claimed refreshes back, due at `at`, without counting the claim as an attempt."""
+
+        def op(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE jobs SET refresh_at = ?, refresh_attempts = MAX(refresh_attempts - 1, 0) WHERE id = ?",
+                [(at, job_id) for job_id in job_ids],
+            )
+
+        if job_ids:
+            await self._write(op)
+
     async def next_refresh_at(self) -> float | None:
         return await self._read(
             lambda c: c.execute("SELECT MIN(refresh_at) FROM jobs WHERE refresh_at IS NOT NULL").fetchone()[0]
