@@ -558,7 +558,9 @@ async def test_a_deliverys_attempts_show_the_first_bytes_of_the_answer_escaped(t
         assert f'<a href="/ui/deliveries/{delivery["id"]}">all</a>' in job
         listed = (await client.get("/ui/deliveries", params={"subscription_id": sub["id"]})).text
         assert '<pre class="resp">&lt;script&gt;alert(1)&lt;/script&gt;\\x1b[31mxxx' in listed
-        assert "<script>alert" not in job + listed
+        stats = (await client.get(f"/ui/subscriptions/{sub['id']}")).text  # its last errors, too
+        assert '<td class="resp"><pre>&lt;script&gt;alert(1)&lt;/script&gt;\\x1b[31mxxx' in stats
+        assert "<script>alert" not in job + listed + stats
 
 
 async def test_the_console_replays_a_time_range(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -523,6 +523,7 @@ class Console:
                 "stats": stats,
                 "reveal": reveal,
                 "overlap_until": overlap_until,
+                "response_chars": RESPONSE_LIST,
                 "replay_default": datetime.fromtimestamp(now - 3600, UTC).strftime("%Y-%m-%dT%H:%M"),
             },
         )
