@@ -34,7 +34,8 @@ from service.openai_client import OpenAIClient
 from service.openapi import openapi_endpoint
 from service.progress import ProgressPoller
 from service.receiver import Receiver
-from service.reconciler import Reconciler
+from service.recent import RecentCounts
+from service.reconciler import LastPass, Reconciler
 from service.retention import Pruner
 from service.secretbox import SecretBox
 from service.sender import Sender
@@ -180,6 +181,9 @@ def create_app(
         openai_transport=openai_transport,
     )
     verifier = Verifier(settings.webhook_secrets, settings.webhook_tolerance)
+    # What the console's overview shows of the receiver and the reconciler, handed to each of them.
+    rejections = RecentCounts(rt.clock.now())
+    last_pass = LastPass()
     receiver_holder: dict[str, Receiver] = {}
 
     async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
@@ -252,7 +256,8 @@ def create_app(
         v1("/v1/deliveries/retry", {"POST": deliveries.retry_many}),
         v1("/v1/deliveries/{delivery_id}", {"GET": deliveries.get}),
         v1("/v1/deliveries/{delivery_id}/retry", {"POST": deliveries.retry}),
-        *console_routes(rt),  # /ui/ (the operator console) and /docs (the API reference)
+        # /ui/ (the operator console) and /docs (the API reference)
+        *console_routes(rt, rejections=rejections, last_pass=last_pass),
         *(extra_routes or []),
     ]
 
@@ -287,6 +292,7 @@ def create_app(
             clock=rt.clock,
             metrics=rt.metrics,
             max_body_bytes=settings.max_body_bytes,
+            rejections=rejections,
         )
         receiver_holder["receiver"] = receiver
         rt.storage = storage_from_settings(settings)
@@ -317,6 +323,7 @@ def create_app(
                     stale_after=settings.reconcile_after,
                     max_calls=RECONCILE_MAX_CALLS,
                     budget=budget,
+                    last_pass=last_pass,
                 ),
             ]
             if settings.progress_interval > 0:

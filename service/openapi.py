@@ -472,7 +472,14 @@ def _schemas(models: Sequence[str], table: ModelTable = DEFAULT_MODEL_TABLE) -> 
         "ReplayRequest": {
             "type": "object",
             "required": ["since"],
-            "properties": {"since": {"type": "number", "minimum": 0, "description": "Unix time in seconds"}},
+            "properties": {
+                "since": {"type": "number", "minimum": 0, "description": "Unix time in seconds"},
+                "until": {
+                    "type": "number",
+                    "maximum": 1e11,
+                    "description": "Optional end of the range (Unix seconds, exclusive); must be after `since`.",
+                },
+            },
         },
         "Attempt": {
             "type": "object",
@@ -1150,7 +1157,7 @@ def _paths() -> dict[str, Any]:
         "/v1/subscriptions/{sub_id}/replay": {
             "parameters": [sub_id],
             "post": _op(
-                "Enqueue again every matching event since a time",
+                "Enqueue again every matching event since a time (or in a time range, with `until`)",
                 "replaySubscription",
                 {
                     "202": _json(

@@ -151,7 +151,16 @@ class SubscriptionsApi:
         since = body.get("since")
         if not isinstance(since, (int, float)) or isinstance(since, bool) or not 0 <= since <= 1e11:
             raise ApiError(422, "invalid_field", "since must be a Unix time in seconds", param="since")
-        count = await self.rt.store.replay(sub_id, float(since))
+        until = body.get("until")  # optional and exclusive: replay a time range
+        if until is not None and (
+            not isinstance(until, (int, float)) or isinstance(until, bool) or not since < until <= 1e11
+        ):
+            raise ApiError(
+                422, "invalid_field", "until must be a Unix time in seconds after since", param="until"
+            )
+        count = await self.rt.store.replay(
+            sub_id, float(since), until=None if until is None else float(until)
+        )
         if count is None:
             raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
         return JSONResponse(

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import random
 import sqlite3
@@ -1886,8 +1887,11 @@ class SqliteStore:
 
         return await self._write(op)
 
-    async def replay(self, sub_id: str, since: float, chunk: int = 1000) -> int | None:
-        """Enqueue again, for this subscription, every emitted event since `since` that matches its filter.
+    async def replay(
+        self, sub_id: str, since: float, chunk: int = 1000, *, until: float | None = None
+    ) -> int | None:
+        """Enqueue again, for this subscription, every emitted event since `since` (and before `until`,
+        when given) that matches its filter.
 
         In chunks of `chunk` events, each its own transaction, oldest first: a replay of months of events
         never holds the single writer (and every webhook waiting on it) for more than one chunk. None if
@@ -1897,7 +1901,7 @@ class SqliteStore:
         cursor: tuple[float, str] = (since, "")
         while True:
             step = await self._write(
-                functools.partial(self._replay_chunk, sub_id=sub_id, after=cursor, chunk=chunk)
+                functools.partial(self._replay_chunk, sub_id=sub_id, after=cursor, chunk=chunk, until=until)
             )
             if step is None:
                 return None if total == 0 else total  # deleted mid-replay: what was enqueued stays
@@ -1908,7 +1912,7 @@ class SqliteStore:
             cursor = last
 
     def _replay_chunk(
-        self, c: sqlite3.Connection, sub_id: str, after: tuple[float, str], chunk: int
+        self, c: sqlite3.Connection, sub_id: str, after: tuple[float, str], chunk: int, until: float | None
     ) -> tuple[int, tuple[float, str] | None] | None:
         """One chunk of a replay: (deliveries enqueued, the last event's (created_at, id) or None at the end)."""
         row = c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
@@ -1920,8 +1924,8 @@ class SqliteStore:
             "SELECT e.id, e.type, e.job_id, e.created_at, j.sequence FROM events e"
             " LEFT JOIN jobs j ON j.id = e.job_id"
             " WHERE e.direction = 'emitted' AND e.created_at >= ? AND (e.created_at, e.id) > (?, ?)"
-            " AND e.type != 'sorahook.test' ORDER BY e.created_at, e.id LIMIT ?",
-            (after[0], after[0], after[1], chunk),
+            " AND e.created_at < ? AND e.type != 'sorahook.test' ORDER BY e.created_at, e.id LIMIT ?",
+            (after[0], after[0], after[1], math.inf if until is None else until, chunk),
         ).fetchall()
         rows = []
         for ev in events:
@@ -2653,16 +2657,18 @@ class SqliteStore:
         return await self._read(read)
 
     async def subscription_attempts(self, sub_id: str, since: float, limit: int = 10_000) -> list[Attempt]:
-        """The subscription's delivery attempts since `since`, newest first (for its success rate and latency)."""
+        """The subscription's delivery attempts since `since`, newest first (for its success rate and latency),
+        with the first 200 characters of each failed one's answer (for its last errors)."""
 
         def read(c: sqlite3.Connection) -> list[Attempt]:
             rows = c.execute(
-                "SELECT a.attempted_at, a.status_code, a.latency_ms, a.error FROM delivery_attempts a"
+                "SELECT a.attempted_at, a.status_code, a.latency_ms, a.error, CASE WHEN a.status_code"
+                " BETWEEN 200 AND 299 THEN NULL ELSE substr(a.response_body, 1, 200) END FROM delivery_attempts a"
                 " JOIN deliveries d ON d.id = a.delivery_id"
                 " WHERE d.subscription_id = ? AND a.attempted_at >= ? ORDER BY a.attempted_at DESC LIMIT ?",
                 (sub_id, since, limit),
             ).fetchall()
-            return [Attempt(r[0], r[1], r[2], r[3]) for r in rows]
+            return [Attempt(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
         return await self._read(read)
 

@@ -29,6 +29,8 @@ from service.api.subscriptions import ROTATION_OVERLAP, validate_event_types
 from service.config import new_webhook_secret
 from service.domain import KINDS, STATUSES, Origin
 from service.errors import ApiError
+from service.recent import RecentCounts
+from service.reconciler import LastPass
 from service.store.records import DELIVERY_STATUSES, Attempt, Subscription
 from service.ui.sessions import COOKIE, Session, Sessions
 
@@ -43,6 +45,11 @@ STATS_WINDOW = 24 * 3600.0
 MAX_DESCRIPTION = 500
 MAX_FORM_BYTES = 65_536
 MAX_TIME = 1e11  # the API's bound on a Unix time in seconds (replay's `since`)
+# How much of a subscriber's answer (the store keeps the first 1 KiB) an attempt shows: a delivery's own
+# page shows all of it, a job's page and the deliveries list a glimpse.
+RESPONSE_SHOWN = 1024
+RESPONSE_GLIMPSE = 200
+RESPONSE_LIST = 80
 
 Handler = Callable[[Request, Session], Awaitable[Response]]
 
@@ -66,9 +73,22 @@ def code_spans(text: str) -> Markup:
 _CODE = re.compile(r"`([^`]+)`")
 
 
+def excerpt(text: str | None, limit: int) -> str:
+    """The first `limit` characters of a subscriber's answer, "…" when there is more, control characters
+    written as `\\xNN` (a terminal escape or a NUL in a response is shown, not acted on)."""
+    if not text:
+        return ""
+    shown = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text[:limit])
+    return shown + ("…" if len(text) > limit else "")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["utc"] = utc
+    templates.env.filters["excerpt"] = excerpt
     templates.env.filters["pretty"] = pretty
     templates.env.filters["code_spans"] = code_spans
     return templates
@@ -152,11 +172,19 @@ def subscription_stats(attempts: list[Attempt]) -> dict[str, Any]:
 
 
 class Console:
-    """The console's routes; `rt` is the app's Runtime (the store exists once the lifespan has started)."""
+    """The console's routes; `rt` is the app's Runtime (the store exists once the lifespan has started).
 
-    def __init__(self, rt: Runtime, templates: Jinja2Templates) -> None:
+    `rejections` counts the webhooks the receiver refused in the last hour; `last_pass` is where the
+    reconciler records its latest pass.
+    """
+
+    def __init__(
+        self, rt: Runtime, templates: Jinja2Templates, *, rejections: RecentCounts, last_pass: LastPass
+    ) -> None:
         self.rt = rt
         self.templates = templates
+        self.rejections = rejections
+        self.last_pass = last_pass
         self.sessions = Sessions(rt.settings.admin_token or "", rt.settings.ui_session_ttl, rt.clock.now)
         self.jobs_api = JobsApi(rt)
 
@@ -183,6 +211,7 @@ class Console:
             Route("/subscriptions/{sub_id}/replay", act(self.replay), methods=["POST"]),
             Route("/subscriptions/{sub_id}/retry-dead", act(self.retry_dead), methods=["POST"]),
             Route("/deliveries", page(self.deliveries), methods=["GET"]),
+            Route("/deliveries/retry-dead", act(self.retry_dead_since), methods=["POST"]),
             Route("/deliveries/{delivery_id}", page(self.delivery), methods=["GET"]),
             Route("/deliveries/{delivery_id}/retry", act(self.retry), methods=["POST"]),
             Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
@@ -325,7 +354,7 @@ class Console:
             by_kind.setdefault(kind, {})[status] = n
         counts = await store.console_counts(now - 3600)
         subs = await store.list_subscriptions()
-        rejected = _counter_by_label(self.rt.metrics.webhook_rejections, "reason")
+        rejected = self.rejections.totals(now)
         reconciled = _counter_by_label(self.rt.metrics.reconciliations, "outcome")
         passes = _observations(self.rt.metrics.reconcile_calls)
         return self.render(
@@ -338,6 +367,11 @@ class Console:
                 "by_kind": by_kind,
                 "counts": counts,
                 "rejected": rejected,
+                # Counted in memory: within an hour of a start, the figure covers only the time since.
+                "rejected_since": self.rejections.started_at
+                if now - self.rejections.started_at < 3600
+                else None,
+                "last_pass": self.last_pass.record,
                 "reconciled": reconciled,
                 "reconcile_passes": passes,
                 "disabled": [s for s in subs if not s.enabled],
@@ -425,6 +459,7 @@ class Console:
                 "more_deliveries": more,
                 "archives": archives,
                 "has_content": job.kind == "video" and job.status == "completed",
+                "response_chars": RESPONSE_GLIMPSE,
             },
         )
 
@@ -488,6 +523,7 @@ class Console:
                 "stats": stats,
                 "reveal": reveal,
                 "overlap_until": overlap_until,
+                "response_chars": RESPONSE_LIST,
                 "replay_default": datetime.fromtimestamp(now - 3600, UTC).strftime("%Y-%m-%dT%H:%M"),
             },
         )
@@ -537,38 +573,56 @@ class Console:
         return RedirectResponse(f"/ui/subscriptions/{sub.id}", status_code=303)
 
     async def replay(self, request: Request, session: Session, form: FormData) -> Response:
+        """The API's replay: every matching event since a time, or in a range when `until` is given."""
         sub = await self._sub(request.path_params["sub_id"])
         since = _parse_utc(str(form.get("since") or ""))
-        count = await self.rt.store.replay(sub.id, since)
-        self.audit(session, "subscription.replay", sub.id, since=since, enqueued=count)
-        session.flash(f"Replay enqueued {count or 0} events since {utc(since)}.")
+        raw_until = str(form.get("until") or "").strip()
+        until = _parse_utc(raw_until) if raw_until else None
+        if until is not None and until <= since:
+            raise ApiError(
+                422, "invalid_field", "The end of the range must be after its start.", param="until"
+            )
+        count = await self.rt.store.replay(sub.id, since, until=until)
+        self.audit(session, "subscription.replay", sub.id, since=since, until=until, enqueued=count)
+        span = f"from {utc(since)} to {utc(until)}" if until is not None else f"since {utc(since)}"
+        session.flash(f"Replay enqueued {count or 0} events {span}.")
         return RedirectResponse(f"/ui/subscriptions/{sub.id}", status_code=303)
 
     async def retry_dead(self, request: Request, session: Session, form: FormData) -> Response:
-        """Retry the subscription's dead deliveries (all, or those made since a time), one by one through
-        the API's retry operation."""
+        """Retry the subscription's dead deliveries (all, or those made since a time)."""
         sub = await self._sub(request.path_params["sub_id"])
+        return await self._retry_dead(session, sub, str(form.get("since") or "").strip())
+
+    async def retry_dead_since(self, request: Request, session: Session, form: FormData) -> Response:
+        """Retry the dead deliveries of one subscription, made since a time, or both (one filter needed)."""
+        sub_id = str(form.get("subscription_id") or "").strip()
         raw_since = str(form.get("since") or "").strip()
+        if not sub_id and not raw_since:
+            raise ApiError(422, "missing_filter", "Choose a subscription, a time, or both.")
+        sub = await self._sub(sub_id) if sub_id else None
+        return await self._retry_dead(session, sub, raw_since)
+
+    async def _retry_dead(self, session: Session, sub: Subscription | None, raw_since: str) -> Response:
+        """The bulk retry POST /v1/deliveries/retry makes: on a fresh schedule, in chunks, one store call."""
         since = _parse_utc(raw_since) if raw_since else None
-        store, retried, after = self.rt.store, 0, None
-        while True:
-            # Walk by id (the cursor), not from the top: a retried one that dies again is not retried twice.
-            page, more = await store.list_deliveries(
-                subscription_id=sub.id, job_id=None, status="dead", limit=100, after=after
+        if sub is not None and not sub.enabled:
+            raise ApiError(
+                409,
+                "subscription_disabled",
+                "Enable the subscription first: its dead deliveries would die again.",
             )
-            # Ids sort by creation time, newest first: the first one made before `since` ends the walk.
-            fresh = [d for d in page if since is None or d.created_at >= since]
-            for found in fresh:
-                if await store.retry_delivery(found.id) == "dead":
-                    retried += 1
-            if not more or not page or len(fresh) < len(page):
-                break
-            after = page[-1].id
-        self.audit(session, "subscription.retry_dead", sub.id, retried=retried, since=since)
-        session.flash(
-            f"Retrying {retried} dead deliveries now" + (f" (made since {utc(since)})." if since else ".")
+        retried = await self.rt.store.retry_dead_deliveries(
+            subscription_id=sub.id if sub else None, since=since
         )
-        return RedirectResponse(f"/ui/deliveries?subscription_id={sub.id}", status_code=303)
+        target = sub.id if sub else "*"
+        self.audit(session, "deliveries.retry_dead", target, retried=retried, since=since)
+        session.flash(
+            f"Retrying {retried} dead deliveries now"
+            + (f" (made since {utc(since)})" if since is not None else "")
+            + ("." if sub else "; those of disabled subscriptions stay dead.")
+        )
+        query = urlencode({"subscription_id": sub.id} if sub else {"status": "pending"})
+        return RedirectResponse(f"/ui/deliveries?{query}", status_code=303)
 
     # -- deliveries -------------------------------------------------------------------------------
 
@@ -602,6 +656,7 @@ class Console:
                 "subscription_id": sub_id,
                 "job_id": job_id,
                 "subs": await self.rt.store.list_subscriptions(),
+                "response_chars": RESPONSE_LIST,
                 "message": message,
                 "next_url": next_url,
                 "first_url": ("/ui/deliveries?" + urlencode(filters)) if after else None,
@@ -612,7 +667,12 @@ class Console:
         found = await self.rt.store.get_delivery(request.path_params["delivery_id"])
         if found is None:
             return self.not_found(request, session, "No such delivery.")
-        return self.render(request, "delivery.html", session, {"title": f"Delivery {found.id}", "d": found})
+        return self.render(
+            request,
+            "delivery.html",
+            session,
+            {"title": f"Delivery {found.id}", "d": found, "response_chars": RESPONSE_SHOWN},
+        )
 
     async def retry(self, request: Request, session: Session, form: FormData) -> Response:
         delivery_id = request.path_params["delivery_id"]
@@ -658,12 +718,12 @@ def _counter_by_label(counter: Any, label: str) -> dict[str, float]:
     return {key: value for key, value in out.items() if value}
 
 
-def console_routes(rt: Runtime) -> list[BaseRoute]:
+def console_routes(rt: Runtime, *, rejections: RecentCounts, last_pass: LastPass) -> list[BaseRoute]:
     """`/ui/…` (the console) and `/docs` (the API reference), as routes for create_app."""
     from service.ui.docs import DocsPage
 
     templates = make_templates()
-    console = Console(rt, templates)
+    console = Console(rt, templates, rejections=rejections, last_pass=last_pass)
     return [
         Route("/docs", DocsPage(rt, templates).endpoint, methods=["GET"]),
         Mount("/ui", routes=console.routes()),
