@@ -476,3 +476,25 @@ async def test_an_oversized_form_is_refused_before_it_is_read_whole(tmp_path: Pa
         assert (await client.get("/v1/subscriptions", headers=auth())).json()["data"][0][
             "description"
         ] == "café ☕"
+
+
+async def test_a_job_page_shows_a_time_out_of_the_calendars_range_instead_of_failing(tmp_path: Path) -> None:
+    # A signed webhook may carry any 64-bit created_at; the job's completed_at comes from it.
+    secret = new_webhook_secret()
+    async with console(tmp_path, webhook_secrets=(secret,)) as client:
+        await sign_in(client)
+        for created_at in (2**62, -(2**62)):
+            body, headers = signed_webhook(
+                secret, "video.completed", f"video_t{created_at > 0:d}", created_at=created_at
+            )
+            assert (await client.post("/webhooks/openai", content=body, headers=headers)).status_code == 200
+            page = await client.get(f"/ui/jobs/video_t{created_at > 0:d}")
+            assert page.status_code == 200
+            assert str(created_at) in page.text
+
+
+def test_console_times_keep_a_given_utc_offset() -> None:
+    from service.ui.console import _parse_utc
+
+    assert _parse_utc("2025-12-04T05:00+05:00") == 1764806400.0
+    assert _parse_utc("2025-12-04T00:00Z") == 1764806400.0
