@@ -170,6 +170,13 @@ def test_bad_server_settings_name_their_variable(name: str, value: str) -> None:
         load_settings({name: value})
 
 
+@pytest.mark.parametrize("token", ["tökén-123456", "abc\x01defghij", "line\nbreak-token"])
+def test_an_admin_token_no_http_header_can_carry_is_refused_at_start(token: str) -> None:
+    # Sent as `Authorization: Bearer …`, such a token could never match: refuse it with one line.
+    with pytest.raises(ConfigError, match="SORAHOOK_ADMIN_TOKEN"):
+        load_settings({"SORAHOOK_ADMIN_TOKEN": token})
+
+
 def test_server_settings_defaults_follow_the_contract() -> None:
     settings = load_settings({})
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
