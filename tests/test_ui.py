@@ -498,3 +498,42 @@ def test_console_times_keep_a_given_utc_offset() -> None:
 
     assert _parse_utc("2025-12-04T05:00+05:00") == 1764806400.0
     assert _parse_utc("2025-12-04T00:00Z") == 1764806400.0
+
+
+async def test_retry_all_dead_leaves_a_disabled_subscriptions_deliveries_dead_as_the_api_does(
+    tmp_path: Path,
+) -> None:
+    # The console's bulk retry is the API's operation, not a second path with other rules.
+    subscriber = Subscriber()
+    subscriber.defaults["/hook"] = 500
+    async with (
+        live_server(subscriber.app()) as hook_base,
+        emulated_service(tmp_path, retry_schedule=(0.0, 0.01)) as (url, _, _),
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        csrf = await sign_in(client)
+        sub = (
+            await client.post("/v1/subscriptions", headers=auth(), json={"url": f"{hook_base}/hook"})
+        ).json()
+        assert (await client.post(f"/v1/subscriptions/{sub['id']}/test", headers=auth())).status_code == 202
+
+        async def statuses() -> list[str]:
+            found = (
+                await client.get("/v1/deliveries", headers=auth(), params={"subscription_id": sub["id"]})
+            ).json()["data"]
+            return [d["status"] for d in found]
+
+        async def dead() -> bool:
+            return await statuses() == ["dead"]
+
+        await wait_until(dead)
+        disabled = await client.patch(
+            f"/v1/subscriptions/{sub['id']}", headers=auth(), json={"enabled": False}
+        )
+        assert disabled.status_code == 200
+        api = await client.post("/v1/deliveries/retry", headers=auth(), json={"subscription_id": sub["id"]})
+        assert api.json()["retried"] == 0
+        response = await client.post(f"/ui/subscriptions/{sub['id']}/retry-dead", data={"csrf": csrf})
+        assert response.status_code == 303
+        assert "Retrying 0 dead deliveries" in (await client.get(response.headers["location"])).text
+        assert await statuses() == ["dead"]

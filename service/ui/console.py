@@ -551,25 +551,12 @@ class Console:
         return RedirectResponse(f"/ui/subscriptions/{sub.id}", status_code=303)
 
     async def retry_dead(self, request: Request, session: Session, form: FormData) -> Response:
-        """Retry the subscription's dead deliveries (all, or those made since a time), one by one through
-        the API's retry operation."""
+        """Retry the subscription's dead deliveries (all, or those made since a time) through the API's
+        bulk retry operation (`POST /v1/deliveries/retry`), with its rules: a disabled subscription's stay dead."""
         sub = await self._sub(request.path_params["sub_id"])
         raw_since = str(form.get("since") or "").strip()
         since = _parse_utc(raw_since) if raw_since else None
-        store, retried, after = self.rt.store, 0, None
-        while True:
-            # Walk by id (the cursor), not from the top: a retried one that dies again is not retried twice.
-            page, more = await store.list_deliveries(
-                subscription_id=sub.id, job_id=None, status="dead", limit=100, after=after
-            )
-            # Ids sort by creation time, newest first: the first one made before `since` ends the walk.
-            fresh = [d for d in page if since is None or d.created_at >= since]
-            for found in fresh:
-                if await store.retry_delivery(found.id) == "dead":
-                    retried += 1
-            if not more or not page or len(fresh) < len(page):
-                break
-            after = page[-1].id
+        retried = await self.rt.store.retry_dead_deliveries(subscription_id=sub.id, since=since)
         self.audit(session, "subscription.retry_dead", sub.id, retried=retried, since=since)
         session.flash(
             f"Retrying {retried} dead deliveries now" + (f" (made since {utc(since)})." if since else ".")
