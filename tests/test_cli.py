@@ -302,3 +302,9 @@ def test_make_run_passes_host_and_port_from_its_command_line_only() -> None:
     # PORT or HOST exported by a shell or platform for something else do not move the service
     from_env = _make("run", PORT="3000", HOST="box.example")
     assert "--port" not in from_env and "--host" not in from_env
+
+
+def test_make_screenshots_installs_what_it_runs_with_first() -> None:
+    # bench.screenshots drives Chromium through playwright, one of the dev extras.
+    shots = _make("screenshots")
+    assert "'.[dev]'" in shots and "bench.screenshots" in shots
