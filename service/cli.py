@@ -366,8 +366,12 @@ def run_listen(args: argparse.Namespace) -> int:
 
 def send_test_webhook(args: argparse.Namespace) -> int:
     check_webhook_secret("--secret", args.secret)
-    if not args.url.startswith(("http://", "https://")):
-        raise ConfigError("--url must be an http(s) URL")
+    try:
+        url = httpx.URL(args.url)
+    except (httpx.InvalidURL, ValueError):
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"--url must be an http(s) URL, got {args.url!r}")
     now = int(time.time())
     resource_id = args.video_id or f"video_{secrets.token_hex(12)}"
     event: dict[str, Any] = {

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.cli import build_parser
+from service.cli import build_parser, main
 from service.config import ConfigError, EnvReader, load_settings, new_webhook_secret
 from service.logs import ConsoleFormatter, JsonFormatter
 from tests.support import ROOT, free_port
@@ -308,3 +308,12 @@ def test_make_screenshots_installs_what_it_runs_with_first() -> None:
     # bench.screenshots drives Chromium through playwright, one of the dev extras.
     shots = _make("screenshots")
     assert "'.[dev]'" in shots and "bench.screenshots" in shots
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:99999/webhooks/openai"])
+def test_send_test_webhook_to_a_malformed_url_is_one_line(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["send-test-webhook", "--url", url, "--secret", new_webhook_secret()])
+    err = capsys.readouterr().err
+    assert code == 2 and url in err and len(err.strip().splitlines()) == 1
