@@ -24,6 +24,7 @@ from service.config import (
     ConfigError,
     EnvReader,
     check_webhook_secret,
+    listen_host,
     load_settings,
     private_targets,
     with_generated_secrets,
@@ -121,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the service")
     serve.add_argument(
-        "--host", default=None, help="address to listen on (default: SORAHOOK_HOST, else 127.0.0.1)"
+        "--host",
+        type=listen_host,
+        default=None,
+        help="address to listen on (default: SORAHOOK_HOST, else 127.0.0.1)",
     )
     serve.add_argument(
         "--port", type=_port, default=None, help="port to listen on (default: SORAHOOK_PORT, else 8000)"

@@ -238,9 +238,14 @@ class _ServerSettings(TypedDict):
     max_header_bytes: int
 
 
+def listen_host(host: str) -> str:
+    """An address to listen on; `[::1]`, as a URL spells an IPv6 address, is read as `::1`."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def server_settings(env: Mapping[str, str]) -> _ServerSettings:
     """SORAHOOK_HOST/PORT and the HTTP server's limits on slow, large and numerous clients."""
-    host = env.get("SORAHOOK_HOST", "").strip() or "127.0.0.1"
+    host = listen_host(env.get("SORAHOOK_HOST", "").strip() or "127.0.0.1")
     if any(c.isspace() or c in "/?#" for c in host):
         raise ConfigError(f"SORAHOOK_HOST must be an address or host name, got {host!r}")
     port = _int(env, "SORAHOOK_PORT", 8000)

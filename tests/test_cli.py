@@ -177,6 +177,12 @@ def test_an_admin_token_no_http_header_can_carry_is_refused_at_start(token: str)
         load_settings({"SORAHOOK_ADMIN_TOKEN": token})
 
 
+def test_a_bracketed_ipv6_host_is_read_as_the_address() -> None:
+    # [::1] is how a URL spells it; the listening socket wants ::1.
+    assert load_settings({"SORAHOOK_HOST": "[::1]"}).host == "::1"
+    assert build_parser().parse_args(["serve", "--host", "[::1]"]).host == "::1"
+
+
 def test_server_settings_defaults_follow_the_contract() -> None:
     settings = load_settings({})
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
