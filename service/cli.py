@@ -201,6 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_http_url(option: str, value: str) -> None:
+    """An option's http(s) URL, parsed now: a malformed one is one line, not a traceback later."""
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, ValueError):
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"{option} must be an http(s) URL, got {value!r}")
+
+
 def _fail(message: str) -> int:
     print(f"sorahook: {message}", file=sys.stderr)
     return 2
@@ -336,8 +346,7 @@ def run_emulator(args: argparse.Namespace) -> int:
     from service.emulator.mount import warn_if_exposed
 
     check_webhook_secret("--webhook-secret", args.webhook_secret)
-    if not args.webhook_url.startswith(("http://", "https://")):
-        raise ConfigError("--webhook-url must be an http(s) URL")
+    check_http_url("--webhook-url", args.webhook_url)
     configure_logging("console", "info")
     try:
         config = EmulatorConfig(
@@ -370,12 +379,7 @@ def run_listen(args: argparse.Namespace) -> int:
 
 def send_test_webhook(args: argparse.Namespace) -> int:
     check_webhook_secret("--secret", args.secret)
-    try:
-        url = httpx.URL(args.url)
-    except (httpx.InvalidURL, ValueError):
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError(f"--url must be an http(s) URL, got {args.url!r}")
+    check_http_url("--url", args.url)
     now = int(time.time())
     resource_id = args.video_id or f"video_{secrets.token_hex(12)}"
     event: dict[str, Any] = {

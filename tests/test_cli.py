@@ -323,3 +323,18 @@ def test_send_test_webhook_to_a_malformed_url_is_one_line(
     code = main(["send-test-webhook", "--url", url, "--secret", new_webhook_secret()])
     err = capsys.readouterr().err
     assert code == 2 and url in err and len(err.strip().splitlines()) == 1
+
+
+def test_emulator_with_a_malformed_webhook_url_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "emulator",
+        "--port",
+        "0",
+        "--webhook-url",
+        "http://[::1",
+        "--webhook-secret",
+        new_webhook_secret(),
+    ]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "--webhook-url" in err and len(err.strip().splitlines()) == 1
