@@ -1057,6 +1057,9 @@ def _paths() -> dict[str, Any]:
                 "listSubscriptions",
                 {
                     "200": _json(_ref("SubscriptionList"), "A page of subscriptions, without secrets."),
+                    "400": _json(
+                        _ref("Error"), "A query parameter this route does not take (`unknown_parameter`)."
+                    ),
                     "422": _error("Unprocessable"),
                 },
                 parameters=[

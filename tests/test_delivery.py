@@ -59,7 +59,13 @@ async def test_deliveries_arrive_and_verify_with_every_library(tmp_path: Path) -
             standardwebhooks.Webhook(sub["secret"]).verify(got.body, got.headers)
             svix.Webhook(sub["secret"]).verify(got.body, got.headers)
             OpenAI(api_key="unused").webhooks.verify_signature(got.body, got.headers, secret=sub["secret"])
-            [delivery] = await _deliveries(client, subscription_id=sub["id"])
+
+            async def settled() -> list[dict[str, Any]]:
+                # The subscriber has the body before the sender has recorded the answer: wait for that.
+                found = await _deliveries(client, subscription_id=sub["id"])
+                return found if found and found[0]["status"] != "pending" else []
+
+            [delivery] = await wait_until(settled)
             assert delivery["status"] == "succeeded" and delivery["attempts"][0]["status_code"] == 200
 
 

@@ -710,3 +710,64 @@ def test_the_last_pass_says_how_it_ended() -> None:
     failed = shown(PassRecord(t, t, None, error="OperationalError: <database is locked>"))
     assert 'class="status bad">error</span>' in failed
     assert "the pass failed: OperationalError: &lt;database is locked&gt;" in failed
+
+
+async def test_a_job_page_shows_a_time_out_of_the_calendars_range_instead_of_failing(tmp_path: Path) -> None:
+    # A signed webhook may carry any 64-bit created_at; the job's completed_at comes from it.
+    secret = new_webhook_secret()
+    async with console(tmp_path, webhook_secrets=(secret,)) as client:
+        await sign_in(client)
+        for created_at in (2**62, -(2**62)):
+            body, headers = signed_webhook(
+                secret, "video.completed", f"video_t{created_at > 0:d}", created_at=created_at
+            )
+            assert (await client.post("/webhooks/openai", content=body, headers=headers)).status_code == 200
+            page = await client.get(f"/ui/jobs/video_t{created_at > 0:d}")
+            assert page.status_code == 200
+            assert str(created_at) in page.text
+
+
+def test_console_times_keep_a_given_utc_offset() -> None:
+    from service.ui.console import _parse_utc
+
+    assert _parse_utc("2025-12-04T05:00+05:00") == 1764806400.0
+    assert _parse_utc("2025-12-04T00:00Z") == 1764806400.0
+
+
+async def test_retry_all_dead_leaves_a_disabled_subscriptions_deliveries_dead_as_the_api_does(
+    tmp_path: Path,
+) -> None:
+    # The console's bulk retry is the API's operation, not a second path with other rules.
+    subscriber = Subscriber()
+    subscriber.defaults["/hook"] = 500
+    async with (
+        live_server(subscriber.app()) as hook_base,
+        emulated_service(tmp_path, retry_schedule=(0.0, 0.01)) as (url, _, _),
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        csrf = await sign_in(client)
+        sub = (
+            await client.post("/v1/subscriptions", headers=auth(), json={"url": f"{hook_base}/hook"})
+        ).json()
+        assert (await client.post(f"/v1/subscriptions/{sub['id']}/test", headers=auth())).status_code == 202
+
+        async def statuses() -> list[str]:
+            found = (
+                await client.get("/v1/deliveries", headers=auth(), params={"subscription_id": sub["id"]})
+            ).json()["data"]
+            return [d["status"] for d in found]
+
+        async def dead() -> bool:
+            return await statuses() == ["dead"]
+
+        await wait_until(dead)
+        disabled = await client.patch(
+            f"/v1/subscriptions/{sub['id']}", headers=auth(), json={"enabled": False}
+        )
+        assert disabled.status_code == 200
+        api = await client.post("/v1/deliveries/retry", headers=auth(), json={"subscription_id": sub["id"]})
+        assert api.json()["retried"] == 0
+        response = await client.post(f"/ui/subscriptions/{sub['id']}/retry-dead", data={"csrf": csrf})
+        assert response.status_code == 303
+        assert "Enable the subscription first" in (await client.get(response.headers["location"])).text
+        assert await statuses() == ["dead"]

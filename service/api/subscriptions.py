@@ -87,6 +87,14 @@ class SubscriptionsApi:
         return JSONResponse(sub.to_api(with_secret=True), status_code=201)
 
     async def list(self, request: Request) -> Response:
+        unknown = sorted(set(request.query_params) - {"limit", "after"})
+        if unknown:  # as GET /v1/jobs: a misspelt parameter is named, not silently ignored
+            raise ApiError(
+                400,
+                "unknown_parameter",
+                f"unknown query parameter {unknown[0]!r}; GET /v1/subscriptions takes limit and after",
+                param=unknown[0],
+            )
         # Oldest first, as before pagination; the default page holds the most a page may.
         limit = limit_arg(request, default=SUBSCRIPTION_PAGE, maximum=SUBSCRIPTION_PAGE)
         subs = await self.rt.store.list_subscriptions(limit + 1, request.query_params.get("after") or None)

@@ -58,7 +58,11 @@ def utc(value: float | int | None) -> str:
     """A Unix time as `YYYY-MM-DD HH:MM:SS UTC` (the console shows every time in UTC)."""
     if value is None:
         return "—"
-    return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        # A webhook may carry any 64-bit created_at (a job's completed_at comes from it): show the number.
+        return f"{value} (Unix seconds)"
 
 
 def pretty(value: Any) -> str:
@@ -105,7 +109,9 @@ def _parse_utc(raw: str) -> float:
         value = float(raw)
     except ValueError:
         try:
-            value = datetime.fromisoformat(raw).replace(tzinfo=UTC).timestamp()
+            when = datetime.fromisoformat(raw)
+            # A time without an offset is UTC, as the console shows every time; a given offset counts.
+            value = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
         except ValueError:
             value = -1.0
     if not 0 <= value <= MAX_TIME:  # also refuses nan and inf
