@@ -48,7 +48,7 @@ soak: $(DEV_STAMP)
 
 # A 1280x800 PNG of each console page into docs/screenshots/ (needs Chromium: apt-get install chromium).
 .PHONY: screenshots
-screenshots: $(STAMP)
+screenshots: $(DEV_STAMP)
 	$(BIN)/python -m bench.screenshots
 
 clean:

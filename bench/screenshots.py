@@ -1,7 +1,7 @@
 """`make screenshots`: a 1280x800 PNG of each console page (and one on a phone) into docs/screenshots/.
 
 Starts `python -m service serve --emulator` on a temporary data directory, gives it a few jobs, a healthy
-subscription and one whose endpoint refuses connections (so there are dead deliveries to show), then drives
+subscription and one whose endpoint answers 503 (so there are dead deliveries to show), then drives
 the system Chromium through Playwright (`apt-get install chromium`; `pip install -e '.[dev]'`).
 """
 
@@ -49,10 +49,18 @@ def _wait(check: object, what: str, timeout: float = 30.0) -> None:
 
 
 class _Accept(BaseHTTPRequestHandler):
-    """A subscriber that accepts every delivery."""
+    """A subscriber that accepts every delivery, but under /failing answers 503 with a body."""
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
+        if self.path.startswith("/failing"):
+            body = b'{"error": "maintenance", "message": "the receiver is down for maintenance until 04:00"}'
+            self.send_response(503)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self.send_response(204)
         self.end_headers()
 
@@ -64,7 +72,7 @@ def populate(api: httpx.Client, hook: str) -> dict[str, str]:
     """A few jobs, a healthy subscription and one that ends dead; returns the ids of the pages to visit."""
     healthy = api.post("/v1/subscriptions", json={"url": hook, "event_types": ["video.*"]}).json()
     broken = api.post(
-        "/v1/subscriptions", json={"url": "http://127.0.0.1:9/hooks", "description": "refuses connections"}
+        "/v1/subscriptions", json={"url": hook.replace("/hooks", "/failing"), "description": "answers 503"}
     ).json()
     jobs = [
         api.post("/v1/jobs", json={"prompt": p, "metadata": {"client": "demo"}}).json()
@@ -72,6 +80,7 @@ def populate(api: httpx.Client, hook: str) -> dict[str, str]:
     ]
     api.post("/v1/jobs/track", json={"resource_id": "batch_abc123"})
     api.post("/v1/subscriptions/" + broken["id"] + "/test")
+    httpx.post(str(api.base_url.join("/webhooks/openai")), content=b"{}")  # unsigned: a rejection to show
     job_id = jobs[0]["id"]
 
     def archived() -> bool:

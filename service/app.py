@@ -36,7 +36,8 @@ from service.openapi import openapi_endpoint
 from service.processor import Processor
 from service.progress import ProgressPoller
 from service.receiver import Receiver
-from service.reconciler import Reconciler
+from service.recent import RecentCounts
+from service.reconciler import LastPass, Reconciler
 from service.retention import Pruner
 from service.secretbox import SecretBox
 from service.sender import Sender
@@ -190,6 +191,9 @@ def create_app(
         openai_transport=openai_transport,
     )
     verifier = Verifier(settings.webhook_secrets, settings.webhook_tolerance)
+    # What the console's overview shows of the receiver and the reconciler, handed to each of them.
+    rejections = RecentCounts(rt.clock.now())
+    last_pass = LastPass()
     receiver_holder: dict[str, Receiver] = {}
 
     async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
@@ -244,7 +248,14 @@ def create_app(
     usage = UsageApi(store=late_store, quota_key=settings.quota_key)
     docs, console = console_routes(
         Console(
-            store=late_store, settings=settings, clock=rt.clock, metrics=rt.metrics, urls=urls, jobs_api=jobs
+            store=late_store,
+            settings=settings,
+            clock=rt.clock,
+            metrics=rt.metrics,
+            urls=urls,
+            jobs_api=jobs,
+            rejections=rejections,
+            last_pass=last_pass,
         ),
         settings.models,
     )
@@ -301,6 +312,7 @@ def create_app(
             clock=rt.clock,
             metrics=rt.metrics,
             max_body_bytes=settings.max_body_bytes,
+            rejections=rejections,
         )
         receiver_holder["receiver"] = receiver
         rt.storage = storage_from_settings(settings)
@@ -334,6 +346,7 @@ def create_app(
                     stale_after=settings.reconcile_after,
                     max_calls=RECONCILE_MAX_CALLS,
                     budget=budget,
+                    last_pass=last_pass,
                 ),
             ]
             if settings.progress_interval > 0:

@@ -24,6 +24,7 @@ from service.config import (
     ConfigError,
     EnvReader,
     check_webhook_secret,
+    listen_host,
     load_settings,
     private_targets,
     with_generated_secrets,
@@ -121,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the service")
     serve.add_argument(
-        "--host", default=None, help="address to listen on (default: SORAHOOK_HOST, else 127.0.0.1)"
+        "--host",
+        type=listen_host,
+        default=None,
+        help="address to listen on (default: SORAHOOK_HOST, else 127.0.0.1)",
     )
     serve.add_argument(
         "--port", type=_port, default=None, help="port to listen on (default: SORAHOOK_PORT, else 8000)"
@@ -195,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--video-id", default=None, metavar="ID", help="data.id of the event (default: a new video_… id)"
     )
     return parser
+
+
+def check_http_url(option: str, value: str) -> None:
+    """An option's http(s) URL, parsed now: a malformed one is one line, not a traceback later."""
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, ValueError):
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"{option} must be an http(s) URL, got {value!r}")
 
 
 def _fail(message: str) -> int:
@@ -332,8 +346,7 @@ def run_emulator(args: argparse.Namespace) -> int:
     from service.emulator.mount import warn_if_exposed
 
     check_webhook_secret("--webhook-secret", args.webhook_secret)
-    if not args.webhook_url.startswith(("http://", "https://")):
-        raise ConfigError("--webhook-url must be an http(s) URL")
+    check_http_url("--webhook-url", args.webhook_url)
     configure_logging("console", "info")
     try:
         config = EmulatorConfig(
@@ -366,8 +379,7 @@ def run_listen(args: argparse.Namespace) -> int:
 
 def send_test_webhook(args: argparse.Namespace) -> int:
     check_webhook_secret("--secret", args.secret)
-    if not args.url.startswith(("http://", "https://")):
-        raise ConfigError("--url must be an http(s) URL")
+    check_http_url("--url", args.url)
     now = int(time.time())
     resource_id = args.video_id or f"video_{secrets.token_hex(12)}"
     event: dict[str, Any] = {

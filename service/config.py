@@ -146,6 +146,11 @@ def private_targets(env: Mapping[str, str], *, emulator: bool) -> PrivateTargets
         raise ConfigError(f"{ALLOW_VARIABLE} {exc}") from None
 
 
+def is_header_safe(value: str) -> bool:
+    """Printable ASCII only: what an `Authorization` header can carry and compare byte for byte."""
+    return all(" " <= ch <= "~" for ch in value)
+
+
 def check_webhook_secret(name: str, secret: str) -> str:
     """A `whsec_` secret must carry non-empty base64 after the prefix."""
     if not secret.startswith("whsec_"):
@@ -238,9 +243,14 @@ class _ServerSettings(TypedDict):
     max_header_bytes: int
 
 
+def listen_host(host: str) -> str:
+    """An address to listen on; `[::1]`, as a URL spells an IPv6 address, is read as `::1`."""
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
 def server_settings(env: Mapping[str, str]) -> _ServerSettings:
     """SORAHOOK_HOST/PORT and the HTTP server's limits on slow, large and numerous clients."""
-    host = env.get("SORAHOOK_HOST", "").strip() or "127.0.0.1"
+    host = listen_host(env.get("SORAHOOK_HOST", "").strip() or "127.0.0.1")
     if any(c.isspace() or c in "/?#" for c in host):
         raise ConfigError(f"SORAHOOK_HOST must be an address or host name, got {host!r}")
     port = _int(env, "SORAHOOK_PORT", 8000)
@@ -324,6 +334,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     admin_token = env.get("SORAHOOK_ADMIN_TOKEN", "").strip() or None
     if admin_token is not None and len(admin_token) < 8:
         raise ConfigError("SORAHOOK_ADMIN_TOKEN must be at least 8 characters")
+    if admin_token is not None and not is_header_safe(admin_token):
+        raise ConfigError("SORAHOOK_ADMIN_TOKEN must be printable ASCII (it is sent in an HTTP header)")
 
     log_format = env.get("SORAHOOK_LOG_FORMAT", "").strip().lower() or "json"
     if log_format not in ("json", "console"):

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import httpx
 from aiohttp import web
 
-from service.config import ConfigError, check_webhook_secret, parse_database_url
+from service.config import ConfigError, check_webhook_secret, is_header_safe, parse_database_url
 from service.signing import Verifier
 
 DEFAULT_SERVICE_URL = "http://127.0.0.1:8000"
@@ -42,6 +42,8 @@ def admin_token(env: Mapping[str, str]) -> str:
     """SORAHOOK_ADMIN_TOKEN, else the token the service generated and saved in its data directory."""
     token = env.get("SORAHOOK_ADMIN_TOKEN", "").strip()
     if token:
+        if not is_header_safe(token):
+            raise ConfigError("SORAHOOK_ADMIN_TOKEN must be printable ASCII (it is sent in an HTTP header)")
         return token
     database = parse_database_url(
         env.get("SORAHOOK_DATABASE_URL", "").strip() or "sqlite:///data/sorahook.db"
@@ -53,6 +55,20 @@ def admin_token(env: Mapping[str, str]) -> str:
         raise ConfigError(
             f"SORAHOOK_ADMIN_TOKEN is not set and {path} cannot be read; set it to the service's admin token"
         ) from None
+
+
+def service_url(env: Mapping[str, str]) -> str:
+    """SORAHOOK_URL, checked: the admin API's http(s) base URL."""
+    raw = env.get("SORAHOOK_URL", "").strip() or DEFAULT_SERVICE_URL
+    try:
+        url = httpx.URL(raw)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(
+            f"SORAHOOK_URL must be the service's http(s) URL, e.g. {DEFAULT_SERVICE_URL}, got {raw!r}"
+        )
+    return raw
 
 
 def _clock(now: float) -> str:
@@ -192,7 +208,7 @@ async def listen(
         )
     api: AdminApi | None = None
     if options.subscribe:
-        api = AdminApi(env.get("SORAHOOK_URL", "").strip() or DEFAULT_SERVICE_URL, admin_token(env))
+        api = AdminApi(service_url(env), admin_token(env))
     stop = stop or _stop_on_signals()
     listener = Listener(out)
     if options.secret is not None:

@@ -6,8 +6,10 @@ OpenAI-compatible provider. Validation (POST /v1/jobs), pricing and the OpenAPI 
 
 from __future__ import annotations
 
+import errno
 import json
 import re
+import stat
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,10 +155,31 @@ def parse_models(data: Any) -> ModelTable:
     return ModelTable(tuple(models))
 
 
+MAX_TABLE_FILE_BYTES = 1 << 20  # a model or price table is a few KiB; more is a wrong file
+
+
+def read_json_file(path: Path) -> Any:
+    """A settings file's JSON: a regular file of at most 1 MiB, UTF-8 with or without a BOM.
+
+    Raises OSError when it cannot be read (a FIFO, a device or a directory is not read at all, so start-up
+    neither blocks nor reads forever) and ValueError when it is not JSON Python can parse.
+    """
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    with path.open("rb") as handle:
+        raw = handle.read(MAX_TABLE_FILE_BYTES + 1)
+    if len(raw) > MAX_TABLE_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_TABLE_FILE_BYTES} bytes")
+    try:
+        return json.loads(raw.decode("utf-8-sig"))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def load_models_file(path: Path) -> ModelTable:
     """The table a models file describes (it replaces the default table: a provider lists its own models)."""
     try:
-        data = json.loads(path.read_text())
+        data = read_json_file(path)
     except OSError as exc:
         raise ModelsFileError(f"cannot be read ({exc.strerror or exc})") from None
     except ValueError as exc:

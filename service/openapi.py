@@ -539,6 +539,9 @@ def _operations() -> list[dict[str, Any]]:
             "listSubscriptions",
             {
                 "200": _json(_ref("SubscriptionList"), "A page of subscriptions, without secrets."),
+                "400": _json(
+                    _ref("Error"), "A query parameter this route does not take (`unknown_parameter`)."
+                ),
                 "422": _error("Unprocessable"),
             },
             parameters=query_parameters(ListSubscriptionsQuery),

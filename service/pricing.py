@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.models import ANY_SIZE, DEFAULT_MODEL_TABLE
+from service.models import ANY_SIZE, DEFAULT_MODEL_TABLE, read_json_file
 
 _SIZE = re.compile(r"^[1-9][0-9]{1,4}x[1-9][0-9]{1,4}$")
 
@@ -86,7 +85,7 @@ def parse_prices(data: Any) -> dict[str, dict[str, float]]:
 def load_price_file(path: Path, base: Mapping[str, Mapping[str, float]] = DEFAULT_PRICES) -> PriceTable:
     """`base` (the model table's prices) with each model named in the file replaced by the file's entry."""
     try:
-        data = json.loads(path.read_text())
+        data = read_json_file(path)
     except OSError as exc:
         raise PriceError(f"cannot be read ({exc.strerror or exc})") from None
     except ValueError as exc:

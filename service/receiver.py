@@ -20,6 +20,7 @@ from service import ids
 from service.clock import Clock
 from service.errors import error_response
 from service.metrics import Metrics
+from service.recent import RecentCounts
 from service.signing import Verifier
 from service.store.protocol import InboxStore
 from service.store.records import IncomingWebhook
@@ -192,9 +193,17 @@ def parse_event(text: str) -> dict[str, Any] | str:
 
 class Receiver:
     def __init__(
-        self, *, store: InboxStore, verifier: Verifier, clock: Clock, metrics: Metrics, max_body_bytes: int
+        self,
+        *,
+        store: InboxStore,
+        verifier: Verifier,
+        clock: Clock,
+        metrics: Metrics,
+        max_body_bytes: int,
+        rejections: RecentCounts | None = None,
     ) -> None:
         self.store = store
+        self.rejections = rejections  # the last hour's refusals by code, for the console's overview
         self.verifier = verifier
         self.clock = clock
         self.metrics = metrics
@@ -219,6 +228,8 @@ class Receiver:
         if isinstance(body, Rejection):
             if body.status != 503:
                 self.metrics.webhook_rejections.labels(reason=body.code).inc()
+                if self.rejections is not None:
+                    self.rejections.add(body.code, self.clock.now())
             if body.drain:
                 await self._refuse_then_drain(scope, receive, send, body)
                 return

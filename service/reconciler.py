@@ -127,6 +127,36 @@ class PassReport:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + n
 
 
+@dataclass(frozen=True)
+class PassRecord:
+    """A finished pass as an operator sees it: when, how it went, and the report (None if it failed)."""
+
+    started_at: float
+    finished_at: float
+    report: PassReport | None
+    error: str | None = None  # why the pass failed (an unexpected error; the worker runs on)
+    paused_until: float | None = None  # set when the pass was skipped or halted: no calls before then
+
+    @property
+    def outcome(self) -> str:
+        """`checked`, `nothing_stale`, `paused`, `rate_limited`, `halted` or `error`."""
+        report = self.report
+        if report is None:
+            return "error"
+        if report.paused:
+            return "paused"
+        if report.halted:
+            return "rate_limited" if report.rate_limited else "halted"
+        return "checked" if report.stale else "nothing_stale"
+
+
+class LastPass:
+    """The reconciler's most recent pass: written by the reconciler, read by whoever it is given to."""
+
+    def __init__(self) -> None:
+        self.record: PassRecord | None = None
+
+
 @dataclass
 class _Pass:
     """One pass's working state: the call budget, what was learned, which jobs OpenAI no longer knows."""
@@ -170,6 +200,7 @@ class Reconciler:
         backoff_cap: float = 900.0,
         use_list: bool = True,
         budget: CallBudget | None = None,
+        last_pass: LastPass | None = None,
     ) -> None:
         self.store, self.openai, self.clock, self.metrics = store, openai, clock, metrics
         self.interval, self.stale_after = interval, stale_after
@@ -178,8 +209,22 @@ class Reconciler:
         self.shared_budget = budget
         self.paused_until = 0.0
         self._strikes = 0  # passes halted in a row: each pauses about twice as long as the last
+        self.last_pass = last_pass if last_pass is not None else LastPass()
 
     async def run_once(self) -> PassReport:
+        """One pass, recorded in `last_pass` however it ends."""
+        started = self.clock.now()
+        try:
+            report = await self._run_pass()
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            self.last_pass.record = PassRecord(started, self.clock.now(), None, error=error)
+            raise
+        paused = self.paused_until if (report.paused or report.halted) else None
+        self.last_pass.record = PassRecord(started, self.clock.now(), report, paused_until=paused)
+        return report
+
+    async def _run_pass(self) -> PassReport:
         report = PassReport()
         report.expired = len(await self.store.expire_videos())
         now = self.clock.now()

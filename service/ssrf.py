@@ -321,6 +321,10 @@ class PrivateTargets:
         networks: list[_Network] = []
         hosts: list[str] = []
         entries = tuple(part for part in raw.replace(",", " ").split() if part)
+        if not entries:  # only separators: a list whose parts were all left empty
+            raise ValueError(
+                f"holds no host or CIDR in {text!r}; give true, false or a list of hosts and CIDRs"
+            )
         for entry in entries:
             if entry in _TRUE or entry in _FALSE:
                 raise ValueError(f"takes true, false or a list of hosts and CIDRs, not {entry!r} in a list")

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.cli import build_parser
+from service.cli import build_parser, main
 from service.config import ConfigError, EnvReader, load_settings, new_webhook_secret
 from service.logs import ConsoleFormatter, JsonFormatter
 from tests.support import ROOT, free_port
@@ -170,6 +170,19 @@ def test_bad_server_settings_name_their_variable(name: str, value: str) -> None:
         load_settings({name: value})
 
 
+@pytest.mark.parametrize("token", ["tökén-123456", "abc\x01defghij", "line\nbreak-token"])
+def test_an_admin_token_no_http_header_can_carry_is_refused_at_start(token: str) -> None:
+    # Sent as `Authorization: Bearer …`, such a token could never match: refuse it with one line.
+    with pytest.raises(ConfigError, match="SORAHOOK_ADMIN_TOKEN"):
+        load_settings({"SORAHOOK_ADMIN_TOKEN": token})
+
+
+def test_a_bracketed_ipv6_host_is_read_as_the_address() -> None:
+    # [::1] is how a URL spells it; the listening socket wants ::1.
+    assert load_settings({"SORAHOOK_HOST": "[::1]"}).host == "::1"
+    assert build_parser().parse_args(["serve", "--host", "[::1]"]).host == "::1"
+
+
 def test_server_settings_defaults_follow_the_contract() -> None:
     settings = load_settings({})
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
@@ -295,3 +308,33 @@ def test_make_run_passes_host_and_port_from_its_command_line_only() -> None:
     # PORT or HOST exported by a shell or platform for something else do not move the service
     from_env = _make("run", PORT="3000", HOST="box.example")
     assert "--port" not in from_env and "--host" not in from_env
+
+
+def test_make_screenshots_installs_what_it_runs_with_first() -> None:
+    # bench.screenshots drives Chromium through playwright, one of the dev extras.
+    shots = _make("screenshots")
+    assert "'.[dev]'" in shots and "bench.screenshots" in shots
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:99999/webhooks/openai"])
+def test_send_test_webhook_to_a_malformed_url_is_one_line(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["send-test-webhook", "--url", url, "--secret", new_webhook_secret()])
+    err = capsys.readouterr().err
+    assert code == 2 and url in err and len(err.strip().splitlines()) == 1
+
+
+def test_emulator_with_a_malformed_webhook_url_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "emulator",
+        "--port",
+        "0",
+        "--webhook-url",
+        "http://[::1",
+        "--webhook-secret",
+        new_webhook_secret(),
+    ]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "--webhook-url" in err and len(err.strip().splitlines()) == 1

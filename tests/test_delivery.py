@@ -15,6 +15,7 @@ from openai import OpenAI
 
 from service import ssrf
 from service.app import create_app
+from service.clock import ManualClock
 from tests.subscriber import Subscriber
 from tests.support import auth, emulated_service, live_server, make_settings, signed_webhook, wait_until
 
@@ -58,7 +59,13 @@ async def test_deliveries_arrive_and_verify_with_every_library(tmp_path: Path) -
             standardwebhooks.Webhook(sub["secret"]).verify(got.body, got.headers)
             svix.Webhook(sub["secret"]).verify(got.body, got.headers)
             OpenAI(api_key="unused").webhooks.verify_signature(got.body, got.headers, secret=sub["secret"])
-            [delivery] = await _deliveries(client, subscription_id=sub["id"])
+
+            async def settled() -> list[dict[str, Any]]:
+                # The subscriber has the body before the sender has recorded the answer: wait for that.
+                found = await _deliveries(client, subscription_id=sub["id"])
+                return found if found and found[0]["status"] != "pending" else []
+
+            [delivery] = await wait_until(settled)
             assert delivery["status"] == "succeeded" and delivery["attempts"][0]["status_code"] == 200
 
 
@@ -230,6 +237,30 @@ async def test_replay_and_test_event(tmp_path: Path) -> None:
             )
             assert bad.status_code == 422
             del other
+
+
+async def test_replay_until_enqueues_only_the_events_of_the_range(tmp_path: Path) -> None:
+    clock = ManualClock(time.time())
+    s = make_settings(tmp_path)
+    async with (
+        live_server(create_app(s, clock=clock, start_workers=False)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        start = clock.now()
+        for i in range(3):  # emitted at start, start + 100 and start + 200
+            await _webhook(client, s.webhook_secrets[0], "video.completed", f"video_range{i}")
+            clock.advance(100)
+        sub = await _subscribe(client, "http://127.0.0.1:9/range")
+        path = f"/v1/subscriptions/{sub['id']}/replay"
+        response = await client.post(path, json={"since": start + 50, "until": start + 200}, headers=auth())
+        assert response.status_code == 202 and response.json()["enqueued"] == 1  # until is exclusive
+        listed = await client.get("/v1/deliveries", params={"subscription_id": sub["id"]}, headers=auth())
+        [delivery] = listed.json()["data"]
+        job = await client.get(f"/v1/jobs/{delivery['job_id']}", headers=auth())
+        assert job.json()["resource_id"] == "video_range1"
+        for bad in ({"until": start + 50}, {"until": start}, {"until": "later"}, {"until": True}):
+            refused = await client.post(path, json={"since": start + 50, **bad}, headers=auth())
+            assert refused.status_code == 422 and refused.json()["error"]["param"] == "until", bad
 
 
 async def test_subscription_crud(tmp_path: Path) -> None:

@@ -180,6 +180,19 @@ async def test_subscriptions_are_listed_in_pages(tmp_path: Path) -> None:
         assert bad.status_code == 422
 
 
+async def test_an_unknown_subscriptions_list_parameter_is_400_naming_it_as_for_jobs(tmp_path: Path) -> None:
+    # A typo (`limt=2`) would otherwise silently answer the default page.
+    async with (
+        live_server(create_app(make_settings(tmp_path), start_workers=False)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        bad = await client.get("/v1/subscriptions", params={"limt": "2"}, headers=auth())
+        assert bad.status_code == 400
+        assert bad.json()["error"]["code"] == "unknown_parameter" and bad.json()["error"]["param"] == "limt"
+        good = await client.get("/v1/subscriptions", params={"limit": "2", "after": ""}, headers=auth())
+        assert good.status_code == 200
+
+
 async def test_callback_url_events_arrive_in_order_when_the_first_fails(tmp_path: Path) -> None:
     sub_server = Subscriber()
     sub_server.script("/cb", 500, 500)  # the first event fails twice; the later one must wait for it

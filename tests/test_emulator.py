@@ -383,6 +383,19 @@ async def test_bad_create_input_gets_openais_400_envelope(body: dict[str, Any], 
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("raw", [b'{"prompt": "a \\ud800 fox"}', b"[" * 100_000 + b"]" * 100_000])
+async def test_a_body_no_json_answer_can_hold_gets_a_400_not_a_reset(raw: bytes) -> None:
+    # A lone surrogate parses but cannot be encoded back; deep nesting exhausts the parser's recursion.
+    async with emulator_env() as env:
+        response = await env.http.post(
+            "/v1/videos", content=raw, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["type"] == "invalid_request_error"
+        assert env.emulator.videos == {}
+
+
+@pytest.mark.anyio
 async def test_the_same_idempotency_key_returns_the_same_video() -> None:
     async with emulator_env() as env:
         first = await env.client.videos.create(prompt="once", extra_headers={"Idempotency-Key": "k-1"})

@@ -372,9 +372,11 @@ async def test_a_batch_is_created_whole_submitted_and_replayed_by_its_idempotenc
         again = await client.post("/v1/jobs/batch", json={"jobs": jobs}, headers=headers)
         assert again.status_code == 202 and again.headers["idempotent-replayed"] == "true"
         assert [j["id"] for j in again.json()["data"]] == [j["id"] for j in created]
-        # A single job's key and a batch's key live apart: the same text makes a new job.
+        # The batch's key on a single job is the key reused with another body: refused, nothing made.
         single = await client.post("/v1/jobs", json={"prompt": "alone"}, headers=headers)
-        assert single.status_code == 202 and single.json()["id"] not in {j["id"] for j in created}
+        assert single.status_code == 422 and single.json()["error"]["code"] == "idempotency_key_reused"
+        single = await client.post("/v1/jobs", json={"prompt": "alone"}, headers={"idempotency-key": "one"})
+        assert single.status_code == 202
         for job in created:
             await wait_for_status(client, job["id"], "completed")
         creates = [c for c in emulator.calls if c == ("POST", "/v1/videos")]

@@ -237,28 +237,36 @@ def test_linked_operations_survive_stateful_fuzzing(
             except BaseExceptionGroup as exc:
                 failures.append(f"{case.operation.label}: {exc}\n{case.as_curl_command()}")
 
-    try:
-        Workflow.run(
-            settings=hypothesis.settings(
-                SETTINGS,
-                max_examples=STATEFUL_EXAMPLES,
-                stateful_step_count=STATEFUL_STEPS,
-                phases=[hypothesis.Phase.generate],
+    def linked_operations() -> set[str]:
+        return {
+            f"{method} {'/'.join(path.split('/')[:3])}/{{id}}{''.join('/' + p for p in path.split('/')[4:])}"
+            for method, path, status in recorder.seen
+            if 200 <= status < 300 and path.startswith(("/v1/jobs/job_", "/v1/subscriptions/sub_"))
+        }
+
+    # A run can end early (below), so up to three runs are made until enough links were followed; each run
+    # is derandomized, and the server's state carries over, so a later run takes other branches.
+    for _ in range(3):
+        try:
+            Workflow.run(
+                settings=hypothesis.settings(
+                    SETTINGS,
+                    max_examples=STATEFUL_EXAMPLES,
+                    stateful_step_count=STATEFUL_STEPS,
+                    phases=[hypothesis.Phase.generate],
+                )
             )
-        )
-    except hypothesis.errors.Flaky:
-        # The same prefix of calls met a server that had moved on (an Idempotency-Key or a tracked resource id
-        # seen before) and took another branch. schemathesis' own runner ends the scenario the same way;
-        # what ran up to here is checked below.
-        pass
+        except hypothesis.errors.Flaky:
+            # The same prefix of calls met a server that had moved on (an Idempotency-Key or a tracked
+            # resource id seen before) and took another branch. schemathesis' own runner ends the scenario
+            # the same way; what ran up to here is checked below.
+            pass
+        if len(recorder.seen) > 300 and len(linked_operations()) >= 5:
+            break
     assert not failures, "\n\n".join(failures)
     assert len(recorder.seen) > 300, f"only {len(recorder.seen)} calls in the stateful run"
     # The links were followed: ids the server made came back to the routes that take them, and worked.
-    linked = {
-        f"{method} {'/'.join(path.split('/')[:3])}/{{id}}{''.join('/' + p for p in path.split('/')[4:])}"
-        for method, path, status in recorder.seen
-        if 200 <= status < 300 and path.startswith(("/v1/jobs/job_", "/v1/subscriptions/sub_"))
-    }
+    linked = linked_operations()
     assert any(op.startswith(("GET /v1/jobs/", "DELETE /v1/jobs/")) for op in linked), sorted(linked)
     assert any(" /v1/subscriptions/" in op for op in linked), sorted(linked)
     assert len(linked) >= 5, sorted(linked)

@@ -71,6 +71,24 @@ async def test_a_batch_key_reused_with_another_body_is_refused(tmp_path: Path) -
         assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
 
 
+async def test_a_key_used_for_a_single_job_is_refused_for_a_batch_and_the_other_way(tmp_path: Path) -> None:
+    # One key, one request: a batch body is another body than a single job's, whatever the route.
+    async with quiet_service(tmp_path) as client:
+        single = await client.post("/v1/jobs", json={"prompt": "a"}, headers={"Idempotency-Key": "k-single"})
+        batch = await client.post(
+            "/v1/jobs/batch", json={"jobs": [{"prompt": "a"}]}, headers={"Idempotency-Key": "k-single"}
+        )
+        assert batch.status_code == 422 and batch.json()["error"]["code"] == "idempotency_key_reused"
+        assert single.json()["id"] in batch.json()["error"]["message"]
+        made = await client.post(
+            "/v1/jobs/batch", json={"jobs": [{"prompt": "b"}]}, headers={"Idempotency-Key": "k-batch"}
+        )
+        again = await client.post("/v1/jobs", json={"prompt": "b"}, headers={"Idempotency-Key": "k-batch"})
+        assert again.status_code == 422 and again.json()["error"]["code"] == "idempotency_key_reused"
+        listed = (await client.get("/v1/jobs")).json()["data"]
+        assert sorted(j["id"] for j in listed) == sorted([single.json()["id"], made.json()["data"][0]["id"]])
+
+
 async def test_a_key_stored_before_fingerprints_existed_still_replays(tmp_path: Path) -> None:
     async with quiet_service(tmp_path) as client:
         key = {"Idempotency-Key": "old-key"}

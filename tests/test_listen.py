@@ -287,3 +287,25 @@ def test_a_port_in_use_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
         port = busy.getsockname()[1]
         code, err = _main(capsys, "--secret", new_webhook_secret(), "--port", str(port))
     assert code == 1 and f"127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "ftp://127.0.0.1:8000", "127.0.0.1:8000", "http://"])
+def test_a_malformed_sorahook_url_is_one_line_naming_it(
+    url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SORAHOOK_URL", url)
+    monkeypatch.setenv("SORAHOOK_ADMIN_TOKEN", "test-admin-token")
+    code, err = _main(capsys, "--subscribe", "--port", str(free_port()))
+    assert code == 2 and "SORAHOOK_URL" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("token", ["tökén-123456", "abc\x01defghij"])
+def test_an_admin_token_no_header_can_carry_is_one_line_naming_it(
+    token: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SORAHOOK_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("SORAHOOK_ADMIN_TOKEN", token)
+    code, err = _main(capsys, "--subscribe", "--port", str(free_port()))
+    assert code == 2 and "SORAHOOK_ADMIN_TOKEN" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

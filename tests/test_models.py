@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,28 @@ def test_a_bad_models_file_stops_start_up_with_one_line_naming_the_variable(
     assert "SORAHOOK_MODELS_FILE" in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(ConfigError, match="SORAHOOK_MODELS_FILE"):
         load_settings({"SORAHOOK_MODELS_FILE": str(tmp_path / "missing.json")})
+
+
+@pytest.mark.parametrize("variable", ["SORAHOOK_MODELS_FILE", "SORAHOOK_PRICES_FILE"])
+def test_an_odd_table_file_is_one_line_naming_the_variable_and_never_blocks(
+    tmp_path: Path, variable: str
+) -> None:
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)  # opening it would wait for a writer that never comes
+    big = tmp_path / "big.json"
+    big.write_text('{"m": "' + "x" * (2 << 20) + '"}')
+    for path in (deep, fifo, big, Path("/dev/zero")):
+        with pytest.raises(ConfigError) as caught:
+            load_settings({variable: str(path)})
+        assert variable in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_models_file_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "models.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"m": {"seconds": [4], "sizes": ["1280x720"]}}')
+    assert load_settings({"SORAHOOK_MODELS_FILE": str(path)}).model_table.names == ("m",)
 
 
 def test_the_default_table_is_openais() -> None:

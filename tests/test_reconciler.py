@@ -531,3 +531,34 @@ async def test_openai_failing_halts_the_pass_and_the_loop_goes_on(tmp_path: Path
         # Each 500 halted its pass after one call: three errors, not one per job per pass.
         assert sample("sorahook_reconciliations_total", {"outcome": "error"}) == 3
         assert sample("sorahook_openai_requests_total", {"operation": "retrieve_video", "status": "500"}) == 3
+
+
+async def test_each_pass_is_recorded_in_last_pass_however_it_ends(tmp_path: Path) -> None:
+    from service.reconciler import LastPass
+
+    async with world(tmp_path, duration=30.0) as w:
+        await w.submit(3)
+        last_pass = LastPass()
+        reconciler = w.reconciler(last_pass=last_pass)
+        w.clock.advance(100)
+        w.emulator.inject_fault(429, count=1, retry_after=120)
+        report = await reconciler.run_once()
+        record = last_pass.record
+        assert record is not None and record.report is report and record.outcome == "rate_limited"
+        assert record.finished_at == w.clock.now() and record.paused_until == reconciler.paused_until
+        w.clock.advance(10)
+        await reconciler.run_once()
+        assert (
+            last_pass.record.outcome == "paused" and last_pass.record.paused_until == reconciler.paused_until
+        )
+        w.clock.advance(200)
+        await reconciler.run_once()
+        assert last_pass.record.outcome == "checked" and last_pass.record.report.outcomes == {"updated": 3}
+        assert last_pass.record.paused_until is None
+        await reconciler.run_once()
+        assert last_pass.record.outcome == "nothing_stale"
+        await w.store.aclose()  # the next pass fails: recorded, and raised for the worker loop to log
+        with pytest.raises(Exception) as failed:
+            await reconciler.run_once()
+        assert last_pass.record.outcome == "error" and last_pass.record.report is None
+        assert last_pass.record.error is not None and type(failed.value).__name__ in last_pass.record.error

@@ -243,6 +243,13 @@ def test_a_bad_allow_private_targets_entry_is_named(text: str) -> None:
     assert str(config_error.value).startswith("SORAHOOK_ALLOW_PRIVATE_TARGETS ")
 
 
+@pytest.mark.parametrize("text", [",", " , ,, "])
+def test_an_allow_private_targets_list_of_only_separators_is_refused(text: str) -> None:
+    # Likely a template whose parts were all empty: neither the default nor "false", so say so.
+    with pytest.raises(ConfigError, match=r"^SORAHOOK_ALLOW_PRIVATE_TARGETS .*no host"):
+        load_settings({"SORAHOOK_ALLOW_PRIVATE_TARGETS": text, "SORAHOOK_EMULATOR": "true"})
+
+
 def test_emulator_mode_allows_loopback_only_by_default() -> None:
     assert private_targets({}, emulator=False) is ALLOW_NONE
     assert private_targets({}, emulator=True) is ALLOW_LOOPBACK

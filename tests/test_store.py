@@ -305,3 +305,29 @@ async def test_a_replay_runs_in_chunks_and_enqueues_each_event_once_in_order(tmp
         assert await store.replay("sub_missing", 0.0) is None
     finally:
         await store.aclose()
+
+
+async def test_a_replay_until_a_time_stops_before_it_across_chunks(tmp_path: Path) -> None:
+    clock = ManualClock()
+    store = await SqliteStore.open(tmp_path / "r.db", clock=clock, retry_schedule=(0.0,))
+    try:
+        start = clock.now()
+        for i in range(7):
+            await store.record_webhook(incoming_webhook(i, clock.now()))
+            clock.advance(1.0)
+        sub = await store.create_subscription(
+            url="http://127.0.0.1:9/x", event_types=None, description=None, secret="whsec_AAAA", ordered=False
+        )
+        # Events at start+0 .. start+6: [start+1, start+5) holds four of them; `until` is exclusive.
+        assert await store.replay(sub.id, start + 1, chunk=2, until=start + 5) == 4
+        deliveries, _ = await store.list_deliveries(
+            subscription_id=sub.id, job_id=None, status=None, limit=100, after=None
+        )
+        made = []
+        for d in deliveries:
+            assert d.job_id is not None
+            made += [e.created_at - start for e in await store.job_events(d.job_id) if e.id == d.event_id]
+        assert sorted(made) == [1.0, 2.0, 3.0, 4.0]
+        assert await store.replay(sub.id, start + 2, until=start + 2) == 0
+    finally:
+        await store.aclose()

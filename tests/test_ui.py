@@ -22,6 +22,7 @@ from service.config import new_webhook_secret
 from service.domain import KINDS, STATUSES, emitted_type
 from service.errors import ApiError
 from service.openapi import openapi_document
+from service.ui.console import utc
 from tests.subscriber import Subscriber
 from tests.support import auth, emulated_service, live_server, make_settings, signed_webhook, wait_until
 
@@ -433,19 +434,53 @@ async def test_a_jobs_page_plays_its_archived_assets_with_range_requests(tmp_pat
         assert (await client.get(content, params={"variant": "video"})).status_code == 303
 
 
-async def test_the_overview_counts_webhooks_received_and_rejected_and_dead_deliveries(tmp_path: Path) -> None:
+async def test_the_overview_counts_webhooks_received_and_rejected_in_the_last_hour(tmp_path: Path) -> None:
     secret = new_webhook_secret()
-    async with console(tmp_path, webhook_secrets=(secret,)) as client:
+    clock = ManualClock(time.time())
+    async with console(tmp_path, clock=clock, webhook_secrets=(secret,)) as client:
         await sign_in(client)
-        for i in range(2):
-            body, headers = signed_webhook(secret, "video.completed", f"video_o{i}")
-            assert (await client.post("/webhooks/openai", content=body, headers=headers)).status_code == 200
-        body, headers = signed_webhook(new_webhook_secret(), "video.completed", "video_bad")
-        assert (await client.post("/webhooks/openai", content=body, headers=headers)).status_code == 401
+
+        async def send(resource_id: str, key: str = secret) -> int:
+            body, headers = signed_webhook(key, "video.completed", resource_id, timestamp=int(clock.now()))
+            return (await client.post("/webhooks/openai", content=body, headers=headers)).status_code
+
+        assert [await send("video_o0"), await send("video_o1")] == [200, 200]
+        assert await send("video_bad", new_webhook_secret()) == 401
+        assert (await client.post("/webhooks/openai", content=b"{}")).status_code == 400
         overview = (await client.get("/ui/")).text
         assert "Webhooks received, last hour</dt><dd>2<" in overview
-        assert "Webhooks rejected since start</dt><dd>1 <small>(invalid_signature 1)" in overview
+        assert (
+            "Webhooks rejected, last hour</dt><dd>2 <small>(invalid_signature 1, missing_headers 1)"
+            in overview
+        )
+        assert "counted since the start at" in overview  # the window is in memory: up for under an hour
         assert 'href="/ui/jobs?kind=video&amp;status=completed">2</a>' in overview
+        clock.advance(1800)
+        assert await send("video_bad2", new_webhook_secret()) == 401
+        assert "rejected, last hour</dt><dd>3 <small>" in (await client.get("/ui/")).text
+        clock.advance(1860)  # the first three are over an hour old now; the last one is not
+        overview = (await client.get("/ui/")).text
+        assert "Webhooks received, last hour</dt><dd>0<" in overview
+        assert "Webhooks rejected, last hour</dt><dd>1 <small>(invalid_signature 1)</small></dd>" in overview
+
+
+def test_recent_counts_slide_by_the_minute() -> None:
+    from service.recent import RecentCounts
+
+    counts = RecentCounts(started_at=0.0, span=3600.0, step=60.0)
+    counts.add("a", 10.0)
+    counts.add("a", 59.0)
+    counts.add("b", 61.0, n=3)
+    assert counts.totals(61.0) == {"a": 2, "b": 3}
+    assert counts.totals(3599.0) == {"a": 2, "b": 3}
+    assert counts.totals(3600.0) == {"b": 3}  # the first minute has left the hour
+    counts.add("c", 3700.0)
+    counts.add("c", 3650.0)  # a clock that stepped back counts into the newest minute
+    assert counts.totals(3700.0) == {"c": 2}  # and "b", at 61 s, left with minute 1
+    assert counts.totals(3720.0 + 3600.0) == {}
+    for t in range(0, 360_000, 30):
+        counts.add("d", float(t))
+    assert len(counts._buckets) <= 60 and counts.totals(359_999.0) == {"d": 120}
 
 
 def test_console_times_are_utc_and_bounded_like_the_apis() -> None:
@@ -476,3 +511,263 @@ async def test_an_oversized_form_is_refused_before_it_is_read_whole(tmp_path: Pa
         assert (await client.get("/v1/subscriptions", headers=auth())).json()["data"][0][
             "description"
         ] == "café ☕"
+
+
+async def test_a_deliverys_attempts_show_the_first_bytes_of_the_answer_escaped(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    answer = "<script>alert(1)</script>\x1b[31m" + "x" * 500 + " the end"
+
+    async def refuse(request: Request) -> Response:
+        await request.body()
+        return Response(answer, status_code=500, media_type="text/html")
+
+    refuser = Starlette(routes=[Route("/hook", refuse, methods=["POST"])])
+    settings = make_settings(tmp_path, retry_schedule=(0.0, 0.01))
+    async with (
+        live_server(refuser) as hook_base,
+        live_server(create_app(settings)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        await sign_in(client)
+        sub = (
+            await client.post("/v1/subscriptions", headers=auth(), json={"url": f"{hook_base}/hook"})
+        ).json()
+        body, headers = signed_webhook(settings.webhook_secrets[0], "video.completed", "video_answer")
+        assert (await client.post("/webhooks/openai", content=body, headers=headers)).status_code == 200
+
+        async def dead() -> dict[str, Any] | None:
+            found = (
+                await client.get("/v1/deliveries", headers=auth(), params={"subscription_id": sub["id"]})
+            ).json()["data"]
+            return found[0] if found and found[0]["status"] == "dead" else None
+
+        delivery = await wait_until(dead)
+        assert len(delivery["attempts"]) == 2
+        page = (await client.get(f"/ui/deliveries/{delivery['id']}")).text
+        kept = answer.replace("\x1b", "\\x1b").replace("<", "&lt;").replace(">", "&gt;")
+        assert page.count(f"<pre>{kept}</pre>") == 2  # all of it (under 1 KiB), once per attempt
+        assert "<script>alert" not in page and "\x1b" not in page
+        job = (await client.get(f"/ui/jobs/{delivery['job_id']}")).text
+        glimpse = kept[: kept.index("x" * 10)] + "x" * (200 - len(answer[: answer.index("x")]))
+        assert f"<pre>{glimpse}…</pre>" in job
+        assert f"first 200 of the {len(answer)} characters kept" in job
+        assert f'<a href="/ui/deliveries/{delivery["id"]}">all</a>' in job
+        listed = (await client.get("/ui/deliveries", params={"subscription_id": sub["id"]})).text
+        assert '<pre class="resp">&lt;script&gt;alert(1)&lt;/script&gt;\\x1b[31mxxx' in listed
+        stats = (await client.get(f"/ui/subscriptions/{sub['id']}")).text  # its last errors, too
+        assert '<td class="resp"><pre>&lt;script&gt;alert(1)&lt;/script&gt;\\x1b[31mxxx' in stats
+        assert "<script>alert" not in job + listed + stats
+
+
+async def test_the_console_replays_a_time_range(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sorahook.ui")
+    clock = ManualClock(float(int(time.time())))
+    settings = make_settings(tmp_path)
+    async with console(tmp_path, clock=clock, webhook_secrets=settings.webhook_secrets) as client:
+        csrf = await sign_in(client)
+        start = clock.now()
+        for i in range(3):  # emitted at start, start + 100 and start + 200
+            body, headers = signed_webhook(
+                settings.webhook_secrets[0], "video.completed", f"video_r{i}", timestamp=int(clock.now())
+            )
+            assert (await client.post("/webhooks/openai", content=body, headers=headers)).status_code == 200
+            clock.advance(100)
+        sub = (
+            await client.post("/v1/subscriptions", headers=auth(), json={"url": "http://127.0.0.1:9/h"})
+        ).json()
+        form = await client.get(f"/ui/subscriptions/{sub['id']}")
+        assert 'name="since"' in form.text and 'name="until"' in form.text
+        path = f"/ui/subscriptions/{sub['id']}/replay"
+        referer = {"referer": f"/ui/subscriptions/{sub['id']}"}
+
+        async def enqueued() -> list[str]:
+            found = await client.get("/v1/deliveries", headers=auth(), params={"subscription_id": sub["id"]})
+            return [d["job_id"] for d in found.json()["data"]]
+
+        refused = await client.post(
+            path, data={"csrf": csrf, "since": str(start + 50), "until": str(start + 50)}, headers=referer
+        )
+        assert (
+            "The end of the range must be after its start."
+            in (await client.get(refused.headers["location"])).text
+        )
+        assert await enqueued() == []
+        response = await client.post(
+            path, data={"csrf": csrf, "since": str(int(start + 50)), "until": str(int(start + 200))}
+        )
+        flashed = (await client.get(response.headers["location"])).text
+        assert f"Replay enqueued 1 events from {utc(start + 50)} to {utc(start + 200)}." in flashed
+        [job_id] = await enqueued()
+        job = (await client.get(f"/v1/jobs/{job_id}", headers=auth())).json()
+        assert job["resource_id"] == "video_r1"  # until is exclusive: the event at start + 200 is not sent
+        await client.post(path, data={"csrf": csrf, "since": str(int(start + 150)), "until": ""})
+        assert len(await enqueued()) == 2  # an empty until: everything since
+    replays = [r for r in caplog.records if getattr(r, "action", None) == "subscription.replay"]
+    assert [(getattr(r, "until", None), getattr(r, "enqueued", None)) for r in replays] == [
+        (start + 200, 1),
+        (None, 1),
+    ]
+
+
+async def test_retry_dead_since_a_time_goes_through_the_bulk_retry_for_every_subscription(
+    tmp_path: Path,
+) -> None:
+    subscriber = Subscriber()
+    subscriber.defaults["/a"] = subscriber.defaults["/b"] = 500
+    async with (
+        live_server(subscriber.app()) as hook_base,
+        live_server(create_app(make_settings(tmp_path, retry_schedule=(0.0, 0.01)))) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        csrf = await sign_in(client)
+        since = str(int(time.time()) - 1)
+        subs = []
+        for name in ("a", "b"):
+            sub = (
+                await client.post("/v1/subscriptions", headers=auth(), json={"url": f"{hook_base}/{name}"})
+            ).json()
+            subs.append(sub["id"])
+            for _ in range(2):
+                await client.post(f"/v1/subscriptions/{sub['id']}/test", headers=auth())
+
+        async def statuses() -> dict[str, list[str]]:
+            found = (await client.get("/v1/deliveries", headers=auth())).json()["data"]
+            return {s: sorted(d["status"] for d in found if d["subscription_id"] == s) for s in subs}
+
+        async def all_dead() -> bool:
+            return await statuses() == {s: ["dead", "dead"] for s in subs}
+
+        await wait_until(all_dead)
+        subscriber.defaults["/a"] = subscriber.defaults["/b"] = 200
+        page = (await client.get("/ui/deliveries")).text
+        assert 'action="/ui/deliveries/retry-dead"' in page
+        referer = {"referer": "/ui/deliveries"}
+        none = await client.post("/ui/deliveries/retry-dead", data={"csrf": csrf}, headers=referer)
+        assert "Choose a subscription, a time, or both." in (await client.get(none.headers["location"])).text
+        # The bulk retry leaves a disabled subscription's dead deliveries dead (they would only die again).
+        await client.patch(f"/v1/subscriptions/{subs[1]}", headers=auth(), json={"enabled": False})
+        refused = await client.post(
+            f"/ui/subscriptions/{subs[1]}/retry-dead", data={"csrf": csrf}, headers=referer
+        )
+        assert "Enable the subscription first" in (await client.get(refused.headers["location"])).text
+        response = await client.post("/ui/deliveries/retry-dead", data={"csrf": csrf, "since": since})
+        flashed = (await client.get(response.headers["location"])).text
+        assert "Retrying 2 dead deliveries now (made since" in flashed
+        assert "those of disabled subscriptions stay dead" in flashed
+
+        async def a_delivered() -> bool:
+            return (await statuses())[subs[0]] == ["succeeded", "succeeded"]
+
+        await wait_until(a_delivered)
+        assert (await statuses())[subs[1]] == ["dead", "dead"]
+        found = (
+            await client.get("/v1/deliveries", headers=auth(), params={"subscription_id": subs[0]})
+        ).json()
+        assert all(d["attempt_count"] == 3 for d in found["data"])  # two before, one on the fresh schedule
+
+
+async def test_the_overview_shows_the_reconcilers_last_pass(tmp_path: Path) -> None:
+    async with emulated_service(tmp_path) as (url, _, _), httpx.AsyncClient(base_url=url) as client:
+        await sign_in(client)
+
+        async def shown() -> str | None:
+            page = (await client.get("/ui/")).text
+            found = re.search(r'<dd id="last-pass">(.*?)</dd>', page, re.S)
+            assert found
+            return None if "no pass yet" in found.group(1) else found.group(1)
+
+        # The first pass runs at start; nothing is stale in a new store, so it asks OpenAI nothing.
+        text = await wait_until(shown)
+        assert "nothing stale</span> at " in text and "no OpenAI call" in text
+
+
+def test_the_last_pass_says_how_it_ended() -> None:
+    from service.reconciler import PassRecord, PassReport
+    from service.ui.console import make_templates
+
+    partial = make_templates().env.get_template("_last_pass.html")
+
+    def shown(record: PassRecord | None) -> str:
+        return " ".join(partial.render(last_pass=record).split())
+
+    t = 1_764_806_400.0
+    assert shown(None) == "no pass yet"
+    checked = PassReport(stale=3, calls=2, expired=1, outcomes={"updated": 2, "not_found": 1})
+    assert shown(PassRecord(t, t + 1, checked)).endswith(
+        "checked</span> at 2025-12-04 00:00:01 UTC <small>3 stale jobs, 2 OpenAI calls"
+        " (not found 1, updated 2); 1 videos expired</small>"
+    )
+    limited = PassReport(stale=5, calls=1, halted=True, rate_limited=True)
+    assert "rate limited</span>" in shown(PassRecord(t, t, limited, paused_until=t + 120))
+    assert "OpenAI answered 429 after 1 calls; no calls until 2025-12-04 00:02:00 UTC" in shown(
+        PassRecord(t, t, limited, paused_until=t + 120)
+    )
+    assert "skipped: backing off" in shown(PassRecord(t, t, PassReport(paused=True), paused_until=t + 60))
+    failed = shown(PassRecord(t, t, None, error="OperationalError: <database is locked>"))
+    assert 'class="status bad">error</span>' in failed
+    assert "the pass failed: OperationalError: &lt;database is locked&gt;" in failed
+
+
+async def test_a_job_page_shows_a_time_out_of_the_calendars_range_instead_of_failing(tmp_path: Path) -> None:
+    # A signed webhook may carry any 64-bit created_at; the job's completed_at comes from it.
+    secret = new_webhook_secret()
+    async with console(tmp_path, webhook_secrets=(secret,)) as client:
+        await sign_in(client)
+        for created_at in (2**62, -(2**62)):
+            body, headers = signed_webhook(
+                secret, "video.completed", f"video_t{created_at > 0:d}", created_at=created_at
+            )
+            assert (await client.post("/webhooks/openai", content=body, headers=headers)).status_code == 200
+            page = await client.get(f"/ui/jobs/video_t{created_at > 0:d}")
+            assert page.status_code == 200
+            assert str(created_at) in page.text
+
+
+def test_console_times_keep_a_given_utc_offset() -> None:
+    from service.ui.console import _parse_utc
+
+    assert _parse_utc("2025-12-04T05:00+05:00") == 1764806400.0
+    assert _parse_utc("2025-12-04T00:00Z") == 1764806400.0
+
+
+async def test_retry_all_dead_leaves_a_disabled_subscriptions_deliveries_dead_as_the_api_does(
+    tmp_path: Path,
+) -> None:
+    # The console's bulk retry is the API's operation, not a second path with other rules.
+    subscriber = Subscriber()
+    subscriber.defaults["/hook"] = 500
+    async with (
+        live_server(subscriber.app()) as hook_base,
+        emulated_service(tmp_path, retry_schedule=(0.0, 0.01)) as (url, _, _),
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        csrf = await sign_in(client)
+        sub = (
+            await client.post("/v1/subscriptions", headers=auth(), json={"url": f"{hook_base}/hook"})
+        ).json()
+        assert (await client.post(f"/v1/subscriptions/{sub['id']}/test", headers=auth())).status_code == 202
+
+        async def statuses() -> list[str]:
+            found = (
+                await client.get("/v1/deliveries", headers=auth(), params={"subscription_id": sub["id"]})
+            ).json()["data"]
+            return [d["status"] for d in found]
+
+        async def dead() -> bool:
+            return await statuses() == ["dead"]
+
+        await wait_until(dead)
+        disabled = await client.patch(
+            f"/v1/subscriptions/{sub['id']}", headers=auth(), json={"enabled": False}
+        )
+        assert disabled.status_code == 200
+        api = await client.post("/v1/deliveries/retry", headers=auth(), json={"subscription_id": sub["id"]})
+        assert api.json()["retried"] == 0
+        response = await client.post(f"/ui/subscriptions/{sub['id']}/retry-dead", data={"csrf": csrf})
+        assert response.status_code == 303
+        assert "Enable the subscription first" in (await client.get(response.headers["location"])).text
+        assert await statuses() == ["dead"]

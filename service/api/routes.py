@@ -207,7 +207,7 @@ ROUTES: tuple[RouteSpec, ...] = (
         "POST",
         "/v1/subscriptions/{sub_id}/replay",
         "replaySubscription",
-        "Enqueue again every matching event since a time",
+        "Enqueue again every matching event since a time (or in a time range, with `until`)",
         "subscriptions",
         handler=SubscriptionsApi.replay,
         request=ReplayRequest,

@@ -176,6 +176,10 @@ class ReplayRequest(BaseModel):
     model_config = _STRICT_OPEN
 
     since: UnixSeconds = Field(description="Unix time in seconds")
+    until: UnixSeconds | None = Field(
+        default=None,
+        description="Unix time in seconds, exclusive: replay only events before it (after since)",
+    )
 
 
 class BulkRetryRequest(BaseModel):

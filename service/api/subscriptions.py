@@ -85,6 +85,14 @@ class SubscriptionsApi:
         return JSONResponse(sub.to_api(with_secret=True), status_code=201)
 
     async def list(self, request: Request) -> Response:
+        unknown = sorted(set(request.query_params) - set(ListSubscriptionsQuery.model_fields))
+        if unknown:  # as GET /v1/jobs: a misspelt parameter is named, not silently ignored
+            raise ApiError(
+                400,
+                "unknown_parameter",
+                f"unknown query parameter {unknown[0]!r}; GET /v1/subscriptions takes limit and after",
+                param=unknown[0],
+            )
         args = query(ListSubscriptionsQuery, request.query_params, _query_message)
         limit = args.limit
         subs = await self.store.get().list_subscriptions(limit + 1, args.after)
@@ -140,7 +148,11 @@ class SubscriptionsApi:
     async def replay(self, request: Request) -> Response:
         sub_id = request.path_params["sub_id"]
         req = parse(ReplayRequest, await json_object(request), _message)
-        count = await self.store.get().replay(sub_id, req.since)
+        if req.until is not None and req.until <= req.since:
+            raise ApiError(
+                422, "invalid_field", "until must be a Unix time in seconds after since", param="until"
+            )
+        count = await self.store.get().replay(sub_id, req.since, until=req.until)
         if count is None:
             raise ApiError(404, "not_found", f"no subscription {sub_id!r}")
         return JSONResponse(

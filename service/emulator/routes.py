@@ -144,7 +144,9 @@ class Routes:
             return {}
         try:
             data = json.loads(raw)
-        except ValueError:
+            # A lone surrogate ("\ud800") parses but could never be encoded into an answer.
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
             raise ApiError(
                 400,
                 "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "

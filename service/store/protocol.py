@@ -196,7 +196,9 @@ class SubscriptionStore(Protocol):
 
     async def enqueue_test(self, sub_id: str) -> str | None: ...
 
-    async def replay(self, sub_id: str, since: float, chunk: int = 1000) -> int | None:
+    async def replay(
+        self, sub_id: str, since: float, chunk: int = 1000, *, until: float | None = None
+    ) -> int | None:
         """Enqueue again, for this subscription, every emitted event since `since` that matches its filter."""
 
 

@@ -32,6 +32,8 @@ from service.config import Settings, new_webhook_secret
 from service.domain import KINDS, STATUSES, Origin
 from service.errors import ApiError
 from service.metrics import Metrics
+from service.recent import RecentCounts
+from service.reconciler import LastPass
 from service.store.records import DELIVERY_STATUSES, Attempt, Subscription
 from service.ui.sessions import COOKIE, Session, Sessions
 
@@ -46,6 +48,11 @@ STATS_WINDOW = 24 * 3600.0
 MAX_DESCRIPTION = 500
 MAX_FORM_BYTES = 65_536
 MAX_TIME = 1e11  # the API's bound on a Unix time in seconds (replay's `since`)
+# How much of a subscriber's answer (the store keeps the first 1 KiB) an attempt shows: a delivery's own
+# page shows all of it, a job's page and the deliveries list a glimpse.
+RESPONSE_SHOWN = 1024
+RESPONSE_GLIMPSE = 200
+RESPONSE_LIST = 80
 
 Handler = Callable[[Request, Session], Awaitable[Response]]
 
@@ -54,7 +61,11 @@ def utc(value: float | int | None) -> str:
     """A Unix time as `YYYY-MM-DD HH:MM:SS UTC` (the console shows every time in UTC)."""
     if value is None:
         return "—"
-    return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return datetime.fromtimestamp(float(value), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        # A webhook may carry any 64-bit created_at (a job's completed_at comes from it): show the number.
+        return f"{value} (Unix seconds)"
 
 
 def pretty(value: Any) -> str:
@@ -69,9 +80,22 @@ def code_spans(text: str) -> Markup:
 _CODE = re.compile(r"`([^`]+)`")
 
 
+def excerpt(text: str | None, limit: int) -> str:
+    """The first `limit` characters of a subscriber's answer, "…" when there is more, control characters
+    written as `\\xNN` (a terminal escape or a NUL in a response is shown, not acted on)."""
+    if not text:
+        return ""
+    shown = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text[:limit])
+    return shown + ("…" if len(text) > limit else "")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["utc"] = utc
+    templates.env.filters["excerpt"] = excerpt
     templates.env.filters["pretty"] = pretty
     templates.env.filters["code_spans"] = code_spans
     return templates
@@ -88,7 +112,9 @@ def _parse_utc(raw: str) -> float:
         value = float(raw)
     except ValueError:
         try:
-            value = datetime.fromisoformat(raw).replace(tzinfo=UTC).timestamp()
+            when = datetime.fromisoformat(raw)
+            # A time without an offset is UTC, as the console shows every time; a given offset counts.
+            value = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
         except ValueError:
             value = -1.0
     if not 0 <= value <= MAX_TIME:  # also refuses nan and inf
@@ -155,7 +181,11 @@ def subscription_stats(attempts: list[Attempt]) -> dict[str, Any]:
 
 
 class Console:
-    """The console's routes, over the same store and checks as the API (its content page is the API's)."""
+    """The console's routes, over the same store and checks as the API (its content page is the API's).
+
+    `rejections` counts the webhooks the receiver refused in the last hour; `last_pass` is where the
+    reconciler records its latest pass.
+    """
 
     def __init__(
         self,
@@ -166,6 +196,8 @@ class Console:
         metrics: Metrics,
         urls: UrlCheck,
         jobs_api: JobsApi,
+        rejections: RecentCounts,
+        last_pass: LastPass,
         templates: Jinja2Templates | None = None,
     ) -> None:
         self._store = store
@@ -175,6 +207,8 @@ class Console:
         self.templates = templates or make_templates()
         self.sessions = Sessions(settings.admin_token or "", settings.ui_session_ttl, clock.now)
         self.jobs_api = jobs_api
+        self.rejections = rejections
+        self.last_pass = last_pass
 
     @property
     def store(self) -> Store:
@@ -203,6 +237,7 @@ class Console:
             Route("/subscriptions/{sub_id}/replay", act(self.replay), methods=["POST"]),
             Route("/subscriptions/{sub_id}/retry-dead", act(self.retry_dead), methods=["POST"]),
             Route("/deliveries", page(self.deliveries), methods=["GET"]),
+            Route("/deliveries/retry-dead", act(self.retry_dead_since), methods=["POST"]),
             Route("/deliveries/{delivery_id}", page(self.delivery), methods=["GET"]),
             Route("/deliveries/{delivery_id}/retry", act(self.retry), methods=["POST"]),
             Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
@@ -345,7 +380,7 @@ class Console:
             by_kind.setdefault(kind, {})[status] = n
         counts = await store.console_counts(now - 3600)
         subs = await store.list_subscriptions()
-        rejected = _counter_by_label(self.metrics.webhook_rejections, "reason")
+        rejected = self.rejections.totals(now)
         reconciled = _counter_by_label(self.metrics.reconciliations, "outcome")
         passes = _observations(self.metrics.reconcile_calls)
         return self.render(
@@ -358,6 +393,11 @@ class Console:
                 "by_kind": by_kind,
                 "counts": counts,
                 "rejected": rejected,
+                # Counted in memory: within an hour of a start, the figure covers only the time since.
+                "rejected_since": self.rejections.started_at
+                if now - self.rejections.started_at < 3600
+                else None,
+                "last_pass": self.last_pass.record,
                 "reconciled": reconciled,
                 "reconcile_passes": passes,
                 "disabled": [s for s in subs if not s.enabled],
@@ -445,6 +485,7 @@ class Console:
                 "more_deliveries": more,
                 "archives": archives,
                 "has_content": job.kind == "video" and job.status == "completed",
+                "response_chars": RESPONSE_GLIMPSE,
             },
         )
 
@@ -508,6 +549,7 @@ class Console:
                 "stats": stats,
                 "reveal": reveal,
                 "overlap_until": overlap_until,
+                "response_chars": RESPONSE_LIST,
                 "replay_default": datetime.fromtimestamp(now - 3600, UTC).strftime("%Y-%m-%dT%H:%M"),
             },
         )
@@ -557,38 +599,54 @@ class Console:
         return RedirectResponse(f"/ui/subscriptions/{sub.id}", status_code=303)
 
     async def replay(self, request: Request, session: Session, form: FormData) -> Response:
+        """The API's replay: every matching event since a time, or in a range when `until` is given."""
         sub = await self._sub(request.path_params["sub_id"])
         since = _parse_utc(str(form.get("since") or ""))
-        count = await self.store.replay(sub.id, since)
-        self.audit(session, "subscription.replay", sub.id, since=since, enqueued=count)
-        session.flash(f"Replay enqueued {count or 0} events since {utc(since)}.")
+        raw_until = str(form.get("until") or "").strip()
+        until = _parse_utc(raw_until) if raw_until else None
+        if until is not None and until <= since:
+            raise ApiError(
+                422, "invalid_field", "The end of the range must be after its start.", param="until"
+            )
+        count = await self.store.replay(sub.id, since, until=until)
+        self.audit(session, "subscription.replay", sub.id, since=since, until=until, enqueued=count)
+        span = f"from {utc(since)} to {utc(until)}" if until is not None else f"since {utc(since)}"
+        session.flash(f"Replay enqueued {count or 0} events {span}.")
         return RedirectResponse(f"/ui/subscriptions/{sub.id}", status_code=303)
 
     async def retry_dead(self, request: Request, session: Session, form: FormData) -> Response:
-        """Retry the subscription's dead deliveries (all, or those made since a time), one by one through
-        the API's retry operation."""
+        """Retry the subscription's dead deliveries (all, or those made since a time)."""
         sub = await self._sub(request.path_params["sub_id"])
+        return await self._retry_dead(session, sub, str(form.get("since") or "").strip())
+
+    async def retry_dead_since(self, request: Request, session: Session, form: FormData) -> Response:
+        """Retry the dead deliveries of one subscription, made since a time, or both (one filter needed)."""
+        sub_id = str(form.get("subscription_id") or "").strip()
         raw_since = str(form.get("since") or "").strip()
+        if not sub_id and not raw_since:
+            raise ApiError(422, "missing_filter", "Choose a subscription, a time, or both.")
+        sub = await self._sub(sub_id) if sub_id else None
+        return await self._retry_dead(session, sub, raw_since)
+
+    async def _retry_dead(self, session: Session, sub: Subscription | None, raw_since: str) -> Response:
+        """The bulk retry POST /v1/deliveries/retry makes: on a fresh schedule, in chunks, one store call."""
         since = _parse_utc(raw_since) if raw_since else None
-        store, retried, after = self.store, 0, None
-        while True:
-            # Walk by id (the cursor), not from the top: a retried one that dies again is not retried twice.
-            page, more = await store.list_deliveries(
-                subscription_id=sub.id, job_id=None, status="dead", limit=100, after=after
+        if sub is not None and not sub.enabled:
+            raise ApiError(
+                409,
+                "subscription_disabled",
+                "Enable the subscription first: its dead deliveries would die again.",
             )
-            # Ids sort by creation time, newest first: the first one made before `since` ends the walk.
-            fresh = [d for d in page if since is None or d.created_at >= since]
-            for found in fresh:
-                if await store.retry_delivery(found.id) == "dead":
-                    retried += 1
-            if not more or not page or len(fresh) < len(page):
-                break
-            after = page[-1].id
-        self.audit(session, "subscription.retry_dead", sub.id, retried=retried, since=since)
+        retried = await self.store.retry_dead_deliveries(subscription_id=sub.id if sub else None, since=since)
+        target = sub.id if sub else "*"
+        self.audit(session, "deliveries.retry_dead", target, retried=retried, since=since)
         session.flash(
-            f"Retrying {retried} dead deliveries now" + (f" (made since {utc(since)})." if since else ".")
+            f"Retrying {retried} dead deliveries now"
+            + (f" (made since {utc(since)})" if since is not None else "")
+            + ("." if sub else "; those of disabled subscriptions stay dead.")
         )
-        return RedirectResponse(f"/ui/deliveries?subscription_id={sub.id}", status_code=303)
+        query = urlencode({"subscription_id": sub.id} if sub else {"status": "pending"})
+        return RedirectResponse(f"/ui/deliveries?{query}", status_code=303)
 
     # -- deliveries -------------------------------------------------------------------------------
 
@@ -622,6 +680,7 @@ class Console:
                 "subscription_id": sub_id,
                 "job_id": job_id,
                 "subs": await self.store.list_subscriptions(),
+                "response_chars": RESPONSE_LIST,
                 "message": message,
                 "next_url": next_url,
                 "first_url": ("/ui/deliveries?" + urlencode(filters)) if after else None,
@@ -632,7 +691,12 @@ class Console:
         found = await self.store.get_delivery(request.path_params["delivery_id"])
         if found is None:
             return self.not_found(request, session, "No such delivery.")
-        return self.render(request, "delivery.html", session, {"title": f"Delivery {found.id}", "d": found})
+        return self.render(
+            request,
+            "delivery.html",
+            session,
+            {"title": f"Delivery {found.id}", "d": found, "response_chars": RESPONSE_SHOWN},
+        )
 
     async def retry(self, request: Request, session: Session, form: FormData) -> Response:
         delivery_id = request.path_params["delivery_id"]

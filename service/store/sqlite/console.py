@@ -115,15 +115,17 @@ class ConsoleQueries(StoreCore):
         return await self._read_settled(read)
 
     async def subscription_attempts(self, sub_id: str, since: float, limit: int = 10_000) -> list[Attempt]:
-        """The subscription's delivery attempts since `since`, newest first (for its success rate and latency)."""
+        """The subscription's delivery attempts since `since`, newest first (for its success rate and latency),
+        with the first 200 characters of each failed one's answer (for its last errors)."""
 
         def read(c: sqlite3.Connection) -> list[Attempt]:
             rows = c.execute(
-                "SELECT a.attempted_at, a.status_code, a.latency_ms, a.error FROM delivery_attempts a"
+                "SELECT a.attempted_at, a.status_code, a.latency_ms, a.error, CASE WHEN a.status_code"
+                " BETWEEN 200 AND 299 THEN NULL ELSE substr(a.response_body, 1, 200) END FROM delivery_attempts a"
                 " JOIN deliveries d ON d.id = a.delivery_id"
                 " WHERE d.subscription_id = ? AND a.attempted_at >= ? ORDER BY a.attempted_at DESC LIMIT ?",
                 (sub_id, since, limit),
             ).fetchall()
-            return [Attempt(r[0], r[1], r[2], r[3]) for r in rows]
+            return [Attempt(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
         return await self._read(read)

@@ -74,6 +74,11 @@ class RequestQueries(StoreCore):
                     if earlier_hash is not None and request_hash is not None and earlier_hash != request_hash:
                         raise IdempotencyKeyReused(idempotency_key, [j.id for j in earlier])
                     return earlier, False
+                # A key already used on the other route (a batch's for a single job, or the other way)
+                # names another request: refused, never a second set of jobs.
+                other = self._jobs_for_key(c, idempotency_key, not batch)
+                if other is not None:
+                    raise IdempotencyKeyReused(idempotency_key, [j.id for j in other[0]])
             now = self.clock.now()
             if quotas.any:
                 self._check_quotas(c, jobs, quotas, now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sqlite3
 from typing import Any
 
@@ -148,8 +149,11 @@ class SubscriptionQueries(StoreCore):
 
         return await self._write(op)
 
-    async def replay(self, sub_id: str, since: float, chunk: int = 1000) -> int | None:
-        """Enqueue again, for this subscription, every emitted event since `since` that matches its filter.
+    async def replay(
+        self, sub_id: str, since: float, chunk: int = 1000, *, until: float | None = None
+    ) -> int | None:
+        """Enqueue again, for this subscription, every emitted event since `since` (and before `until`,
+        when given) that matches its filter.
 
         In chunks of `chunk` events, each its own transaction, oldest first: a replay of months of events
         never holds the single writer (and every webhook waiting on it) for more than one chunk. None if
@@ -159,7 +163,7 @@ class SubscriptionQueries(StoreCore):
         cursor: tuple[float, str] = (since, "")
         while True:
             step = await self._write(
-                functools.partial(self._replay_chunk, sub_id=sub_id, after=cursor, chunk=chunk)
+                functools.partial(self._replay_chunk, sub_id=sub_id, after=cursor, chunk=chunk, until=until)
             )
             if step is None:
                 return None if total == 0 else total  # deleted mid-replay: what was enqueued stays
@@ -170,7 +174,7 @@ class SubscriptionQueries(StoreCore):
             cursor = last
 
     def _replay_chunk(
-        self, c: sqlite3.Connection, sub_id: str, after: tuple[float, str], chunk: int
+        self, c: sqlite3.Connection, sub_id: str, after: tuple[float, str], chunk: int, until: float | None
     ) -> tuple[int, tuple[float, str] | None] | None:
         """One chunk of a replay: (deliveries enqueued, the last event's (created_at, id) or None at the end)."""
         row = c.execute("SELECT * FROM subscriptions WHERE id = ?", (sub_id,)).fetchone()
@@ -182,8 +186,8 @@ class SubscriptionQueries(StoreCore):
             "SELECT e.id, e.type, e.job_id, e.created_at, j.sequence FROM events e"
             " LEFT JOIN jobs j ON j.id = e.job_id"
             " WHERE e.direction = 'emitted' AND e.created_at >= ? AND (e.created_at, e.id) > (?, ?)"
-            " AND e.type != 'sorahook.test' ORDER BY e.created_at, e.id LIMIT ?",
-            (after[0], after[0], after[1], chunk),
+            " AND e.created_at < ? AND e.type != 'sorahook.test' ORDER BY e.created_at, e.id LIMIT ?",
+            (after[0], after[0], after[1], math.inf if until is None else until, chunk),
         ).fetchall()
         rows = []
         for ev in events:
