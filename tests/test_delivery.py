@@ -249,6 +249,8 @@ async def test_replay_until_enqueues_only_the_events_of_the_range(tmp_path: Path
         start = clock.now()
         for i in range(3):  # emitted at start, start + 100 and start + 200
             await _webhook(client, s.webhook_secrets[0], "video.completed", f"video_range{i}")
+            # A read sees every webhook acknowledged before it, so the event is emitted before the clock moves.
+            assert (await client.get(f"/v1/jobs/video_range{i}", headers=auth())).status_code == 200
             clock.advance(100)
         sub = await _subscribe(client, "http://127.0.0.1:9/range")
         path = f"/v1/subscriptions/{sub['id']}/replay"

@@ -575,6 +575,8 @@ async def test_the_console_replays_a_time_range(tmp_path: Path, caplog: pytest.L
                 settings.webhook_secrets[0], "video.completed", f"video_r{i}", timestamp=int(clock.now())
             )
             assert (await client.post("/webhooks/openai", content=body, headers=headers)).status_code == 200
+            # A read sees every webhook acknowledged before it, so the event is emitted before the clock moves.
+            assert (await client.get(f"/v1/jobs/video_r{i}", headers=auth())).status_code == 200
             clock.advance(100)
         sub = (
             await client.post("/v1/subscriptions", headers=auth(), json={"url": "http://127.0.0.1:9/h"})
