@@ -6,37 +6,19 @@ one line until that backend exists.
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from service.clock import Clock
 from service.config import parse_database_url
-from service.secretbox import SecretBox
-from service.store.protocol import Store
+from service.store.protocol import Store, StoreOptions
 
 
-async def open_store(
-    url: str,
-    *,
-    clock: Clock,
-    retry_schedule: tuple[float, ...] = (0.0, 5.0, 300.0),
-    callback_secret: str | None = None,
-    disable_after: float = 5 * 86400.0,
-    box: SecretBox | None = None,
-) -> Store:
-    """Open (and migrate) the store named by `url`, ready for writes. ConfigError on a URL it cannot use.
-
-    `retry_schedule` is the delivery backoff, `callback_secret` signs job callbacks, `disable_after`
-    is how long a subscription may fail before it is disabled, and `box` seals subscription secrets.
-    """
+async def open_store(url: str, *, clock: Clock, **options: Unpack[StoreOptions]) -> Store:
+    """Open (and migrate) the store named by `url`, ready for writes. ConfigError on a URL it cannot use."""
     path = parse_database_url(url)  # the one place that knows which schemes exist
     from service.store.sqlite import SqliteStore  # the backend is loaded only when chosen
 
-    return await SqliteStore.open(
-        path,
-        clock=clock,
-        retry_schedule=retry_schedule,
-        callback_secret=callback_secret,
-        disable_after=disable_after,
-        box=box,
-    )
+    return await SqliteStore.open(path, clock=clock, **options)
 
 
 async def migrate_store(url: str, now: float) -> list[int]:

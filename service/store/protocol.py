@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from service.domain import Kind, Observation
 from service.domain.quotas import NewJob, Quotas
@@ -41,6 +41,21 @@ class Signals:
     submissions: asyncio.Event
     refreshes: asyncio.Event
     inbox: asyncio.Event  # a webhook was acknowledged: the processor has work
+
+
+if TYPE_CHECKING:
+    from service.secretbox import SecretBox
+
+
+class StoreOptions(TypedDict, total=False):
+    """What a backend is opened with besides its location and clock (each backend's constructor holds the
+    defaults): the delivery backoff, the secret that signs job callbacks, how long a subscription may fail
+    before it is disabled, and the box that seals subscription secrets."""
+
+    retry_schedule: tuple[float, ...]
+    callback_secret: str | None
+    disable_after: float
+    box: SecretBox | None
 
 
 class StoreLifecycle(Protocol):

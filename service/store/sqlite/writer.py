@@ -8,11 +8,11 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self, cast
+from typing import Any, Self, Unpack, cast
 
 from service.clock import Clock
 from service.secretbox import SecretBox
-from service.store.protocol import Signals
+from service.store.protocol import Signals, StoreOptions
 from service.store.sqlite.common import (
     CHECKPOINT_INTERVAL,
     GATHER_TURNS,
@@ -74,24 +74,8 @@ class StoreCore:
         self.on_job_finished: Callable[[str, str, float], None] | None = None
 
     @classmethod
-    async def open(
-        cls,
-        path: Path,
-        *,
-        clock: Clock,
-        retry_schedule: tuple[float, ...] = (0.0, 5.0, 300.0),
-        callback_secret: str | None = None,
-        disable_after: float = 5 * 86400.0,
-        box: SecretBox | None = None,
-    ) -> Self:
-        store = cls(
-            path,
-            clock=clock,
-            retry_schedule=retry_schedule,
-            callback_secret=callback_secret,
-            disable_after=disable_after,
-            box=box,
-        )
+    async def open(cls, path: Path, *, clock: Clock, **options: Unpack[StoreOptions]) -> Self:
+        store = cls(path, clock=clock, **options)
         await store._start()
         return store
 
