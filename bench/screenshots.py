@@ -23,6 +23,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "screenshot-admin-token"
+# Headless as root on a machine with no network: without the background-networking flags Chromium keeps
+# trying to reach Google's hosts. The browser tests launch with the same flags.
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

@@ -16,19 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.screenshots import CHROMIUM_ARGS  # the flags this closed machine needs, in one place
 from tests.subscriber import Subscriber
 from tests.support import auth, live_server, wait_until
 
 CHROMIUM = os.environ.get("SORAHOOK_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TOKEN = "test-admin-token"
 
 try:
