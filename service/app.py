@@ -290,6 +290,8 @@ def create_app(
                 callback_secret=settings.callback_secret,
                 disable_after=settings.disable_after,
                 box=SecretBox(settings.secret_key) if settings.secret_key else None,
+                pool_size=settings.db_pool_size,
+                statement_timeout=settings.db_statement_timeout,
             )
         rt.store.on_job_finished = lambda kind, status, seconds: rt.metrics.job_duration.labels(
             kind=kind, status=status
@@ -377,7 +379,7 @@ def create_app(
         settle_gc()
         if on_ready is not None:
             on_ready(rt)
-        log.info("sorahook ready", extra={"database": str(settings.database_path)})
+        log.info("sorahook ready", extra={"database": settings.database_name})
         try:
             yield
         finally:

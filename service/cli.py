@@ -335,9 +335,9 @@ def migrate() -> int:
     _warn_unknown_env(env)
     applied = asyncio.run(migrate_store(settings.database_url, time.time()))
     if applied:
-        print(f"applied migrations {', '.join(map(str, applied))} to {settings.database_path}")
+        print(f"applied migrations {', '.join(map(str, applied))} to {settings.database_name}")
     else:
-        print(f"{settings.database_path} is up to date")
+        print(f"{settings.database_name} is up to date")
     return 0
 
 

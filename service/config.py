@@ -8,6 +8,7 @@ import difflib
 import importlib.util
 import os
 import secrets
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -79,6 +80,13 @@ class Settings:
     # the operator console (service/ui): how long a signed-in session lasts
     ui_session_ttl: float = 8 * 3600.0
 
+    # PostgreSQL (SORAHOOK_DATABASE_URL=postgresql://…): the store's URL, and this process's pool and limits.
+    # `database_path` then only places the data dir (generated secrets, local archive), `data/` by default.
+    postgres_url: str | None = None
+    db_pool_size: int = 10
+    db_statement_timeout: float = 30.0
+    workers: int = 1  # `serve` processes sharing the port (SORAHOOK_WORKERS, serve --workers)
+
     @property
     def data_dir(self) -> Path:
         return self.database_path.parent
@@ -86,7 +94,15 @@ class Settings:
     @property
     def database_url(self) -> str:
         """The store's URL as `open_store` takes it (SORAHOOK_DATABASE_URL, normalised)."""
-        return f"sqlite:///{self.database_path}"
+        return self.postgres_url or f"sqlite:///{self.database_path}"
+
+    @property
+    def database_name(self) -> str:
+        """The store as a log line may show it: a SQLite path, or PostgreSQL's host and database (no password)."""
+        if self.postgres_url is None:
+            return str(self.database_path)
+        parts = urllib.parse.urlsplit(self.postgres_url)
+        return f"postgresql://{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
@@ -164,12 +180,35 @@ def check_webhook_secret(name: str, secret: str) -> str:
     return secret
 
 
-def parse_database_url(url: str) -> Path:
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def check_postgres_url(url: str) -> str:
+    """A PostgreSQL URL asyncpg can use, or ConfigError naming what is wrong (never echoing a password)."""
     name = "SORAHOOK_DATABASE_URL"
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        raise ConfigError(f"{name}: PostgreSQL is not supported yet; use sqlite:///PATH")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid postgresql://USER:PASS@HOST:PORT/DB URL") from None
+    if not parts.path.strip("/"):
+        raise ConfigError(f"{name} names no database (postgresql://USER:PASS@HOST:PORT/DB)")
+    return url
+
+
+def data_dir_of(url: str) -> Path:
+    """Where generated secrets live for this store: beside a SQLite file, else `data/`."""
+    return Path("data") if is_postgres_url(url) else parse_database_url(url).parent
+
+
+def parse_database_url(url: str) -> Path:
+    """The file of a `sqlite:///PATH` URL (ConfigError for anything else but a PostgreSQL URL's)."""
+    name = "SORAHOOK_DATABASE_URL"
     if not url.startswith("sqlite:///"):
-        raise ConfigError(f"{name} must look like sqlite:///PATH, got {url!r}")
+        raise ConfigError(
+            f"{name} must look like sqlite:///PATH or postgresql://USER:PASS@HOST:PORT/DB, got {url!r}"
+        )
     path = url[len("sqlite:///") :]
     if not path:
         raise ConfigError(f"{name} has no path after sqlite:///")
@@ -303,9 +342,15 @@ class EnvReader(Mapping[str, str]):
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from the environment (or a given mapping); raise ConfigError on the first bad value."""
     env = os.environ if env is None else env
-    database_path = parse_database_url(
-        env.get("SORAHOOK_DATABASE_URL", "").strip() or "sqlite:///data/sorahook.db"
-    )
+    database_url = env.get("SORAHOOK_DATABASE_URL", "").strip() or "sqlite:///data/sorahook.db"
+    postgres_url = check_postgres_url(database_url) if is_postgres_url(database_url) else None
+    database_path = Path("data/sorahook.db") if postgres_url else parse_database_url(database_url)
+    workers = _int(env, "SORAHOOK_WORKERS", 1, minimum=1)
+    if workers > 1 and postgres_url is None:
+        raise ConfigError(
+            f"SORAHOOK_WORKERS={workers} needs PostgreSQL: one SQLite file has one writer process"
+            " (set SORAHOOK_DATABASE_URL=postgresql://…, or run one worker)"
+        )
 
     base_url = env.get("OPENAI_BASE_URL", "").strip() or "https://api.openai.com/v1"
     if not base_url.startswith(("http://", "https://")):
@@ -393,6 +438,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     return Settings(
         database_path=database_path,
+        postgres_url=postgres_url,
+        db_pool_size=_int(env, "SORAHOOK_DB_POOL_SIZE", 10, minimum=1),
+        db_statement_timeout=_float(env, "SORAHOOK_DB_STATEMENT_TIMEOUT", 30.0, minimum=0.001),
+        workers=workers,
         openai_api_keys=_list(env.get("OPENAI_API_KEY", "")),
         openai_base_url=base_url.rstrip("/"),
         webhook_secrets=webhook_secrets,
@@ -441,9 +490,18 @@ def _stored(path: Path, make: str) -> str:
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the data dir: owner-only when made here
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written beside the final name and linked into place: when several processes start at once (replicas
+    # on one data dir), exactly one link wins and the others read the value it wrote, whole.
+    part = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(make + "\n")
+    try:
+        os.link(part, path)
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        part.unlink()
     return make
 
 

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import httpx
 from aiohttp import web
 
-from service.config import ConfigError, check_webhook_secret, is_header_safe, parse_database_url
+from service.config import ConfigError, check_webhook_secret, data_dir_of, is_header_safe
 from service.signing import Verifier
 
 DEFAULT_SERVICE_URL = "http://127.0.0.1:8000"
@@ -45,10 +45,10 @@ def admin_token(env: Mapping[str, str]) -> str:
         if not is_header_safe(token):
             raise ConfigError("SORAHOOK_ADMIN_TOKEN must be printable ASCII (it is sent in an HTTP header)")
         return token
-    database = parse_database_url(
-        env.get("SORAHOOK_DATABASE_URL", "").strip() or "sqlite:///data/sorahook.db"
+    path = (
+        data_dir_of(env.get("SORAHOOK_DATABASE_URL", "").strip() or "sqlite:///data/sorahook.db")
+        / "admin_token"
     )
-    path = database.parent / "admin_token"
     try:
         return path.read_text().strip()
     except OSError:

@@ -16,11 +16,21 @@ from tests.support import auth, live_server, make_settings
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_postgresql_url_is_refused_with_one_line_naming_the_variable() -> None:
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://db:port/sorahook", "not a valid"),
+        ("postgresql://db:5432/", "names no database"),
+        ("mysql://db/sorahook", "must look like"),
+    ],
+)
+async def test_a_database_url_it_cannot_use_is_refused_with_one_line_naming_the_variable(
+    url: str, says: str
+) -> None:
     with pytest.raises(ConfigError) as refused:
-        await open_store("postgresql://db/sorahook", clock=ManualClock())
+        await open_store(url, clock=ManualClock())
     message = str(refused.value)
-    assert "SORAHOOK_DATABASE_URL" in message and "not supported yet" in message and "\n" not in message
+    assert "SORAHOOK_DATABASE_URL" in message and says in message and "\n" not in message
 
 
 async def test_an_app_uses_the_store_it_is_given_and_leaves_it_open(tmp_path: Path) -> None:

@@ -43,6 +43,14 @@ class Signals:
     inbox: asyncio.Event  # a webhook was acknowledged: the processor has work
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be reached (or went away mid-transaction): nothing was written.
+
+    The app answers it with 503 `store_unavailable`, so OpenAI retries a webhook instead of
+    being told it was stored.
+    """
+
+
 if TYPE_CHECKING:
     from service.secretbox import SecretBox
 
@@ -56,6 +64,8 @@ class StoreOptions(TypedDict, total=False):
     callback_secret: str | None
     disable_after: float
     box: SecretBox | None
+    pool_size: int  # PostgreSQL: connections this process keeps open
+    statement_timeout: float  # PostgreSQL: seconds before a statement is cancelled
 
 
 class StoreLifecycle(Protocol):
@@ -70,6 +80,12 @@ class StoreLifecycle(Protocol):
 
     async def aclose(self) -> None:
         """Finish the writes already accepted, then close."""
+
+    async def hold_singleton(self, name: str) -> bool:
+        """True while this process may run the one-at-a-time worker `name` (the reconciler, the pruner).
+
+        Replicas on one database take turns: the holder keeps it until it dies, then another takes it.
+        """
 
 
 class InboxStore(Protocol):

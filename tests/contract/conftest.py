@@ -1,6 +1,7 @@
 """The store backends the contract suite runs against: each is a fixture parameter, the tests are shared.
 
-A backend joins by adding a parameter here that opens it (a PostgreSQL one will open a fresh schema);
+A backend joins by adding a parameter here that opens it (PostgreSQL opens a fresh schema on the
+cluster `.ci/run` starts, and skips when there is none);
 the tests only use `service.store.protocol`.
 """
 
@@ -17,6 +18,7 @@ from service.config import new_webhook_secret
 from service.secretbox import SecretBox
 from service.store import open_store
 from service.store.protocol import Store
+from tests import postgres
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +46,22 @@ def _sqlite(tmp_path: Path) -> Backend:
     return Backend("sqlite", open_sqlite)
 
 
-BACKENDS = {"sqlite": _sqlite}
+def _postgresql(tmp_path: Path) -> Backend:
+    async def open_postgresql(clock: ManualClock) -> Store:
+        url = await postgres.create_schema(postgres.require_base_url())
+        return await open_store(
+            url,
+            clock=clock,
+            retry_schedule=RETRY_SCHEDULE,
+            callback_secret=new_webhook_secret(),
+            disable_after=DISABLE_AFTER,
+            box=SecretBox(b"k" * 32),
+        )
+
+    return Backend("postgresql", open_postgresql)
+
+
+BACKENDS = {"sqlite": _sqlite, "postgresql": _postgresql}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
-from service.secretbox import SealError, SecretBox
-from service.store.records import (
-    Archive,
-    Attempt,
-    Delivery,
-    Job,
-    Subscription,
-)
-from service.store.sqlite.common import _loads
+from service.store.records import Attempt, Delivery
+from service.store.rows import archive_from_row as _archive
+from service.store.rows import delivery_from_row as _delivery
+from service.store.rows import job_from_row as _job
+from service.store.rows import subscription_from_row as _subscription
+
+__all__ = ["_archive", "_delivery", "_job", "_subscription", "_with_attempts", "list_jobs_sql"]
 
 
 def list_jobs_sql(
@@ -56,75 +53,6 @@ def list_jobs_sql(
     return sql + f" ORDER BY {col} {walk} LIMIT ?", args, backwards
 
 
-def _job(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"],
-        kind=row["kind"],
-        resource_id=row["resource_id"],
-        status=row["status"],
-        progress=row["progress"],
-        origin=row["origin"],
-        request=_loads(row["request"]),
-        result=_loads(row["result"]),
-        error=_loads(row["error"]),
-        callback_url=row["callback_url"],
-        metadata=json.loads(row["metadata"] or "{}"),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        completed_at=row["completed_at"],
-        sequence=row["sequence"],
-        submit_attempts=row["submit_attempts"],
-        estimated_cost_usd=row["estimated_cost_usd"],
-    )
-
-
-def _subscription(row: sqlite3.Row, box: SecretBox | None) -> Subscription:
-    def opened(value: str | None) -> str | None:
-        if box is None or not value:
-            return value
-        try:
-            return box.open(value, row["id"])
-        except SealError:  # wrong key or a row edited by hand: shown empty; its deliveries die (claim)
-            return None
-
-    return Subscription(
-        id=row["id"],
-        url=row["url"],
-        event_types=_loads(row["event_types"]),
-        description=row["description"],
-        secret=opened(row["secret"]) or "",
-        previous_secret=opened(row["previous_secret"]),
-        previous_secret_until=row["previous_secret_until"],
-        enabled=bool(row["enabled"]),
-        ordered=bool(row["ordered"]),
-        disabled_reason=row["disabled_reason"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        last_success_at=row["last_success_at"],
-        failing_since=row["failing_since"],
-    )
-
-
-def _delivery(row: sqlite3.Row, attempts: list[Attempt] | None = None) -> Delivery:
-    return Delivery(
-        id=row["id"],
-        event_id=row["event_id"],
-        event_type=row["event_type"],
-        subscription_id=row["subscription_id"],
-        job_id=row["job_id"],
-        url=row["url"] if row["url"] is not None else row["sub_url"],
-        status=row["status"],
-        attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"] if row["status"] in ("pending", "failed") else None,
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        last_status_code=row["last_status_code"],
-        last_error=row["last_error"],
-        delivered_at=row["delivered_at"],
-        attempt_log=attempts or [],
-    )
-
-
 def _with_attempts(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[Delivery]:
     """Deliveries with their attempt logs, read in one query for the whole page (not one per delivery)."""
     if not rows:
@@ -138,21 +66,3 @@ def _with_attempts(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[De
             Attempt(a["attempted_at"], a["status_code"], a["latency_ms"], a["error"], a["response_body"])
         )
     return [_delivery(row, log[row["id"]]) for row in rows]
-
-
-def _archive(row: sqlite3.Row) -> Archive:
-    return Archive(
-        job_id=row["job_id"],
-        variant=row["variant"],
-        status=row["status"],
-        attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        created_at=row["created_at"],
-        size=row["size"],
-        sha256=row["sha256"],
-        uri=row["uri"],
-        key=row["key"],
-        content_type=row["content_type"],
-        stored_at=row["stored_at"],
-        error=row["error"],
-    )

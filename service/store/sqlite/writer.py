@@ -75,7 +75,14 @@ class StoreCore:
 
     @classmethod
     async def open(cls, path: Path, *, clock: Clock, **options: Unpack[StoreOptions]) -> Self:
-        store = cls(path, clock=clock, **options)
+        store = cls(
+            path,
+            clock=clock,
+            retry_schedule=options.get("retry_schedule", (0.0, 5.0, 300.0)),
+            callback_secret=options.get("callback_secret"),
+            disable_after=options.get("disable_after", 5 * 86400.0),
+            box=options.get("box"),
+        )  # a SQLite file has no pool or statement timeout
         await store._start()
         return store
 
@@ -388,6 +395,10 @@ class StoreCore:
         if self._reader_conn is None:
             raise StoreClosed("the store is closed")
         return await self._reader_conn.run(fn)
+
+    async def hold_singleton(self, name: str) -> bool:
+        """Always: one process owns a SQLite file, so its one-at-a-time workers are alone by construction."""
+        return True
 
     # -- health -----------------------------------------------------------------------------------
 

@@ -1,0 +1,9 @@
+"""Queries of one concern for the PostgreSQL store."""
+
+from __future__ import annotations
+
+from service.store.postgres.core import PgCore
+
+
+class RequestQueries(PgCore):
+    """Queries of one concern."""
