@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: run test lint bench soak clean
+.PHONY: test-postgres run test lint bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ run: $(RUN_STAMP)
 
 test: $(DEV_STAMP)
 	$(BIN)/pytest
+
+# The whole suite with every service on PostgreSQL: needs SORAHOOK_TEST_POSTGRES_URL (a cluster to make schemas in).
+test-postgres: $(DEV_STAMP)
+	@test -n "$$SORAHOOK_TEST_POSTGRES_URL" || { echo "make test-postgres: set SORAHOOK_TEST_POSTGRES_URL=postgresql://USER@HOST:PORT/DB (bash .ci/run starts one)"; exit 2; }
+	SORAHOOK_TEST_STORE=postgresql $(BIN)/pytest
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check service tests bench

@@ -9,6 +9,7 @@ store takes, is keyed by the schema.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import secrets
 import urllib.parse
@@ -16,6 +17,9 @@ import urllib.parse
 import pytest
 
 ENV = "SORAHOOK_TEST_POSTGRES_URL"
+# `SORAHOOK_TEST_STORE=postgresql` runs the whole suite's services on PostgreSQL (`make test-postgres`):
+# settings and service processes that do not name a database get a fresh schema instead of a SQLite file.
+STORE_ENV = "SORAHOOK_TEST_STORE"
 SKIP_REASON = f"PostgreSQL tests need {ENV} (bash .ci/run starts a throwaway cluster and sets it)"
 
 
@@ -51,5 +55,12 @@ async def create_schema(url: str) -> str:
 
 
 def fresh_url() -> str:
-    """A URL on a new schema, made from synchronous code (a fixture or a test that starts processes)."""
-    return asyncio.run(create_schema(require_base_url()))
+    """A URL on a new schema, from synchronous code, even inside a running event loop (its own thread)."""
+    base = require_base_url()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, create_schema(base)).result()
+
+
+def suite_on_postgres() -> bool:
+    """Whether this run puts the services of every test on PostgreSQL (SORAHOOK_TEST_STORE=postgresql)."""
+    return os.environ.get(STORE_ENV, "").strip().lower() in ("postgresql", "postgres")

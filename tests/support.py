@@ -24,6 +24,7 @@ from starlette.types import ASGIApp
 from service.config import Settings, new_webhook_secret
 from service.signing import Signer
 from service.store.records import IncomingWebhook
+from tests import postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +68,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         log_format="console",
         secret_key=b"k" * 32,
     )
+    if postgres.suite_on_postgres() and "database_path" not in overrides and "postgres_url" not in overrides:
+        overrides["postgres_url"] = postgres.fresh_url()
     return replace(base, **overrides)
 
 
@@ -146,6 +149,8 @@ class ServiceProcess:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
+        if postgres.suite_on_postgres() and "SORAHOOK_DATABASE_URL" not in env:
+            self.env["SORAHOOK_DATABASE_URL"] = postgres.fresh_url()
         self.emulator = emulator
         self.log = tmp_path / f"service-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
