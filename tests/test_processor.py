@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -64,5 +65,30 @@ async def test_a_read_waits_for_the_webhooks_acknowledged_before_it(tmp_path: Pa
         await processor.run_once()
         job = await read
         assert job is not None and job.status == "completed"
+    finally:
+        await store.aclose()
+
+
+async def test_a_webhook_that_cannot_be_applied_is_set_aside_and_the_rest_go_on(tmp_path: Path) -> None:
+    """A stored inbox row that no longer parses (a disk or hand edit) is kept in inbox_failed; the
+    webhooks before and after it are applied."""
+    clock = ManualClock()
+    path = tmp_path / "poison.db"
+    store = await open_store(f"sqlite:///{path}", clock=clock)
+    try:
+        await store.enqueue_webhook(webhook("wh_1", "video.completed", "video_1", clock.now()))
+        await store.enqueue_webhook(webhook("wh_2", "video.completed", "video_2", clock.now()))
+        await store.enqueue_webhook(webhook("wh_3", "video.completed", "video_3", clock.now()))
+        with sqlite3.connect(path) as raw:
+            raw.execute("UPDATE inbox SET body = '{not json' WHERE webhook_id = 'wh_2'")
+        assert await Processor(store=store, clock=clock).run_once() == 3
+        assert await store.inbox_depth() == 0
+        for resource in ("video_1", "video_3"):
+            job = await store.get_job(resource)
+            assert job is not None and job.status == "completed"
+        assert await store.get_job("video_2") is None
+        with sqlite3.connect(path) as raw:
+            kept = raw.execute("SELECT webhook_id, body, error FROM inbox_failed").fetchall()
+        assert [(w, b) for w, b, _ in kept] == [("wh_2", "{not json")] and "JSONDecodeError" in kept[0][2]
     finally:
         await store.aclose()

@@ -19,8 +19,10 @@ from service.store.records import (
 from service.store.sqlite.common import (
     _DEDUPE_INSERT,
     _DUPLICATE,
+    ERROR_TEXT_LIMIT,
     _json_string,
     _Rows,
+    log,
 )
 from service.store.sqlite.ops import OpsCore
 
@@ -96,27 +98,40 @@ class WebhookOps(OpsCore):
         rows = conn.execute("SELECT * FROM inbox ORDER BY seq LIMIT ?", (limit,)).fetchall()
         if not rows:
             return []
-        entries = [
-            InboxEntry(
-                r["event_row_id"],
-                IncomingWebhook(
-                    r["webhook_id"],
-                    r["timestamp"],
-                    r["event_id"],
-                    r["type"],
-                    r["resource_id"],
-                    r["created_at"],
-                    r["body"],
-                    _data_of(r["body"]),
-                ),
-                r["received_at"],
-            )
-            for r in rows
-        ]
-        self.apply_webhooks(conn, entries)
+        finished = len(self.finished)
+        conn.execute("SAVEPOINT inbox")
+        try:
+            self.apply_webhooks(conn, [_inbox_entry(r) for r in rows])
+        except Exception:
+            # One webhook that cannot be applied must not hold up every webhook after it: undo the run,
+            # apply its webhooks one at a time, and set each that fails aside (kept, not lost).
+            conn.execute("ROLLBACK TO inbox")
+            self.rolled_back(finished)
+            for row in rows:
+                self.apply_or_set_aside(conn, row)
+        conn.execute("RELEASE inbox")
         conn.execute("DELETE FROM inbox WHERE seq <= ?", (rows[-1]["seq"],))
         self.flag_applied = True
-        return [e.received_at for e in entries]
+        return [r["received_at"] for r in rows]
+
+    def apply_or_set_aside(self, conn: sqlite3.Connection, row: sqlite3.Row) -> None:
+        """Apply one inbox row; if it fails, keep it in `inbox_failed` with the error, for the operator."""
+        finished = len(self.finished)
+        conn.execute("SAVEPOINT one")
+        try:
+            self.apply_webhooks(conn, [_inbox_entry(row)])
+        except Exception as exc:
+            conn.execute("ROLLBACK TO one")
+            self.rolled_back(finished)
+            conn.execute(
+                "INSERT INTO inbox_failed SELECT inbox.*, ?, ? FROM inbox WHERE seq = ?",
+                (f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT], self.clock.now(), row["seq"]),
+            )
+            log.error(
+                "a webhook could not be applied and was set aside in inbox_failed",
+                extra={"webhook_id": row["webhook_id"], "error": str(exc)},
+            )
+        conn.execute("RELEASE one")
 
     def apply_webhooks(self, conn: sqlite3.Connection, entries: list[InboxEntry]) -> list[str | None]:
         """Apply acknowledged webhooks in received order: event rows, job changes and outbox rows; the
@@ -205,6 +220,20 @@ _INBOX_INSERT = (
     "INSERT INTO inbox (event_row_id, webhook_id, timestamp, event_id, type, resource_id, created_at, body,"
     " received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+def _inbox_entry(r: sqlite3.Row) -> InboxEntry:
+    hook = IncomingWebhook(
+        r["webhook_id"],
+        r["timestamp"],
+        r["event_id"],
+        r["type"],
+        r["resource_id"],
+        r["created_at"],
+        r["body"],
+        _data_of(r["body"]),
+    )
+    return InboxEntry(r["event_row_id"], hook, r["received_at"])
 
 
 def _data_of(body: str) -> dict[str, Any]:

@@ -176,3 +176,19 @@ CREATE TABLE archives (
     PRIMARY KEY (job_id, variant)
 );
 CREATE INDEX archives_due ON archives(next_attempt_at) WHERE status = 'pending';
+
+-- Webhooks acknowledged but impossible to apply: set aside with the error, so the rest of the inbox moves on.
+CREATE TABLE inbox_failed (
+    seq BIGINT PRIMARY KEY,
+    event_row_id TEXT NOT NULL,
+    webhook_id TEXT NOT NULL,
+    timestamp BIGINT NOT NULL,
+    event_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    created_at BIGINT,
+    body TEXT NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL,
+    error TEXT NOT NULL,
+    failed_at DOUBLE PRECISION NOT NULL
+);
